@@ -1,0 +1,149 @@
+"""Command line: `python -m engine generate|serve|keys|tiny-model ...`.
+
+Every failure a user can cause ends as one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_MODEL = "Tongyi-MAI/Z-Image-Turbo"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="official-layout folder, Hugging Face repo id, or ComfyUI diffusion-model "
+                        f"file (default {DEFAULT_MODEL})")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float32 (float16 is refused)")
+
+
+def _progress_bar(stage: str, step: int, steps: int) -> None:
+    if stage == "denoise":
+        filled = int(30 * step / steps)
+        sys.stderr.write(f"\rdenoise [{'#' * filled}{'.' * (30 - filled)}] {step}/{steps}")
+        if step == steps:
+            sys.stderr.write("\n")
+    else:
+        sys.stderr.write(f"{stage.replace('_', ' ')}...\n")
+    sys.stderr.flush()
+
+
+def png_parameters(prompt: str, seed: int, steps: int, width: int, height: int,
+                   model: str) -> str:
+    """The PNG text chunk ("parameters") every producer of ours writes, as JSON."""
+    return json.dumps({"prompt": prompt, "seed": seed, "steps": steps, "width": width,
+                       "height": height, "model": model}, ensure_ascii=False)
+
+
+def _check_writable(path: Path) -> None:
+    from engine.errors import EngineError
+
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise EngineError("invalid_params", f"--output {path} is a folder; give a file name "
+                          "such as out.png", field="output")
+    if not parent.is_dir():
+        raise EngineError("invalid_params", f"cannot write {path}: the folder {parent} does not "
+                          "exist", field="output")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise EngineError("invalid_params", f"cannot write {path}: permission denied",
+                          field="output")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from engine.pipeline import GenerateRequest, ZImagePipeline, check_request
+
+    out = Path(args.output)
+    _check_writable(out)
+    req = GenerateRequest(prompt=args.prompt, width=args.width, height=args.height,
+                          steps=args.steps, seed=args.seed, num_images=args.num_images)
+    t0 = time.perf_counter()
+    pipe = ZImagePipeline.load(args.model, device=args.device, dtype=args.dtype)
+    check_request(req, pipe.limits)  # before any work, with the loaded engine's limits
+    print(f"loaded {pipe.info['model']} on {pipe.info['device']} ({pipe.info['dtype']}) in "
+          f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    result = pipe.generate(req, on_progress=lambda p: _progress_bar(p.stage, p.step, p.steps))
+    for i, (image, seed) in enumerate(zip(result.images, result.seeds)):
+        path = out if i == 0 else out.with_name(f"{out.stem}-{i}{out.suffix}")
+        info = PngInfo()
+        info.add_text("parameters", png_parameters(req.prompt, seed, req.steps, req.width,
+                                                   req.height, pipe.info["model"]))
+        Image.fromarray(image).save(path, pnginfo=info)
+        print(f"wrote {path} (seed {seed})", file=sys.stderr)
+    t = result.timings
+    print("timings: " + ", ".join(f"{k} {v:.0f} ms" for k, v in t.items()), file=sys.stderr)
+    return 0
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from engine.tiny import build_tiny_model
+
+    path = build_tiny_model(Path(args.dir), seed=args.seed)
+    print(f"built a tiny RANDOM Z-Image model in {path} (it draws noise; for smoke runs and "
+          "host-app development only)", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine",
+                                     description="Z-Image-Turbo engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate images from a prompt and write PNG files")
+    _add_model_args(g)
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--width", type=int, default=1024)
+    g.add_argument("--height", type=int, default=1024)
+    g.add_argument("--steps", type=int, default=8)
+    g.add_argument("--seed", type=int, default=None, help="default: random (printed)")
+    g.add_argument("--num-images", type=int, default=1,
+                   help="images with seeds seed, seed+1, ... (files NAME-1.png, ...)")
+    g.add_argument("--output", default="out.png")
+    g.set_defaults(func=cmd_generate)
+
+    t = sub.add_parser("tiny-model", help="build a tiny random model (draws noise) for smoke tests")
+    t.add_argument("dir")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_tiny_model)
+
+    try:
+        from engine.serve_cli import add_keys_parser, add_serve_parser
+    except ImportError:  # the server module is optional for `generate`
+        pass
+    else:
+        add_serve_parser(sub)
+        add_keys_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from protocol.errors import ProtocolError
+
+    try:
+        return args.func(args)
+    except ProtocolError as e:
+        print(f"error: {e.message} [{e.code}]", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # the last line of defence: one sentence, details in the log
+        logging.getLogger("engine").debug("unexpected error", exc_info=True)
+        print(f"error: unexpected {type(e).__name__}: {e} [internal_error]", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

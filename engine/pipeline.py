@@ -1,0 +1,220 @@
+"""Prompt -> images: text encoding, Euler denoising with the S3-DiT, VAE decode. No sockets here.
+
+`ZImagePipeline.generate(request, on_progress, should_cancel)` is the one entry point that the CLI
+and the server call; it raises `Cancelled` or `EngineError`, never a bare library exception for
+anything a user can cause.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from engine import devices
+from engine.errors import Cancelled, EngineError
+from engine.sampling import denoise, get_noise, get_schedule
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What requests this engine accepts; advertised to clients in `welcome`."""
+
+    min_side: int = 64
+    max_side: int = 2048
+    multiple: int = 16
+    max_pixels: int = 2048 * 2048
+    max_steps: int = 50
+    max_images: int = 4
+    max_prompt_chars: int = 4000
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompt: str
+    width: int = 1024
+    height: int = 1024
+    steps: int = 8
+    seed: int | None = None  # None: a random seed, reported in the result
+    num_images: int = 1  # image i uses seed + i
+
+
+@dataclass
+class Progress:
+    stage: str  # "encode_text" | "denoise" | "decode"
+    step: int
+    steps: int
+    latents: torch.Tensor | None = None  # the clean-image estimate during "denoise", for previews
+
+
+@dataclass
+class Result:
+    images: list[np.ndarray]  # H x W x 3 uint8
+    seeds: list[int]
+    timings: dict[str, float] = field(default_factory=dict)  # milliseconds
+
+
+def check_request(req: GenerateRequest, limits: Limits) -> None:
+    """Raise EngineError(invalid_params) naming the field and the allowed range."""
+
+    def bad(field_name: str, message: str) -> EngineError:
+        return EngineError("invalid_params", message, field=field_name)
+
+    if not isinstance(req.prompt, str) or not req.prompt.strip():
+        raise bad("prompt", "the prompt is empty; describe the image you want")
+    if len(req.prompt) > limits.max_prompt_chars:
+        raise bad("prompt", f"the prompt has {len(req.prompt)} characters; the limit is "
+                            f"{limits.max_prompt_chars}")
+    for name in ("width", "height"):
+        side = getattr(req, name)
+        if not isinstance(side, int) or side % limits.multiple or not (
+            limits.min_side <= side <= limits.max_side
+        ):
+            raise bad(name, f"{name} {side} is not supported: use a multiple of {limits.multiple} "
+                            f"from {limits.min_side} to {limits.max_side}")
+    if req.width * req.height > limits.max_pixels:
+        raise bad("width", f"{req.width}x{req.height} is more than {limits.max_pixels} pixels")
+    if not isinstance(req.steps, int) or not 1 <= req.steps <= limits.max_steps:
+        raise bad("steps", f"steps {req.steps} is out of range: use 1 to {limits.max_steps} "
+                           "(Z-Image-Turbo is made for 8)")
+    if req.seed is not None and (not isinstance(req.seed, int) or not 0 <= req.seed <= MAX_SEED):
+        raise bad("seed", f"seed {req.seed} is out of range: use 0 to {MAX_SEED}")
+    if not isinstance(req.num_images, int) or not 1 <= req.num_images <= limits.max_images:
+        raise bad("num_images", f"num_images {req.num_images} is out of range: use 1 to "
+                                f"{limits.max_images}")
+
+
+def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
+    """VAE output in [-1, 1], [B, 3, H, W] -> list of H x W x 3 uint8 (rounded like diffusers)."""
+    x = (images.float() / 2 + 0.5).clamp(0, 1)
+    x = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return list(x)
+
+
+# FLUX.1 latent -> RGB projection for previews (ComfyUI's latent_formats.Flux factors): a matmul
+# per step instead of a VAE decode.
+_PREVIEW_RGB = torch.tensor([
+    [-0.0346, 0.0244, 0.0681], [0.0034, 0.0210, 0.0687], [0.0275, -0.0668, -0.0433],
+    [-0.0174, 0.0160, 0.0617], [0.0859, 0.0721, 0.0329], [0.0004, 0.0383, 0.0115],
+    [0.0405, 0.0861, 0.0915], [-0.0236, -0.0185, -0.0259], [-0.0245, 0.0250, 0.1180],
+    [0.1008, 0.0755, -0.0421], [-0.0515, 0.0201, 0.0011], [0.0428, -0.0012, -0.0036],
+    [0.0817, 0.0765, 0.0749], [-0.1264, -0.0522, -0.1103], [-0.0280, -0.0881, -0.0499],
+    [-0.1262, -0.0982, -0.0778],
+])
+_PREVIEW_BIAS = torch.tensor([-0.0329, -0.0718, -0.0851])
+
+
+def preview(latents: torch.Tensor, max_side: int = 256) -> np.ndarray:
+    """[1|B, 16, h, w] latents -> small H x W x 3 uint8 of the first image (no VAE)."""
+    z = latents[0].float().cpu()
+    rgb = torch.einsum("chw,cr->rhw", z, _PREVIEW_RGB) + _PREVIEW_BIAS[:, None, None]
+    rgb = ((rgb + 1) / 2).clamp(0, 1)
+    h, w = rgb.shape[1:]
+    scale = max_side / max(h, w)
+    if scale < 1:  # only shrink: the projection is at 1/8 of the image size already
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        rgb = torch.nn.functional.interpolate(rgb[None], size=size, mode="area")[0]
+    return (rgb * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+class ZImagePipeline:
+    """Holds the loaded components and runs requests one at a time."""
+
+    def __init__(self, transformer, vae, text_encoder, *, shift: float, device: torch.device,
+                 dtype: torch.dtype, model_id: str = "", limits: Limits = Limits()):
+        self.transformer = transformer
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.shift = shift
+        self.device = device
+        self.dtype = dtype
+        self.model_id = model_id
+        self.limits = limits
+
+    @classmethod
+    def load(cls, model: str, *, device: str = "auto", dtype: str = "auto",
+             **options) -> ZImagePipeline:
+        from engine.loading import load_pipeline
+
+        return load_pipeline(model, device=device, dtype=dtype, **options)
+
+    @property
+    def info(self) -> dict:
+        return {
+            "model": self.model_id,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "capabilities": ["txt2img"],
+        }
+
+    def preview(self, latents: torch.Tensor, max_side: int = 256) -> np.ndarray:
+        return preview(latents, max_side)
+
+    @torch.no_grad()
+    def generate(self, req: GenerateRequest,
+                 on_progress: Callable[[Progress], None] | None = None,
+                 should_cancel: Callable[[], bool] | None = None) -> Result:
+        check_request(req, self.limits)
+        seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED - 4)
+        seeds = [(seed + i) % (MAX_SEED + 1) for i in range(req.num_images)]
+        report = on_progress or (lambda p: None)
+
+        def check_cancel(step: int | None) -> None:
+            if should_cancel is not None and should_cancel():
+                raise Cancelled(step)
+
+        timings: dict[str, float] = {}
+        try:
+            check_cancel(None)
+            t0 = time.perf_counter()
+            report(Progress("encode_text", 0, 1))
+            cap = self.text_encoder.encode(req.prompt).to(self.device, self.dtype)
+            caps = cap[None].expand(req.num_images, -1, -1)
+            timings["text_ms"] = _ms_since(t0, self.device)
+
+            t0 = time.perf_counter()
+            x = torch.cat([get_noise(s, req.height, req.width) for s in seeds]).to(self.device)
+            sigmas = get_schedule(req.steps, self.shift)
+
+            def velocity(x_: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                return self.transformer(x_.to(self.dtype), t, caps)
+
+            def on_step(i: int, x_: torch.Tensor, x0: torch.Tensor) -> None:
+                report(Progress("denoise", i + 1, req.steps, x0))
+                check_cancel(i + 1)
+
+            check_cancel(0)
+            x = denoise(velocity, x, sigmas, on_step)
+            timings["denoise_ms"] = _ms_since(t0, self.device)
+
+            t0 = time.perf_counter()
+            report(Progress("decode", 0, 1))
+            images = to_uint8(self.vae.decode(x.to(self.vae_dtype)))
+            timings["decode_ms"] = _ms_since(t0, self.device)
+        except torch.OutOfMemoryError:
+            devices.empty_cache(self.device)
+            raise EngineError(
+                "out_of_memory",
+                f"the GPU ran out of memory at {req.width}x{req.height} x{req.num_images}; "
+                "try a smaller size, fewer images, or a lower --memory mode",
+            ) from None
+        return Result(images=images, seeds=seeds, timings=timings)
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+
+def _ms_since(t0: float, device: torch.device) -> float:
+    devices.synchronize(device)
+    return (time.perf_counter() - t0) * 1000
+
