@@ -1,0 +1,169 @@
+"""Parity of engine.model.transformer against diffusers' ZImageTransformer2DModel (the oracle).
+
+Both models are tiny, built in memory, with EVERY parameter randomised (diffusers zeroes the pad
+tokens and some layers, which would hide bugs in padding and modulation).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.config import TransformerParams
+from engine.model.transformer import ZImageTransformer
+
+diffusers = pytest.importorskip("diffusers")
+
+TINY = dict(dim=64, n_heads=2, n_kv_heads=2, n_layers=2, n_refiner_layers=2, cap_feat_dim=32,
+            axes_dims=[8, 12, 12], axes_lens=[128, 32, 32])
+# Non-default shape so nothing is secretly hard-coded: 3 heads of 32, one main layer.
+ODD = dict(dim=96, n_heads=3, n_kv_heads=3, n_layers=1, n_refiner_layers=1, cap_feat_dim=48,
+           axes_dims=[8, 8, 16], axes_lens=[128, 32, 32], rope_theta=100.0, norm_eps=1e-6)
+
+
+def _randomise(model: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, prm in model.named_parameters():
+            noise = torch.randn(prm.shape, generator=g)
+            if "norm" in name and prm.ndim == 1:
+                prm.copy_(1.0 + 0.2 * noise)  # around 1: sane activations, still must be applied
+            elif name.endswith("pad_token"):
+                prm.copy_(0.5 * noise)
+            elif prm.ndim == 1:
+                prm.copy_(0.1 * noise)  # biases
+            else:
+                prm.copy_(noise / prm.shape[1] ** 0.5)  # variance-preserving matrices
+
+
+def _pair(cfg: dict, seed: int = 0):
+    from diffusers import ZImageTransformer2DModel
+
+    ref = ZImageTransformer2DModel(in_channels=16, **cfg).float().eval()
+    _randomise(ref, seed)
+    params = TransformerParams(**cfg)
+    with torch.device("meta"):
+        ours = ZImageTransformer(params)
+    ours.load_state_dict(ref.state_dict(), strict=True, assign=True)
+    return ref, ours.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _pair(TINY)
+
+
+def _ref_forward(ref, x, t, cap):
+    """What the diffusers pipeline does: lists of [C, 1, H, W] latents and [L, D] captions."""
+    xs = list(x.unsqueeze(2).unbind(0))
+    caps = [cap[0]] * x.shape[0] if cap.shape[0] == 1 else list(cap.unbind(0))
+    out = ref(xs, t, caps, return_dict=False)[0]
+    return torch.stack(out).squeeze(2)
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize(
+    "cap_len,hw,batch",
+    [(7, (8, 8), 1), (32, (6, 10), 1), (45, (8, 8), 2), (45, (10, 6), 2), (32, (16, 16), 1)],
+)
+def test_parity_with_diffusers(tiny, cap_len, hw, batch):
+    ref, ours = tiny
+    torch.manual_seed(cap_len + hw[0])
+    x = torch.randn(batch, 16, *hw)
+    t = torch.rand(batch)
+    cap = torch.randn(1, cap_len, 32)  # one caption for the whole batch
+    with torch.no_grad():
+        want = _ref_forward(ref, x, t, cap)
+        got = ours(x, t, cap)
+    assert got.shape == want.shape == x.shape
+    assert _rel(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("t_value", [0.0, 0.3, 1.0])
+def test_parity_t_values(tiny, t_value):
+    ref, ours = tiny
+    torch.manual_seed(1)
+    x, cap = torch.randn(2, 16, 8, 8), torch.randn(2, 13, 32)  # per-item captions, same length
+    t = torch.full((2,), t_value)
+    with torch.no_grad():
+        assert _rel(ours(x, t, cap), _ref_forward(ref, x, t, cap)) <= 1e-5
+
+
+def test_parity_non_default_config():
+    ref, ours = _pair(ODD, seed=3)
+    torch.manual_seed(2)
+    x, t, cap = torch.randn(1, 16, 6, 4), torch.tensor([0.7]), torch.randn(1, 40, 48)
+    with torch.no_grad():
+        assert _rel(ours(x, t, cap), _ref_forward(ref, x, t, cap)) <= 1e-5
+
+
+def test_control_hints_match_diffusers(tiny):
+    ref, ours = tiny
+    torch.manual_seed(4)
+    x, t, cap = torch.randn(1, 16, 8, 8), torch.tensor([0.5]), torch.randn(1, 7, 32)
+    n = 32 + 32  # 16 image tokens + 7 caption tokens, each padded to 32
+    hints = {1: 0.5 * torch.randn(1, n, 64)}
+    with torch.no_grad():
+        want = torch.stack(
+            ref([x[0, :, None]], t, [cap[0]], controlnet_block_samples=hints, return_dict=False)[0]
+        ).squeeze(2)
+        got = ours(x, t, cap, control_hints=hints)
+        assert _rel(got, want) <= 1e-5
+        assert _rel(ours(x, t, cap), want) > 1e-3  # the hint really changed something
+
+
+def test_fused_matches_unfused(tiny):
+    _, ours = tiny
+    fused = ZImageTransformer(ours.params)
+    fused.load_state_dict(ours.state_dict())
+    fused.fuse_projections()
+    keys = fused.state_dict().keys()
+    assert "layers.0.attention.qkv.weight" in keys and "layers.0.feed_forward.w13.weight" in keys
+    assert "layers.0.attention.to_q.weight" not in keys
+    torch.manual_seed(5)
+    x, t, cap = torch.randn(2, 16, 6, 10), torch.rand(2), torch.randn(1, 45, 32)
+    with torch.no_grad():
+        assert _rel(fused(x, t, cap), ours(x, t, cap)) <= 1e-6
+
+
+def test_bf16_runs_and_keeps_input_dtype(tiny):
+    _, ours = tiny
+    model = ZImageTransformer(ours.params)
+    model.load_state_dict(ours.state_dict())
+    model = model.to(torch.bfloat16)
+    torch.manual_seed(6)
+    x, t, cap = torch.randn(1, 16, 8, 8), torch.tensor([0.25]), torch.randn(1, 7, 32)
+    with torch.no_grad():
+        out = model(x, t, cap)
+        want = ours(x, t, cap)
+    assert out.dtype == torch.float32
+    assert _rel(out, want) < 5e-2
+
+
+def test_meta_construction_has_no_buffers_and_all_keys():
+    with torch.device("meta"):
+        model = ZImageTransformer(TransformerParams(**TINY))
+    assert list(model.buffers()) == []
+    keys = set(model.state_dict())
+    for key in [
+        "all_x_embedder.2-1.weight", "t_embedder.mlp.0.weight", "t_embedder.mlp.2.bias",
+        "cap_embedder.0.weight", "cap_embedder.1.weight", "x_pad_token", "cap_pad_token",
+        "noise_refiner.1.adaLN_modulation.0.weight", "context_refiner.0.attention.norm_k.weight",
+        "layers.1.attention.to_out.0.weight", "layers.0.feed_forward.w3.weight",
+        "all_final_layer.2-1.linear.weight", "all_final_layer.2-1.adaLN_modulation.1.bias",
+    ]:
+        assert key in keys
+    assert not any(k.startswith("context_refiner") and "adaLN" in k for k in keys)
+
+
+def test_bad_inputs_raise(tiny):
+    _, ours = tiny
+    with pytest.raises(ValueError, match="multiples of 2"):
+        ours(torch.randn(1, 16, 7, 8), torch.rand(1), torch.randn(1, 7, 32))
+    with pytest.raises(ValueError, match="cap_feats"):
+        ours(torch.randn(1, 16, 8, 8), torch.rand(1), torch.randn(1, 7, 31))
+    with pytest.raises(ValueError, match="axes_lens"):
+        ours(torch.randn(1, 16, 66, 8), torch.rand(1), torch.randn(1, 7, 32))
