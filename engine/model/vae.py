@@ -1,0 +1,217 @@
+"""FLUX.1 AutoencoderKL (16 latent channels, 8x downscale) with diffusers key names.
+
+  encoder.conv_in -> down_blocks.N.{resnets.M, downsamplers.0.conv} -> mid_block -> conv_norm_out -> conv_out
+  decoder.conv_in -> mid_block -> up_blocks.N.{resnets.M, upsamplers.0.conv} -> conv_norm_out -> conv_out
+  mid_block = resnets.0, attentions.0 (single-head self-attention), resnets.1
+
+`AutoEncoder.encode` / `decode` speak the transformer's latent space: scaled and shifted
+(scaling_factor 0.3611, shift_factor 0.1159 for FLUX.1). For seamless textures every 3x3 conv can
+wrap around the image borders: `set_padding_mode("circular")`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.config import VaeParams
+from engine.model.layers import attention
+
+NORM_EPS = 1e-6  # every GroupNorm in this VAE
+
+
+def _norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(groups, channels, eps=NORM_EPS, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, groups: int):
+        super().__init__()
+        self.norm1 = _norm(in_ch, groups)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.norm2 = _norm(out_ch, groups)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all pixels, residual. Keys: group_norm, to_q/k/v, to_out.0."""
+
+    def __init__(self, ch: int, groups: int):
+        super().__init__()
+        self.group_norm = _norm(ch, groups)
+        self.to_q = nn.Linear(ch, ch)
+        self.to_k = nn.Linear(ch, ch)
+        self.to_v = nn.Linear(ch, ch)
+        self.to_out = nn.ModuleList([nn.Linear(ch, ch)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        h = self.group_norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]
+        q, k, v = (proj(h).unsqueeze(2) for proj in (self.to_q, self.to_k, self.to_v))  # one head
+        h = self.to_out[0](attention(q, k, v))
+        return x + h.transpose(1, 2).reshape(B, C, H, W)
+
+
+class Downsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Asymmetric pad (right and bottom only) before the stride-2 conv, as in diffusers/LDM.
+        mode = "circular" if self.conv.padding_mode == "circular" else "constant"
+        return self.conv(F.pad(x, (0, 1, 0, 1), mode=mode))
+
+
+class Upsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class DownBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, n_resnets: int, groups: int, downsample: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            [ResnetBlock(in_ch if i == 0 else out_ch, out_ch, groups) for i in range(n_resnets)]
+        )
+        self.downsamplers = nn.ModuleList([Downsample(out_ch)]) if downsample else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        for resnet in self.resnets:
+            x = resnet(x)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0](x)
+        return x
+
+
+class UpBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, n_resnets: int, groups: int, upsample: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            [ResnetBlock(in_ch if i == 0 else out_ch, out_ch, groups) for i in range(n_resnets)]
+        )
+        self.upsamplers = nn.ModuleList([Upsample(out_ch)]) if upsample else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        for resnet in self.resnets:
+            x = resnet(x)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0](x)
+        return x
+
+
+class MidBlock(nn.Module):
+    def __init__(self, ch: int, groups: int, add_attention: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList([ResnetBlock(ch, ch, groups), ResnetBlock(ch, ch, groups)])
+        self.attentions = nn.ModuleList([AttnBlock(ch, groups)]) if add_attention else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.resnets[0](x)
+        if self.attentions is not None:
+            x = self.attentions[0](x)
+        return self.resnets[1](x)
+
+
+class Encoder(nn.Module):
+    """image [B, 3, H, W] -> moments [B, 2 * latent_channels, H/8, W/8] (mean, logvar)."""
+
+    def __init__(self, p: VaeParams):
+        super().__init__()
+        ch, g = p.block_out_channels, p.norm_num_groups
+        self.conv_in = nn.Conv2d(p.in_channels, ch[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList(
+            [
+                DownBlock(ch[max(i - 1, 0)], ch[i], p.layers_per_block, g, downsample=i < len(ch) - 1)
+                for i in range(len(ch))
+            ]
+        )
+        self.mid_block = MidBlock(ch[-1], g, p.mid_block_add_attention)
+        self.conv_norm_out = _norm(ch[-1], g)
+        self.conv_out = nn.Conv2d(ch[-1], 2 * p.latent_channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv_in(x)
+        for block in self.down_blocks:
+            x = block(x)
+        x = self.mid_block(x)
+        return self.conv_out(F.silu(self.conv_norm_out(x)))
+
+
+class Decoder(nn.Module):
+    """latent [B, latent_channels, h, w] (unscaled) -> image [B, 3, 8h, 8w] in about [-1, 1]."""
+
+    def __init__(self, p: VaeParams):
+        super().__init__()
+        ch, g = tuple(reversed(p.block_out_channels)), p.norm_num_groups
+        self.conv_in = nn.Conv2d(p.latent_channels, ch[0], 3, padding=1)
+        self.mid_block = MidBlock(ch[0], g, p.mid_block_add_attention)
+        # One more resnet per stage than the encoder; up_blocks.0 works at the lowest resolution.
+        self.up_blocks = nn.ModuleList(
+            [
+                UpBlock(ch[max(i - 1, 0)], ch[i], p.layers_per_block + 1, g, upsample=i < len(ch) - 1)
+                for i in range(len(ch))
+            ]
+        )
+        self.conv_norm_out = _norm(ch[-1], g)
+        self.conv_out = nn.Conv2d(ch[-1], p.out_channels, 3, padding=1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        x = self.mid_block(self.conv_in(z))
+        for block in self.up_blocks:
+            x = block(x)
+        return self.conv_out(F.silu(self.conv_norm_out(x)))
+
+
+class AutoEncoder(nn.Module):
+    def __init__(self, params: VaeParams):
+        super().__init__()
+        p = self.params = params
+        self.encoder = Encoder(p)
+        self.decoder = Decoder(p)
+        lc = p.latent_channels
+        self.quant_conv = nn.Conv2d(2 * lc, 2 * lc, 1) if p.use_quant_conv else None
+        self.post_quant_conv = nn.Conv2d(lc, lc, 1) if p.use_post_quant_conv else None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.encoder.conv_in.weight.dtype
+
+    def set_padding_mode(self, mode: str = "zeros") -> None:
+        """"zeros" (default, as trained) or "circular" (tileable output: borders wrap around)."""
+        if mode not in ("zeros", "circular"):
+            raise ValueError(f"padding mode must be 'zeros' or 'circular', got {mode!r}")
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                m.padding_mode = mode
+
+    def encode(self, image: Tensor) -> Tensor:
+        """image [B, 3, H, W] in [-1, 1] (H, W multiples of 8) -> float32 latent the transformer
+        sees: (mean - shift) * scale. Uses the posterior mean (mode), no sampling."""
+        moments = self.encoder(image.to(self.dtype))
+        if self.quant_conv is not None:
+            moments = self.quant_conv(moments)
+        mean = moments.chunk(2, dim=1)[0].float()
+        return (mean - self.params.shift_factor) * self.params.scaling_factor
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Transformer-space latents [B, 16, h, w] -> float32 image [B, 3, 8h, 8w], about [-1, 1]
+        (not clamped)."""
+        z = latents.float() / self.params.scaling_factor + self.params.shift_factor
+        z = z.to(self.dtype)
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        return self.decoder(z).float()
