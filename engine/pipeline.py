@@ -198,7 +198,7 @@ class ZImagePipeline:
 
             t0 = time.perf_counter()
             report(Progress("decode", 0, 1))
-            images = to_uint8(self.vae.decode(x.to(self.vae_dtype)))
+            images = to_uint8(self.vae.decode(x))
             timings["decode_ms"] = _ms_since(t0, self.device)
         except torch.OutOfMemoryError:
             devices.empty_cache(self.device)
@@ -208,10 +208,6 @@ class ZImagePipeline:
                 "try a smaller size, fewer images, or a lower --memory mode",
             ) from None
         return Result(images=images, seeds=seeds, timings=timings)
-
-    @property
-    def vae_dtype(self) -> torch.dtype:
-        return next(self.vae.parameters()).dtype
 
 
 def _ms_since(t0: float, device: torch.device) -> float:
