@@ -129,7 +129,7 @@ _TRANSFORMER_EXTRA_KEYS = {"all_patch_size", "all_f_patch_size", "siglip_feat_di
 
 @dataclass(frozen=True)
 class VaeParams:
-    """The FLUX.1 AutoencoderKL (diffusers `AutoencoderKL` with DownEncoderBlock2D/UpDecoderBlock2D)."""
+    """The FLUX.1 VAE (diffusers `AutoencoderKL`, DownEncoderBlock2D/UpDecoderBlock2D stages)."""
 
     in_channels: int = 3
     out_channels: int = 3
@@ -144,7 +144,8 @@ class VaeParams:
     shift_factor: float = 0.1159  # JSON null means 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "block_out_channels", tuple(int(c) for c in self.block_out_channels))
+        channels = tuple(int(c) for c in self.block_out_channels)
+        object.__setattr__(self, "block_out_channels", channels)
         if not self.block_out_channels:
             raise ValueError("block_out_channels is empty")
         for ch in self.block_out_channels:
@@ -168,7 +169,10 @@ class VaeParams:
         cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
         _check_unknown(cfg, {f.name for f in fields(cls)} | set(_VAE_EXTRA_KEYS), "vae")
         n = len(cfg.get("block_out_channels", cls.block_out_channels))
-        for key, want in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
+        for key, want in (
+            ("down_block_types", "DownEncoderBlock2D"),
+            ("up_block_types", "UpDecoderBlock2D"),
+        ):
             if key in cfg and list(cfg[key]) != [want] * n:
                 raise ValueError(f"vae: {key} must be {n} x {want}, got {cfg[key]}")
         if cfg.get("act_fn", "silu") != "silu":

@@ -93,7 +93,8 @@ class TransformerBlock(nn.Module):
         if self.adaLN_modulation is None:
             x = x + self.attention_norm2(self.attention(self.attention_norm1(x), cos, sin))
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))
-        scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(t_emb)[:, None].chunk(4, dim=-1)
+        mod = self.adaLN_modulation(t_emb)[:, None]  # [B, 1, 4 * dim], broadcast over tokens
+        scale_msa, gate_msa, scale_mlp, gate_mlp = mod.chunk(4, dim=-1)
         attn_out = self.attention(self.attention_norm1(x) * (1.0 + scale_msa), cos, sin)
         x = x + gate_msa.tanh() * self.attention_norm2(attn_out)
         ffn_out = self.feed_forward(self.ffn_norm1(x) * (1.0 + scale_mlp))
@@ -115,7 +116,10 @@ class TimestepEmbedder(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """LayerNorm (no affine) * (1 + Linear(SiLU(t_emb))) -> Linear. Keys: linear, adaLN_modulation.1."""
+    """LayerNorm (no affine) * (1 + Linear(SiLU(t_emb))) -> Linear.
+
+    Keys: linear, adaLN_modulation.1 (index 0 is the parameter-free SiLU).
+    """
 
     def __init__(self, dim: int, adaln_dim: int, out_dim: int):
         super().__init__()
@@ -145,7 +149,9 @@ class ZImageTransformer(nn.Module):
         self.context_refiner = nn.ModuleList(
             [TransformerBlock(p, modulation=False) for _ in range(p.n_refiner_layers)]
         )
-        self.layers = nn.ModuleList([TransformerBlock(p, modulation=True) for _ in range(p.n_layers)])
+        self.layers = nn.ModuleList(
+            [TransformerBlock(p, modulation=True) for _ in range(p.n_layers)]
+        )
         self.all_final_layer = nn.ModuleDict(
             {p.patch_key: FinalLayer(p.dim, p.adaln_dim, p.patch_dim)}
         )
@@ -170,7 +176,9 @@ class ZImageTransformer(nn.Module):
             block.attention.fuse()
             block.feed_forward.fuse()
 
-    def _rope(self, cap_len: int, h_tok: int, w_tok: int, device: torch.device) -> tuple[Tensor, ...]:
+    def _rope(
+        self, cap_len: int, h_tok: int, w_tok: int, device: torch.device
+    ) -> tuple[Tensor, ...]:
         """cos/sin for the image stream and the caption stream (position ids as diffusers):
         caption token i -> (1 + i, 0, 0); image token (h, w) -> (cap_len + 1, h, w);
         image pad tokens -> (0, 0, 0). cap_len is the padded caption length.
@@ -182,7 +190,8 @@ class ZImageTransformer(nn.Module):
         need = (cap_len + 2, h_tok, w_tok)
         if any(n > limit for n, limit in zip(need, p.axes_lens)):
             raise ValueError(
-                f"positions {need} (caption+2, rows, cols in tokens) exceed axes_lens {list(p.axes_lens)}"
+                f"positions {need} (caption+2, rows, cols in tokens) exceed "
+                f"axes_lens {list(p.axes_lens)}"
             )
         n_img = h_tok * w_tok
         cpu = torch.device("cpu")
@@ -218,7 +227,11 @@ class ZImageTransformer(nn.Module):
             raise ValueError(
                 f"latents {list(x.shape)}: need {p.in_channels} channels and H, W multiples of {ps}"
             )
-        if cap_feats.ndim != 3 or cap_feats.shape[0] not in (1, B) or cap_feats.shape[2] != p.cap_feat_dim:
+        if (
+            cap_feats.ndim != 3
+            or cap_feats.shape[0] not in (1, B)
+            or cap_feats.shape[2] != p.cap_feat_dim
+        ):
             raise ValueError(
                 f"cap_feats {list(cap_feats.shape)}: need [{B} or 1, L, {p.cap_feat_dim}]"
             )

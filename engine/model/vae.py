@@ -1,7 +1,9 @@
 """FLUX.1 AutoencoderKL (16 latent channels, 8x downscale) with diffusers key names.
 
-  encoder.conv_in -> down_blocks.N.{resnets.M, downsamplers.0.conv} -> mid_block -> conv_norm_out -> conv_out
-  decoder.conv_in -> mid_block -> up_blocks.N.{resnets.M, upsamplers.0.conv} -> conv_norm_out -> conv_out
+  encoder: conv_in -> down_blocks.N.{resnets.M, downsamplers.0.conv} -> mid_block
+           -> conv_norm_out -> conv_out
+  decoder: conv_in -> mid_block -> up_blocks.N.{resnets.M, upsamplers.0.conv}
+           -> conv_norm_out -> conv_out
   mid_block = resnets.0, attentions.0 (single-head self-attention), resnets.1
 
 `AutoEncoder.encode` / `decode` speak the transformer's latent space: scaled and shifted
@@ -43,7 +45,10 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head self-attention over all pixels, residual. Keys: group_norm, to_q/k/v, to_out.0."""
+    """Single-head self-attention over all pixels, residual.
+
+    Keys: group_norm, to_q, to_k, to_v, to_out.0.
+    """
 
     def __init__(self, ch: int, groups: int):
         super().__init__()
@@ -135,7 +140,9 @@ class Encoder(nn.Module):
         self.conv_in = nn.Conv2d(p.in_channels, ch[0], 3, padding=1)
         self.down_blocks = nn.ModuleList(
             [
-                DownBlock(ch[max(i - 1, 0)], ch[i], p.layers_per_block, g, downsample=i < len(ch) - 1)
+                DownBlock(
+                    ch[max(i - 1, 0)], ch[i], p.layers_per_block, g, downsample=i < len(ch) - 1
+                )
                 for i in range(len(ch))
             ]
         )
@@ -162,7 +169,9 @@ class Decoder(nn.Module):
         # One more resnet per stage than the encoder; up_blocks.0 works at the lowest resolution.
         self.up_blocks = nn.ModuleList(
             [
-                UpBlock(ch[max(i - 1, 0)], ch[i], p.layers_per_block + 1, g, upsample=i < len(ch) - 1)
+                UpBlock(
+                    ch[max(i - 1, 0)], ch[i], p.layers_per_block + 1, g, upsample=i < len(ch) - 1
+                )
                 for i in range(len(ch))
             ]
         )
