@@ -1,0 +1,1153 @@
+"""The ZeroMQ engine: one I/O thread that owns the ROUTER socket and never runs model code, and
+one worker thread that runs one job at a time. See protocol/PROTOCOL.md for the wire format.
+
+    server = EngineServer(pipeline, bind="tcp://127.0.0.1:5555")
+    server.start()          # binds, starts both threads, returns at once
+    ...
+    server.stop()
+
+Threads and data:
+- I/O thread: sessions, the fair queue (round-robin across sessions), the result store (TTL +
+  byte budget), every socket send. Answers hello/ping/status/cancel/fetch in milliseconds.
+- worker thread: pipeline.generate(), previews (pipeline.preview + a tiny JPEG), raw result
+  bytes. It talks to the I/O thread only through a queue.Queue plus a socketpair "waker".
+- a 2-thread pool encodes PNG results so the worker can start the next job at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import ipaddress
+import json
+import logging
+import os
+import queue
+import secrets
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+import engine
+from engine.errors import Cancelled, EngineError
+from protocol import PROTOCOL_VERSION
+from protocol.errors import CODES, ProtocolError
+from protocol.messages import (DEFAULT_LIMITS, PARAM_CAPABILITY, Limits,
+                               required_capabilities, validate_request)
+from protocol.wire import SIGNATURE, encode_header, split_frames
+
+log = logging.getLogger("engine.server")
+
+STAGE_SPAN = {"encode_text": (0.0, 0.05), "denoise": (0.05, 0.9), "decode": (0.9, 0.95),
+              "encode_image": (0.95, 1.0)}
+
+
+class InsecureBindError(ValueError):
+    """Refused to bind a non-loopback address without CURVE keys."""
+
+
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """True for tcp://127.x.y.z / [::1] / localhost, ipc:// and inproc://."""
+    scheme = endpoint.split("://", 1)[0].lower()
+    if scheme in ("ipc", "inproc"):
+        return True
+    if scheme != "tcp":
+        return False
+    host = urlsplit(endpoint).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "*", interface names, DNS names: treat as public
+
+
+def _request_class(pipeline) -> type:
+    """GenerateRequest from the pipeline's own module, else the stand-in's."""
+    mod = sys.modules.get(type(pipeline).__module__)
+    cls = getattr(mod, "GenerateRequest", None)
+    if cls is None:
+        from engine.standin import GenerateRequest as cls
+    return cls
+
+
+# ---- state --------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    route: bytes
+    user_id: str | None
+    client: dict
+    caps: list
+    last_seen: float
+    attached: bool = True
+    detached_at: float = 0.0
+    queue: collections.deque = field(default_factory=collections.deque)
+    outbox: collections.deque = field(default_factory=collections.deque)
+
+
+@dataclass(eq=False)
+class Job:
+    id: str
+    session_id: str
+    user_id: str | None
+    params: dict
+    want: dict
+    blob_descs: list
+    blobs: list
+    fingerprint: str
+    submitted: float
+    deadline: float
+    priority: str = "normal"
+    state: str = "queued"
+    seq: int = 0
+    step: int = 0
+    steps: int = 0
+    at_step: int | None = None
+    error: dict | None = None
+    result_header: dict | None = None
+    result_blobs: list = field(default_factory=list)
+    result_bytes: int = 0
+    started: float = 0.0
+    finished: float = 0.0
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str = "client"
+
+
+class _Waker:
+    """Wake the I/O thread's poller from any thread (a socketpair, works on every OS)."""
+
+    def __init__(self):
+        self.r, self.w = socket.socketpair()
+        self.r.setblocking(False)
+        self.w.setblocking(False)
+
+    def wake(self):
+        try:
+            self.w.send(b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def drain(self):
+        try:
+            while self.r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self):
+        self.r.close()
+        self.w.close()
+
+
+# ---- the server ---------------------------------------------------------------------------
+
+class EngineServer:
+    def __init__(self, pipeline=None, *, bind: str = "tcp://127.0.0.1:5555",
+                 loader: Callable[[], Any] | None = None, limits: Limits | None = None,
+                 curve_secret_file: str | None = None, curve_authorized_dir: str | None = None,
+                 heartbeat_ivl_ms: int = 2000, heartbeat_timeout_ms: int = 6000,
+                 session_timeout_s: float = 15.0, detach_grace_s: float = 30.0,
+                 ping_interval_ms: int = 2000, sndhwm: int = 16, linger_ms: int = 1000,
+                 max_sessions: int = 1024, name: str = "zimage-engine"):
+        if pipeline is None and loader is None:
+            raise ValueError("give a pipeline or a loader")
+        curve = curve_secret_file is not None
+        if curve and not curve_authorized_dir:
+            raise ValueError("CURVE needs an authorized-clients directory")
+        if not is_loopback_endpoint(bind) and not curve:
+            raise InsecureBindError(
+                f"refusing to bind {bind} without CURVE keys: non-loopback addresses need "
+                "--curve-dir (create keys with `python -m engine keys --dir DIR`)")
+        self.bind = bind
+        self.pipeline = pipeline
+        self._loader = loader
+        self.limits = limits or Limits(**DEFAULT_LIMITS.to_dict())
+        self.curve_secret_file = curve_secret_file
+        self.curve_authorized_dir = curve_authorized_dir
+        self.hb = (heartbeat_ivl_ms, heartbeat_timeout_ms)
+        self.session_timeout_s = session_timeout_s
+        self.detach_grace_s = detach_grace_s
+        self.ping_interval_ms = ping_interval_ms
+        self.sndhwm = sndhwm
+        self.linger_ms = linger_ms
+        self.max_sessions = max_sessions
+        self.name = name
+        self.epoch = uuid.uuid4().hex[:16]
+        self.model_state = "ready" if pipeline is not None else "loading"
+        self.model_error: str | None = None
+        self.endpoint: str | None = None
+
+        self.sessions: dict[str, Session] = {}
+        self.jobs: dict[str, Job] = {}
+        self._by_session: dict[str, set] = collections.defaultdict(set)
+        self._store: collections.OrderedDict[str, Job] = collections.OrderedDict()  # terminal
+        self._store_bytes = 0
+        self._tombstones: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._rr: collections.deque[Session] = collections.deque()
+        self._queued = 0
+        self._running: Job | None = None
+        self._avg_job_s = 1.0
+        self._last_queued_note = 0.0
+        self.counters = collections.Counter()
+
+        self._events: queue.Queue = queue.Queue()   # worker/encoder -> I/O thread
+        self._work: queue.Queue = queue.Queue()     # I/O thread -> worker
+        self._waker = _Waker()
+        self._encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="engine-encode")
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._ctx: zmq.Context | None = None
+        self._sock: zmq.Socket | None = None
+        self._auth = None
+        self._auth_mtime = None
+        self._io_thread: threading.Thread | None = None
+        self._worker_thread: threading.Thread | None = None
+        self._request_cls = _request_class(pipeline) if pipeline is not None else None
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> "EngineServer":
+        ctx = self._ctx = zmq.Context()
+        sock = self._sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.SNDHWM, self.sndhwm)
+        sock.setsockopt(zmq.LINGER, self.linger_ms)
+        sock.setsockopt(zmq.HANDSHAKE_IVL, 5000)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, self.hb[0])
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self.hb[1])
+        sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_msg_bytes + self.limits.max_header_bytes
+                        + 4096)
+        if self.curve_secret_file:
+            public, secret = zmq.auth.load_certificate(self.curve_secret_file)
+            if not secret:
+                raise ValueError(f"{self.curve_secret_file} holds no secret key")
+            self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("engine.auth"))
+            self._auth.start()
+            self._reload_authorized(force=True)
+            sock.curve_secretkey = secret
+            sock.curve_publickey = public
+            sock.curve_server = True   # no zap_domain: pyzmq falls back to domain "*"
+        try:
+            sock.bind(self.bind)
+        except zmq.ZMQError:
+            self._close_sockets(0)
+            raise
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._worker_thread = threading.Thread(target=self._worker_main, name="engine-worker",
+                                               daemon=True)
+        self._io_thread = threading.Thread(target=self._io_main, name="engine-io", daemon=True)
+        self._worker_thread.start()
+        self._io_thread.start()
+        log.info("engine %s listening on %s (epoch %s)", self.name, self.endpoint, self.epoch)
+        return self
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        if self._io_thread is None or self._stopped.is_set():
+            return
+        self._stop.set()
+        self._waker.wake()
+        self._io_thread.join(grace_s + 5.0)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def wait_ready(self, timeout: float | None = None) -> str:
+        """Block until the model is loaded (or failed); returns model_state."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.model_state == "loading" and not self._stopped.is_set():
+            if end is not None and time.monotonic() > end:
+                break
+            time.sleep(0.02)
+        return self.model_state
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _close_sockets(self, linger_ms: int) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=linger_ms)
+        if self._auth is not None:
+            self._auth.stop()
+        if self._ctx is not None:
+            self._ctx.term()
+
+    def _reload_authorized(self, force: bool = False) -> None:
+        try:
+            mtime = os.stat(self.curve_authorized_dir).st_mtime_ns
+        except OSError:
+            mtime = None
+        if force or mtime != self._auth_mtime:
+            self._auth_mtime = mtime
+            self._auth.configure_curve(domain="*", location=self.curve_authorized_dir)
+
+    # ---- I/O thread -----------------------------------------------------------------------
+
+    def _io_main(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._waker.r, zmq.POLLIN)
+        if self._loader is not None:
+            self._work.put(("load", None))
+        last_house = 0.0
+        try:
+            while not self._stop.is_set():
+                busy = any(s.outbox for s in self.sessions.values())
+                ready = dict(poller.poll(20 if busy else 100))
+                if self._sock in ready:
+                    for _ in range(256):
+                        try:
+                            frames = self._sock.recv_multipart(zmq.DONTWAIT, copy=False)
+                        except zmq.Again:
+                            break
+                        self._on_frames(frames)
+                if self._waker.r.fileno() in ready or self._waker.r in ready:
+                    self._waker.drain()
+                self._drain_events()
+                now = time.monotonic()
+                if busy:
+                    self._flush_outboxes()
+                if now - last_house > 0.1:
+                    last_house = now
+                    self._housekeeping(now)
+                self._dispatch()
+        except Exception:  # pragma: no cover - a bug in the I/O loop; log and shut down
+            log.exception("engine I/O loop failed")
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        for s in self.sessions.values():
+            self._send(s, {"type": "shutting_down", "grace_ms": 1000}, kind="state")
+        if self._running is not None:
+            self._running.cancel_reason = "shutdown"
+            self._running.cancel_event.set()
+        self._work.put(("stop", None))
+        if self._worker_thread is not None:
+            self._worker_thread.join(2.0)
+        self._encoder.shutdown(wait=False, cancel_futures=True)
+        self._close_sockets(self.linger_ms)
+        self._waker.close()
+        self._stopped.set()
+        log.info("engine stopped")
+
+    # ---- sending --------------------------------------------------------------------------
+
+    def _frames(self, route: bytes, header: dict, blobs=()) -> list:
+        header.setdefault("epoch", self.epoch)
+        header["ts"] = round(time.time(), 3)
+        return [route, SIGNATURE, encode_header(header), *blobs]
+
+    def _send_route(self, route: bytes, header: dict) -> None:
+        """Reply to a peer that has no (valid) session: best effort."""
+        try:
+            self._sock.send_multipart(self._frames(route, header), zmq.DONTWAIT)
+        except zmq.ZMQError:
+            pass
+
+    def _send(self, session: Session | None, header: dict, blobs=(), kind: str = "state"
+              ) -> bool:
+        """kind: state (must arrive: queued in the session outbox on EAGAIN), droppable
+        (queued/progress/preview: dropped when the peer is slow), result (large: on EAGAIN a
+        small result_ready goes to the outbox instead)."""
+        if session is None or not session.attached:
+            return False
+        if session.outbox:
+            if kind == "state":
+                session.outbox.append(self._frames(session.route, header))
+            elif kind == "result":
+                session.outbox.append(self._frames(session.route, self._result_ready(header)))
+            return False
+        frames = self._frames(session.route, header, blobs)
+        try:
+            self._sock.send_multipart(frames, zmq.DONTWAIT, copy=bool(not blobs))
+            self.counters["sent_" + header["type"]] += 1
+            return True
+        except zmq.Again:
+            if kind == "state":
+                session.outbox.append(frames)
+            elif kind == "result":
+                session.outbox.append(self._frames(session.route, self._result_ready(header)))
+            else:
+                self.counters["dropped_" + header["type"]] += 1
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                self._detach(session, "peer unreachable")
+            else:
+                log.warning("send to session %s failed: %s", session.id[:8], exc)
+        return False
+
+    @staticmethod
+    def _result_ready(header: dict) -> dict:
+        return {"type": "result_ready", "job_id": header["job_id"], "seq": header.get("seq"),
+                "epoch": header.get("epoch")}
+
+    def _flush_outboxes(self) -> None:
+        for s in list(self.sessions.values()):
+            while s.outbox and s.attached:
+                try:
+                    self._sock.send_multipart(s.outbox[0], zmq.DONTWAIT)
+                    s.outbox.popleft()
+                except zmq.Again:
+                    break
+                except zmq.ZMQError:
+                    self._detach(s, "peer unreachable")
+            if len(s.outbox) > 1000:
+                self._detach(s, "not reading")
+
+    def _error(self, session: Session | None, route: bytes, code: str, message: str, *,
+               job_id=None, re=None, field=None, retry_after_ms=None, seq=None) -> None:
+        h = {"type": "error", "job_id": job_id, "code": code, "message": message,
+             "retryable": CODES.get(code, False), "field": field,
+             "retry_after_ms": retry_after_ms}
+        if re is not None:
+            h["re"] = re
+        if seq is not None:
+            h["seq"] = seq
+        if session is not None and session.attached and session.route == route:
+            self._send(session, h, kind="state")
+        else:
+            self._send_route(route, h)
+
+    # ---- receiving ------------------------------------------------------------------------
+
+    def _on_frames(self, frames) -> None:
+        self.counters["received"] += 1
+        route = frames[0].bytes
+        if len(frames) < 3:
+            self.counters["dropped_malformed"] += 1
+            if len(frames) == 2 and frames[1].bytes[:3] == b"ZIE":
+                self._error(None, route, "bad_request", "expected at least 2 frames after "
+                            "the routing id", field="frames")
+            return
+        user_id = None
+        if self._auth is not None:
+            try:
+                user_id = frames[1].get("User-Id")
+            except (zmq.ZMQError, AttributeError):
+                user_id = None
+        raw = [f.bytes for f in frames[1:]]
+        header = None
+        try:
+            header, blobs = split_frames(raw, max_header_bytes=self.limits.max_header_bytes,
+                                         max_depth=self.limits.max_depth)
+            msg = validate_request(header, blobs, self.limits)
+        except ProtocolError as exc:
+            if exc.field == "signature" and exc.code == "bad_request":
+                self.counters["dropped_foreign"] += 1   # not our protocol: no answer
+                return
+            self.counters["rejected_" + exc.code] += 1
+            hdr = header if isinstance(header, dict) else {}
+            jid, mid, sid = hdr.get("job_id"), hdr.get("msg_id"), hdr.get("session")
+            jid = jid if isinstance(jid, str) and 0 < len(jid) <= 64 else None
+            mid = mid if isinstance(mid, str) and 0 < len(mid) <= 64 else None
+            sess = self.sessions.get(sid) if isinstance(sid, str) else None
+            reply = {"type": "error", "job_id": jid, "code": exc.code, "message": exc.message,
+                     "retryable": CODES[exc.code], "field": exc.field}
+            if mid is not None:
+                reply["re"] = mid
+            if exc.code == "unsupported_version":
+                reply["versions"] = [PROTOCOL_VERSION]
+            if sess is not None and sess.route == route and sess.attached:
+                self._send(sess, reply)
+            else:
+                self._send_route(route, reply)
+            return
+        msg["_raw_blobs"] = blobs
+        try:
+            self._handle(route, user_id, msg)
+        except Exception:
+            err_id = uuid.uuid4().hex[:8]
+            log.exception("error %s while handling %s", err_id, msg.get("type"))
+            self._error(None, route, "internal_error", f"engine error {err_id} (see engine log)",
+                        job_id=msg.get("job_id"), re=msg.get("msg_id"))
+
+    def _handle(self, route: bytes, user_id: str | None, msg: dict) -> None:
+        kind, sid, mid = msg["type"], msg["session"], msg["msg_id"]
+        now = time.monotonic()
+        if kind == "hello":
+            self._on_hello(route, user_id, msg, now)
+            return
+        s = self.sessions.get(sid)
+        if s is None:
+            if kind != "bye":
+                self._error(None, route, "session_unknown", "send hello first (the engine does "
+                            "not know this session; it may have restarted)", re=mid,
+                            job_id=msg.get("job_id"))
+            return
+        if self._auth is not None and s.user_id != user_id:
+            self._error(None, route, "unauthorized", "session belongs to another key", re=mid)
+            return
+        self._attach(s, route, now)
+        if kind == "ping":
+            self._send(s, {"type": "pong", "re": mid, "queue_len": self._queued,
+                           "running": self._running.id if self._running and
+                           self._running.session_id == sid else None,
+                           "busy": self._running is not None, "model_state": self.model_state},
+                       kind="state")
+        elif kind == "submit":
+            self._on_submit(s, msg, now)
+        elif kind == "cancel":
+            self._on_cancel(s, msg)
+        elif kind == "status":
+            ids = msg["job_ids"]
+            if ids is None:
+                ids = sorted(self._by_session.get(sid, ()))
+            self._send(s, {"type": "jobs", "re": mid,
+                           "jobs": [self._snapshot(j, sid) for j in ids[:256]]})
+        elif kind == "fetch":
+            self._on_fetch(s, msg)
+        elif kind == "bye":
+            self._drop_queued(s, "client said bye")
+            self._detach(s, "bye")
+
+    def _attach(self, s: Session, route: bytes, now: float) -> None:
+        if s.route != route:
+            s.outbox.clear()
+        s.route = route
+        s.last_seen = now
+        if not s.attached:
+            s.attached = True
+            log.info("session %s re-attached", s.id[:8])
+
+    def _detach(self, s: Session, why: str) -> None:
+        if s.attached:
+            log.info("session %s detached (%s)", s.id[:8], why)
+            s.attached = False
+            s.detached_at = time.monotonic()
+            s.outbox.clear()
+
+    def _on_hello(self, route: bytes, user_id, msg: dict, now: float) -> None:
+        mid = msg["msg_id"]
+        if PROTOCOL_VERSION not in msg["versions"]:
+            self._send_route(route, {"type": "error", "job_id": None, "re": mid,
+                                     "code": "unsupported_version", "retryable": False,
+                                     "message": f"engine speaks protocol {PROTOCOL_VERSION}, "
+                                     f"client offers {msg['versions']}",
+                                     "versions": [PROTOCOL_VERSION]})
+            return
+        s = self.sessions.get(msg["session"])
+        if s is not None:
+            if self._auth is not None and s.user_id != user_id:
+                self._error(None, route, "unauthorized", "session belongs to another key",
+                            re=mid)
+                return
+            self._attach(s, route, now)
+            s.client, s.caps = msg["client"], msg["caps"]
+        else:
+            if len(self.sessions) >= self.max_sessions and not self._evict_session():
+                self._error(None, route, "queue_full", "too many client sessions",
+                            re=mid, retry_after_ms=5000)
+                return
+            s = Session(msg["session"], route, user_id, msg["client"], msg["caps"], now)
+            self.sessions[s.id] = s
+            log.info("session %s hello from %s", s.id[:8], msg["client"].get("name", "?"))
+        info = self._pipe_info()
+        caps = list(info.get("capabilities", [])) + ["result.raw", "result.png", "preview.jpeg"]
+        self._send(s, {"type": "welcome", "re": mid, "version": PROTOCOL_VERSION,
+                       "session": s.id,
+                       "engine": {"name": self.name, "version": engine.__version__,
+                                  "model": info.get("model"), "device": info.get("device"),
+                                  "dtype": info.get("dtype"), "state": self.model_state,
+                                  "error": self.model_error},
+                       "caps": caps, "limits": self.limits.to_dict(),
+                       "heartbeat_ms": self.ping_interval_ms,
+                       "jobs": [self._snapshot(j, s.id) for j in msg["resume_jobs"]]})
+
+    def _evict_session(self) -> bool:
+        for sid, s in list(self.sessions.items()):
+            if not s.attached and not s.queue and not (self._running and
+                                                      self._running.session_id == sid):
+                del self.sessions[sid]
+                return True
+        return False
+
+    def _pipe_info(self) -> dict:
+        if self.pipeline is None:
+            return {"capabilities": []}
+        try:
+            return dict(self.pipeline.info)
+        except Exception:
+            return {"capabilities": []}
+
+    # ---- jobs -----------------------------------------------------------------------------
+
+    def _on_submit(self, s: Session, msg: dict, now: float) -> None:
+        mid, jid = msg["msg_id"], msg["job_id"]
+        fp = json.dumps([msg["params"], msg["want"], msg["blobs"]], sort_keys=True)
+        old = self.jobs.get(jid)
+        if old is not None:
+            if old.session_id != s.id or old.fingerprint != fp:
+                self._error(s, s.route, "duplicate_job", "this job id was already used with "
+                            "other parameters or by another session", job_id=jid, re=mid,
+                            field="job_id")
+            elif old.state in ("queued", "running"):
+                self._send(s, {"type": "accepted", "job_id": jid, "re": mid, "seq": old.seq,
+                               "position": self._position(old), "state": old.state,
+                               "duplicate": True})
+            else:
+                self._resend_terminal(s, old, mid)
+            return
+        if jid in self._tombstones:
+            self._error(s, s.route, "duplicate_job", "this job id was already used",
+                        job_id=jid, re=mid, field="job_id")
+            return
+        if self._stop.is_set():
+            self._error(s, s.route, "shutting_down", "engine is shutting down", job_id=jid,
+                        re=mid, retry_after_ms=5000)
+            return
+        if self.model_state == "loading":
+            self._error(s, s.route, "model_loading", "the model is still loading", job_id=jid,
+                        re=mid, retry_after_ms=1000)
+            return
+        if self.model_state == "failed":
+            self._error(s, s.route, "model_unavailable", self.model_error or "model failed "
+                        "to load", job_id=jid, re=mid)
+            return
+        have = set(self._pipe_info().get("capabilities", []))
+        for cap in required_capabilities(msg["params"]):
+            if cap not in have:
+                key = next(k for k, c in PARAM_CAPABILITY.items() if c == cap)
+                self._error(s, s.route, "capability_unavailable",
+                            f"this engine cannot do {cap} (it offers {', '.join(sorted(have))})",
+                            job_id=jid, re=mid, field=f"params.{key}")
+                return
+        retry = max(200, int(self._avg_job_s * 1000))
+        if len(s.queue) >= self.limits.max_queue_per_session:
+            self._error(s, s.route, "queue_full", f"this session already has {len(s.queue)} "
+                        "queued jobs", job_id=jid, re=mid, retry_after_ms=retry)
+            return
+        if self._queued >= self.limits.max_queue:
+            self._error(s, s.route, "queue_full", f"the engine queue is full ({self._queued} "
+                        "jobs)", job_id=jid, re=mid, retry_after_ms=retry)
+            return
+        params = dict(msg["params"])
+        if params.get("seed") is None:
+            params["seed"] = secrets.randbits(63)
+        job = Job(jid, s.id, s.user_id, params, msg["want"], msg["blobs"], msg["_raw_blobs"],
+                  fp, now, now + msg["deadline_ms"] / 1000.0, msg["priority"])
+        job.steps = params["steps"]
+        self.jobs[jid] = job
+        self._by_session[s.id].add(jid)
+        if job.priority == "high":
+            idx = sum(1 for j in s.queue if j.priority == "high")
+            s.queue.insert(idx, job)
+        else:
+            s.queue.append(job)
+        if s not in self._rr:
+            self._rr.append(s)
+        self._queued += 1
+        job.seq = 1
+        self._send(s, {"type": "accepted", "job_id": jid, "re": mid, "seq": job.seq,
+                       "position": self._position(job), "state": "queued",
+                       "seed": params["seed"]})
+
+    def _position(self, job: Job) -> int:
+        """Jobs that will run before this one (round-robin order), 0 = next."""
+        if job.state != "queued":
+            return 0
+        queues = [list(s.queue) for s in self._rr]
+        pos, depth = 0, 0
+        while True:
+            for q in queues:
+                if depth < len(q):
+                    if q[depth] is job:
+                        return pos
+                    pos += 1
+            depth += 1
+            if depth > self.limits.max_queue + 1:
+                return pos
+
+    def _snapshot(self, jid: str, sid: str) -> dict:
+        job = self.jobs.get(jid)
+        if job is None:
+            state = "expired" if jid in self._tombstones else "unknown"
+            return {"job_id": jid, "state": state}
+        if job.session_id != sid:
+            return {"job_id": jid, "state": "forbidden"}
+        snap = {"job_id": jid, "state": job.state, "seq": job.seq, "step": job.step,
+                "steps": job.steps}
+        if job.state == "queued":
+            snap["position"] = self._position(job)
+        if job.state == "cancelled":
+            snap["at_step"] = job.at_step
+        if job.error:
+            snap["error"] = job.error
+        if job.state == "succeeded":
+            snap["has_result"] = job.result_header is not None
+        return snap
+
+    def _owned(self, s: Session, jid: str, mid) -> Job | None:
+        job = self.jobs.get(jid)
+        if job is None:
+            if jid in self._tombstones:
+                self._error(s, s.route, "result_expired", "the result of this job was "
+                            "evicted", job_id=jid, re=mid)
+            else:
+                self._error(s, s.route, "unknown_job", "no such job on this engine (it may "
+                            "have restarted)", job_id=jid, re=mid)
+            return None
+        if job.session_id != s.id or (self._auth is not None and job.user_id != s.user_id):
+            self._error(s, s.route, "forbidden", "this job belongs to another session",
+                        job_id=jid, re=mid)
+            return None
+        return job
+
+    def _on_cancel(self, s: Session, msg: dict) -> None:
+        mid = msg["msg_id"]
+        if msg["all"]:
+            targets = [self.jobs[j] for j in list(self._by_session.get(s.id, ()))
+                       if j in self.jobs and self.jobs[j].state in ("queued", "running")]
+        else:
+            job = self._owned(s, msg["job_id"], mid)
+            if job is None:
+                return
+            targets = [job]
+        for job in targets:
+            if job.state == "queued":
+                self._cancel_queued(job, None)
+            elif job.state == "running":
+                job.cancel_reason = "client"
+                job.cancel_event.set()
+            elif not msg["all"]:
+                self._send(s, {"type": "jobs", "re": mid, "jobs": [self._snapshot(job.id,
+                                                                                   s.id)]})
+
+    def _cancel_queued(self, job: Job, reason: str | None) -> None:
+        s = self.sessions.get(job.session_id)
+        if s is not None:
+            try:
+                s.queue.remove(job)
+                self._queued -= 1
+            except ValueError:
+                pass
+            if not s.queue and s in self._rr:
+                self._rr.remove(s)
+        self._finish(job, "cancelled", at_step=None, reason=reason)
+
+    def _drop_queued(self, s: Session, reason: str) -> None:
+        for job in list(s.queue):
+            self._cancel_queued(job, reason)
+
+    def _on_fetch(self, s: Session, msg: dict) -> None:
+        job = self._owned(s, msg["job_id"], msg["msg_id"])
+        if job is None:
+            return
+        if job.state not in ("succeeded", "failed", "cancelled"):
+            self._error(s, s.route, "not_finished", f"job is {job.state}", job_id=job.id,
+                        re=msg["msg_id"], retry_after_ms=500)
+            return
+        self._resend_terminal(s, job, msg["msg_id"])
+
+    def _resend_terminal(self, s: Session, job: Job, mid) -> None:
+        if job.state == "succeeded":
+            if job.result_header is None:
+                self._error(s, s.route, "result_expired", "the result of this job was evicted",
+                            job_id=job.id, re=mid)
+                return
+            if job.id in self._store:
+                self._store.move_to_end(job.id)
+            h = dict(job.result_header, re=mid, seq=job.seq)
+            self._send(s, h, job.result_blobs, kind="result")
+        elif job.state == "cancelled":
+            self._send(s, {"type": "cancelled", "job_id": job.id, "re": mid, "seq": job.seq,
+                           "at_step": job.at_step})
+        else:
+            self._send(s, {"type": "error", "job_id": job.id, "re": mid, "seq": job.seq,
+                           **job.error})
+
+    def _finish(self, job: Job, state: str, *, at_step=None, error: dict | None = None,
+                result=None, reason: str | None = None) -> None:
+        """Move a job to a terminal state, store it, notify its session (once)."""
+        if job.state in ("succeeded", "failed", "cancelled"):
+            return
+        job.state = state
+        job.finished = time.monotonic()
+        job.seq += 1
+        s = self.sessions.get(job.session_id)
+        if state == "cancelled":
+            job.at_step = at_step
+            h = {"type": "cancelled", "job_id": job.id, "seq": job.seq, "at_step": at_step}
+            if reason:
+                h["reason"] = reason
+            self._send(s, h)
+        elif state == "failed":
+            job.error = error
+            self._send(s, {"type": "error", "job_id": job.id, "seq": job.seq, **error})
+        else:
+            header, blobs = result
+            header["seq"] = job.seq
+            job.result_header, job.result_blobs = header, blobs
+            job.result_bytes = sum(len(b) for b in blobs)
+            self._send(s, dict(header), blobs, kind="result")
+        job.blobs = []
+        self._store[job.id] = job
+        self._store_bytes += job.result_bytes
+        self._evict_results(time.monotonic())
+
+    def _evict_results(self, now: float) -> None:
+        ttl = self.limits.result_ttl_s
+        while self._store:
+            jid, job = next(iter(self._store.items()))
+            if now - job.finished > ttl or self._store_bytes > self.limits.result_budget_bytes:
+                self._store.popitem(last=False)
+                self._store_bytes -= job.result_bytes
+                self.jobs.pop(jid, None)
+                ids = self._by_session.get(job.session_id)
+                if ids is not None:
+                    ids.discard(jid)
+                    if not ids:
+                        del self._by_session[job.session_id]
+                self._tombstones[jid] = job.session_id
+                while len(self._tombstones) > 10000:
+                    self._tombstones.popitem(last=False)
+            else:
+                break
+
+    # ---- scheduler ------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        if self._running is not None or not self._rr or self.model_state != "ready":
+            return
+        now = time.monotonic()
+        while self._rr:
+            s = self._rr.popleft()
+            job = s.queue.popleft()
+            self._queued -= 1
+            if s.queue:
+                self._rr.append(s)
+            if now > job.deadline:
+                self._finish(job, "failed", error=self._err(
+                    "deadline_exceeded", "the job waited past its deadline and was not run"))
+                continue
+            job.state = "running"
+            job.started = now
+            job.seq += 1
+            self._running = job
+            self._send(s, {"type": "started", "job_id": job.id, "seq": job.seq,
+                           "steps": job.steps, "worker": 0,
+                           "queue_ms": round((now - job.submitted) * 1000, 1)})
+            self._work.put(("job", job))
+            break
+        if now - self._last_queued_note > 0.5 and self._rr:
+            self._last_queued_note = now
+            for sess in list(self._rr):
+                for j in list(sess.queue)[:8]:
+                    self._send(sess, {"type": "queued", "job_id": j.id, "seq": j.seq,
+                                      "position": self._position(j)}, kind="droppable")
+
+    @staticmethod
+    def _err(code: str, message: str, **extra) -> dict:
+        return {"code": code, "message": message, "retryable": CODES.get(code, False),
+                **extra}
+
+    def _housekeeping(self, now: float) -> None:
+        for s in list(self.sessions.values()):
+            if s.attached and now - s.last_seen > self.session_timeout_s:
+                self._detach(s, f"silent for {now - s.last_seen:.1f}s")
+            if not s.attached and now - s.detached_at > self.detach_grace_s:
+                if s.queue:
+                    self._drop_queued(s, "client gone")
+                r = self._running
+                if r is not None and r.session_id == s.id and not r.cancel_event.is_set():
+                    r.cancel_reason = "client gone"
+                    r.cancel_event.set()
+                if not s.queue and not (r is not None and r.session_id == s.id):
+                    del self.sessions[s.id]
+        for s in list(self._rr):
+            for job in [j for j in s.queue if now > j.deadline]:
+                s.queue.remove(job)
+                self._queued -= 1
+                self._finish(job, "failed", error=self._err(
+                    "deadline_exceeded", "the job waited past its deadline and was not run"))
+            if not s.queue:
+                self._rr.remove(s)
+        self._evict_results(now)
+        if self._auth is not None:
+            self._reload_authorized()
+
+    # ---- events from the worker -----------------------------------------------------------
+
+    def _post(self, *event) -> None:
+        self._events.put(event)
+        self._waker.wake()
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                ev = self._events.get_nowait()
+            except queue.Empty:
+                return
+            kind = ev[0]
+            if kind == "loaded":
+                self.pipeline = ev[1]
+                self._request_cls = _request_class(self.pipeline)
+                self.model_state = "ready"
+                log.info("model ready: %s", self._pipe_info())
+            elif kind == "load_failed":
+                self.model_state = "failed"
+                self.model_error = ev[1]
+            elif kind == "progress":
+                _, job, h, blobs = ev
+                if job.state != "running":
+                    continue
+                job.step = h.get("step", job.step)
+                h["seq"] = job.seq
+                self._send(self.sessions.get(job.session_id), h, blobs, kind="droppable")
+            elif kind == "done":
+                _, job, outcome = ev
+                if self._running is job:
+                    self._running = None
+                    dur = time.monotonic() - job.started
+                    self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * dur
+                state, payload = outcome
+                if state == "succeeded":
+                    self._finish(job, "succeeded", result=payload)
+                elif state == "cancelled":
+                    self._finish(job, "cancelled", at_step=payload,
+                                 reason=None if job.cancel_reason == "client"
+                                 else job.cancel_reason)
+                else:
+                    self._finish(job, "failed", error=payload)
+            elif kind == "worker_free":
+                _, job = ev
+                if self._running is job:
+                    self._running = None
+                    dur = time.monotonic() - job.started
+                    self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * dur
+
+    # ---- worker thread --------------------------------------------------------------------
+
+    def _worker_main(self) -> None:
+        while True:
+            kind, job = self._work.get()
+            if kind == "stop":
+                return
+            if kind == "load":
+                try:
+                    pipe = self._loader()
+                    self._post("loaded", pipe)
+                except BaseException as exc:  # noqa: BLE001 - reported, engine keeps serving
+                    log.error("model failed to load: %s", exc)
+                    self._post("load_failed", f"{type(exc).__name__}: {exc}"[:500])
+                continue
+            try:
+                self._run_job(job)
+            except BaseException:  # noqa: BLE001 - never let the worker die
+                err_id = uuid.uuid4().hex[:8]
+                log.exception("worker error %s", err_id)
+                self._post("done", job, ("failed", self._err(
+                    "internal_error", f"engine error {err_id} (see engine log)")))
+
+    def _run_job(self, job: Job) -> None:
+        pipe = self.pipeline
+        want = job.want
+        p = job.params
+        t_start = time.monotonic()
+        last_step_t = [t_start, None]
+
+        def should_cancel() -> bool:
+            return job.cancel_event.is_set() or time.monotonic() > job.deadline
+
+        def on_progress(pr) -> None:
+            stage = getattr(pr, "stage", "denoise")
+            step = int(getattr(pr, "step", 0) or 0)
+            steps = int(getattr(pr, "steps", 0) or job.steps)
+            lo, hi = STAGE_SPAN.get(stage, (0.0, 1.0))
+            frac = lo + (hi - lo) * (step / steps if stage == "denoise" and steps else 0.0)
+            now = time.monotonic()
+            h = {"type": "progress", "job_id": job.id, "stage": stage, "step": step,
+                 "steps": steps, "fraction": round(min(1.0, frac), 4)}
+            if stage == "denoise" and step > 0:
+                if last_step_t[1] is None:
+                    last_step_t[1] = now
+                else:
+                    per = (now - last_step_t[1]) / max(1, step - 1)
+                    h["eta_ms"] = int(per * (steps - step) * 1000)
+            self._post("progress", job, h, [])
+            every = want["preview_every"]
+            latents = getattr(pr, "latents", None)
+            if (stage == "denoise" and every and latents is not None and step % every == 0
+                    and step < steps):
+                try:
+                    img = pipe.preview(latents, want["preview_max_side"])
+                    data = _encode_jpeg(img)
+                    ph = {"type": "preview", "job_id": job.id, "step": step, "steps": steps,
+                          "blobs": [{"name": "preview", "mime": "image/jpeg",
+                                     "bytes": len(data), "width": int(img.shape[1]),
+                                     "height": int(img.shape[0]), "channels": 3}]}
+                    self._post("progress", job, ph, [data])
+                except Exception as exc:  # previews are optional; never fail the job
+                    log.debug("preview failed: %s", exc)
+
+        try:
+            req = self._make_request(job)
+            result = pipe.generate(req, on_progress=on_progress, should_cancel=should_cancel)
+            images = list(result.images)
+            seeds = [int(x) for x in result.seeds]
+            timings = {k: round(float(v), 2) for k, v in dict(result.timings).items()}
+        except Cancelled as c:
+            if not job.cancel_event.is_set():
+                self._post("done", job, ("failed", self._err(
+                    "deadline_exceeded", f"deadline passed at step {c.step}; job stopped")))
+            else:
+                self._post("done", job, ("cancelled", c.step))
+            return
+        except EngineError as exc:
+            if exc.code == "out_of_memory":
+                _free_accelerator_memory()
+            self._post("done", job, ("failed", self._err(exc.code, exc.message,
+                                                         field=exc.field)))
+            return
+        except Exception as exc:
+            if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+                _free_accelerator_memory()
+                self._post("done", job, ("failed", self._err(
+                    "out_of_memory", f"out of memory at {p['width']}x{p['height']} x"
+                    f"{p['num_images']}: try a smaller size or fewer images")))
+                return
+            err_id = uuid.uuid4().hex[:8]
+            log.error("job %s failed, error %s:\n%s", job.id, err_id, traceback.format_exc())
+            self._post("done", job, ("failed", self._err(
+                "internal_error", f"engine error {err_id}: {type(exc).__name__} (see engine "
+                "log)")))
+            return
+        t_gen = time.monotonic()
+        queue_ms = round((job.started - job.submitted) * 1000, 1)
+        timings.update(queue_ms=queue_ms, generate_ms=round((t_gen - t_start) * 1000, 1))
+
+        def finish() -> None:
+            t0 = time.perf_counter()
+            try:
+                blobs, descs = [], []
+                fmt = want["result_format"]
+                for i, img in enumerate(images):
+                    data, desc = _encode_result(img, fmt)
+                    desc["name"] = f"image{i}"
+                    blobs.append(data)
+                    descs.append(desc)
+                timings["encode_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+                header = {"type": "result", "job_id": job.id, "blobs": descs,
+                          "images": [{"index": i, "seed": seeds[i] if i < len(seeds) else None,
+                                      "blob": i} for i in range(len(blobs))],
+                          "seeds": seeds, "timings": timings, "params": job.params}
+                self._post("done", job, ("succeeded", (header, blobs)))
+            except Exception as exc:
+                log.exception("encoding result of %s failed", job.id)
+                self._post("done", job, ("failed", self._err(
+                    "internal_error", f"encoding the result failed: {type(exc).__name__}")))
+
+        if want["result_format"] == "raw":
+            finish()
+        else:
+            # PNG encoding runs in the pool; the worker takes the next job meanwhile.
+            self._post("worker_free", job)
+            self._encoder.submit(finish)
+
+    def _make_request(self, job: Job):
+        p = job.params
+        cls = self._request_cls or _request_class(self.pipeline)
+        kwargs = dict(prompt=p["prompt"], width=p["width"], height=p["height"],
+                      steps=p["steps"], seed=p["seed"], num_images=p["num_images"])
+        optional = {k: p[k] for k in ("negative_prompt", "guidance", "strength", "control_type",
+                                      "control_scale", "tile") if k in p}
+        blobs = {d["name"]: (d, b) for d, b in zip(job.blob_descs, job.blobs)}
+        for key, mode in (("init_image", "RGB"), ("mask", "L"), ("control_image", "RGB")):
+            if p.get(key):
+                d, b = blobs[p[key]]
+                optional[key] = decode_image_blob(b, d, self.limits, mode, f"params.{key}")
+        names = getattr(cls, "__dataclass_fields__", None)
+        for k, v in optional.items():
+            if names is None or k in names:
+                kwargs[k] = v
+        return cls(**kwargs)
+
+
+# ---- image helpers (engine side: numpy + Pillow) -------------------------------------------
+
+def _encode_jpeg(img, quality: int = 80) -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(_as_rgb8(img), "RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _as_rgb8(img):
+    import numpy as np
+    arr = np.ascontiguousarray(np.asarray(img))
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise EngineError("internal_error", f"pipeline returned an image of shape "
+                          f"{arr.shape} {arr.dtype}, expected HxWx3 uint8")
+    return arr
+
+
+def _encode_result(img, fmt: str) -> tuple[bytes, dict]:
+    arr = _as_rgb8(img)
+    h, w = arr.shape[:2]
+    if fmt == "png":
+        from PIL import Image
+        buf = io.BytesIO()
+        Image.fromarray(arr, "RGB").save(buf, format="PNG", compress_level=1)
+        data = buf.getvalue()
+        return data, {"mime": "image/png", "bytes": len(data), "width": w, "height": h,
+                      "channels": 3}
+    data = arr.tobytes()
+    return data, {"mime": "application/x-raw", "bytes": len(data), "width": w, "height": h,
+                  "channels": 3, "dtype": "u8"}
+
+
+def decode_image_blob(data: bytes, desc: dict, limits: Limits, mode: str, path: str):
+    """Client image blob -> HxWx3 (RGB) or HxW (L) uint8 array. Checks the dimensions from the
+    file header BEFORE decoding (no decompression bombs); never touches the file system."""
+    import numpy as np
+    if desc["mime"] == "application/x-raw":
+        w, h, c = desc["width"], desc["height"], desc["channels"]
+        arr = np.frombuffer(data, np.uint8).reshape(h, w, c)
+        if mode == "L":
+            return arr[..., 0].copy() if c > 1 else arr[..., 0].copy()
+        if c == 1:
+            return np.repeat(arr, 3, axis=2)
+        return arr[..., :3].copy()
+    from PIL import Image
+    Image.MAX_IMAGE_PIXELS = limits.max_pixels
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG", "JPEG", "WEBP"]) as im:
+            w, h = im.size
+            if w > limits.max_side or h > limits.max_side or w * h > limits.max_pixels:
+                raise EngineError("too_large", f"image is {w}x{h}, limit {limits.max_side} a "
+                                  f"side and {limits.max_pixels} pixels", field=path)
+            im.load()
+            return np.asarray(im.convert(mode)).copy()
+    except EngineError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise EngineError("too_large", str(exc)[:200], field=path) from None
+    except Exception as exc:
+        raise EngineError("invalid_params", f"cannot decode image: {str(exc)[:160]}",
+                          field=path) from None
+
+
+def _free_accelerator_memory() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:
+            pass

@@ -1,0 +1,114 @@
+"""StandInPipeline: a stand-in for ZImagePipeline, for protocol tests and the protocol benchmark.
+
+It is NOT a model and does not imitate the model's output: it sleeps `step_seconds` per
+step, reports progress exactly like the real pipeline contract (encode_text, denoise per step,
+decode), checks should_cancel() after every step, and returns deterministic test-pattern pixels
+derived from the seed (same seed -> same bytes), so plumbing tests can check which result
+reached which client.
+
+The request/progress/result dataclasses below mirror the contract in docs/architecture.md; the
+server uses engine.pipeline's own classes when that module exists.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from engine.errors import Cancelled, EngineError
+
+
+@dataclass
+class GenerateRequest:
+    prompt: str
+    width: int = 1024
+    height: int = 1024
+    steps: int = 8
+    seed: int | None = None
+    num_images: int = 1
+    negative_prompt: str = ""
+    guidance: float = 0.0
+    init_image: Any = None       # HxWx3 uint8, later
+    strength: float = 0.75
+    mask: Any = None             # HxW uint8, later
+    control_image: Any = None
+    control_type: str | None = None
+    control_scale: float = 1.0
+    tile: str | None = None
+
+
+@dataclass
+class Progress:
+    stage: str
+    step: int
+    steps: int
+    latents: Any = None
+
+
+@dataclass
+class Result:
+    images: list
+    seeds: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def pattern_image(seed: int, width: int, height: int) -> np.ndarray:
+    """Deterministic RGB test pattern for a seed: two gradients tinted by seed-derived colours."""
+    rng = np.random.default_rng(seed & 0xFFFFFFFFFFFFFFFF)
+    a, b = rng.integers(0, 256, size=(2, 3), dtype=np.int64)
+    x = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :, None]
+    y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+    img = a[None, None, :] * (1.0 - x) + b[None, None, :] * y
+    img = img + (seed % 251)
+    return (img.astype(np.int64) % 256).astype(np.uint8)
+
+
+class StandInPipeline:
+    """Stand-in pipeline (see module docstring). `capabilities` lets tests enable image modes."""
+
+    def __init__(self, step_seconds: float = 0.0, *, capabilities=("txt2img",),
+                 model: str = "stand-in", latent_side: int = 8):
+        self.step_seconds = float(step_seconds)
+        self.latent_side = latent_side
+        self.info = {"model": model, "device": "cpu", "dtype": "uint8",
+                     "capabilities": list(capabilities), "standin": True}
+        self.calls = 0
+
+    def generate(self, req, on_progress: Callable | None = None,
+                 should_cancel: Callable[[], bool] | None = None) -> Result:
+        self.calls += 1
+        on_progress = on_progress or (lambda p: None)
+        should_cancel = should_cancel or (lambda: False)
+        t0 = time.perf_counter()
+        seed = int(req.seed if req.seed is not None else 0)
+        on_progress(Progress("encode_text", 0, req.steps))
+        t1 = time.perf_counter()
+        latents = np.zeros((self.latent_side, self.latent_side, 3), np.uint8)
+        for i in range(req.steps):
+            if self.step_seconds:
+                time.sleep(self.step_seconds)
+            latents = pattern_image(seed + i, self.latent_side, self.latent_side)
+            on_progress(Progress("denoise", i + 1, req.steps, latents))
+            if should_cancel():
+                raise Cancelled(i + 1)
+        t2 = time.perf_counter()
+        on_progress(Progress("decode", req.steps, req.steps))
+        n = int(getattr(req, "num_images", 1) or 1)
+        seeds = [seed + k for k in range(n)]
+        images = [pattern_image(s, req.width, req.height) for s in seeds]
+        t3 = time.perf_counter()
+        return Result(images, seeds, {"text_ms": (t1 - t0) * 1e3, "denoise_ms": (t2 - t1) * 1e3,
+                                      "decode_ms": (t3 - t2) * 1e3})
+
+    def preview(self, latents, max_side: int) -> np.ndarray:
+        if latents is None:
+            raise EngineError("internal_error", "no latents to preview")
+        arr = np.asarray(latents, dtype=np.uint8)
+        reps = max(1, max_side // max(arr.shape[:2]))
+        return np.repeat(np.repeat(arr, reps, axis=0), reps, axis=1)
+
+    def unload(self) -> None:
+        pass

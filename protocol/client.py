@@ -1,0 +1,744 @@
+"""Client library for the Z-Image engine (protocol v1). Needs only pyzmq and the stdlib.
+
+Non-blocking core, for GUIs that poll from their main loop (e.g. a Blender timer):
+
+    client = EngineClient("tcp://127.0.0.1:5555", client_name="blender", client_version="0.1")
+    client.start()                       # one background I/O thread owns the socket
+    job_id = client.submit({"prompt": "a red fox", "width": 1024, "height": 1024})
+    ...
+    for ev in client.poll():             # never blocks (unless you pass timeout=)
+        if ev.kind == "progress": ...    # ev.data: stage, step, steps, fraction
+        elif ev.kind == "result": ...    # ev.images: [ImageData], ev.data: seeds, timings
+    client.close()
+
+Blocking convenience for scripts:
+
+    result = generate("tcp://127.0.0.1:5555", {"prompt": "a red fox"})   # -> Event("result")
+
+The client reconnects by itself (libzmq reconnect + a new `hello` with the same session), notices
+a dead engine (socket monitor, ZMTP heartbeats) and a frozen one (app-level ping watchdog), and
+recovers results of jobs that finished while it was disconnected (`hello.resume_jobs` ->
+snapshot -> `fetch`). If the engine restarted (new epoch), unfinished jobs end with an `error`
+event, code `engine_crashed` (retryable: resubmit).
+
+Events: connected, disconnected, welcome, accepted, queued, started, progress, preview, result,
+cancelled, error. Exactly one of result / cancelled / error ends each job.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from protocol import PROTOCOL_VERSION
+from protocol.errors import CODES, ProtocolError
+from protocol.messages import validate_event
+from protocol.wire import encode, split_frames
+
+__all__ = ["EngineClient", "Event", "ImageData", "generate", "EVENT_KINDS"]
+
+EVENT_KINDS = ("connected", "disconnected", "welcome", "accepted", "queued", "started",
+               "progress", "preview", "result", "cancelled", "error")
+TERMINAL_KINDS = ("result", "cancelled", "error")
+
+_MIME_FORMAT = {"application/x-raw": "raw", "image/png": "png", "image/jpeg": "jpeg",
+                "image/webp": "webp"}
+_FORMAT_MIME = {v: k for k, v in _MIME_FORMAT.items()}
+
+
+@dataclass
+class ImageData:
+    """One image. format "raw" = 8-bit RGB (channels 3) rows top-down, no padding."""
+    width: int
+    height: int
+    channels: int
+    format: str
+    data: bytes
+    seed: int | None = None
+
+    def to_rgb_bytes(self) -> bytes:
+        """Raw RGB8 bytes, rows top-down. Only for format "raw" (decode PNG/JPEG yourself)."""
+        if self.format != "raw":
+            raise ValueError(f"to_rgb_bytes() needs a raw image, this one is {self.format}")
+        if self.channels == 3:
+            return bytes(self.data)
+        if self.channels == 4:
+            mv = memoryview(self.data)
+            out = bytearray(self.width * self.height * 3)
+            out[0::3], out[1::3], out[2::3] = mv[0::4], mv[1::4], mv[2::4]
+            return bytes(out)
+        raise ValueError(f"cannot make RGB from {self.channels} channels")
+
+    def to_png_bytes(self, text: dict[str, str] | None = None) -> bytes:
+        """PNG file bytes (stdlib encoder for raw; PNG data is passed through, text added)."""
+        from protocol import png
+        if self.format == "png":
+            return png.add_text(bytes(self.data), text or {})
+        return png.encode_png(self.width, self.height, self.to_rgb_bytes(), text=text)
+
+
+@dataclass
+class Event:
+    kind: str
+    job_id: str | None = None
+    data: dict = field(default_factory=dict)
+    images: list = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        d = {k: v for k, v in self.data.items() if k not in ("params", "welcome")}
+        return f"Event({self.kind!r}, job_id={self.job_id!r}, data={d!r}, " \
+               f"images={len(self.images)})"
+
+
+@dataclass(eq=False)
+class _Job:
+    id: str
+    header: dict
+    blobs: list
+    submitted: float
+    deadline_s: float
+    state: str = "pending"      # pending -> accepted -> running -> terminal
+    sent_at: float | None = None
+    retry_at: float = 0.0
+    epoch: str | None = None
+    last_seq: int = 0
+    last_event: float = 0.0
+    terminal: bool = False
+
+
+def _sniff_mime(data: bytes) -> str:
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    raise ProtocolError("invalid_params", "blob is not a PNG, JPEG or WebP file; pass raw "
+                        "pixels as ImageData(format='raw')", field="blobs")
+
+
+def _image_from(desc: dict, data, seed=None) -> ImageData:
+    return ImageData(int(desc.get("width") or 0), int(desc.get("height") or 0),
+                     int(desc.get("channels") or 3), _MIME_FORMAT.get(desc.get("mime"), "raw"),
+                     data, seed)
+
+
+class _Waker:
+    def __init__(self):
+        self.r, self.w = socket.socketpair()
+        self.r.setblocking(False)
+        self.w.setblocking(False)
+
+    def wake(self):
+        try:
+            self.w.send(b"x")
+        except OSError:
+            pass
+
+    def drain(self):
+        try:
+            while self.r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def close(self):
+        self.r.close()
+        self.w.close()
+
+
+class EngineClient:
+    """Asynchronous engine client. All public methods are thread-safe and never block
+    (except close(), which waits briefly for the I/O thread, and poll(timeout>0))."""
+
+    def __init__(self, endpoint: str, client_name: str = "python", client_version: str = "0",
+                 curve_server_key: str | bytes | None = None,
+                 curve_client_keys: tuple | None = None, *,
+                 session: str | None = None, host_app: str | None = None,
+                 host_version: str | None = None,
+                 heartbeat_ivl_ms: int = 1000, heartbeat_timeout_ms: int = 3000,
+                 heartbeat_ttl_ms: int = 6000, reconnect_ivl_ms: int = 250,
+                 reconnect_ivl_max_ms: int = 5000, ping_interval_s: float = 2.0,
+                 unresponsive_s: float = 6.0, accept_timeout_s: float = 15.0,
+                 stall_timeout_s: float = 60.0, give_up_s: float = 60.0,
+                 default_deadline_ms: int = 120_000, max_events: int = 10_000):
+        self.endpoint = endpoint
+        self.session = session or uuid.uuid4().hex
+        self._client_info = {"name": client_name, "version": client_version}
+        if host_app:
+            self._client_info["host"] = host_app
+        if host_version:
+            self._client_info["host_version"] = host_version
+        if (curve_server_key is None) != (curve_client_keys is None):
+            raise ValueError("CURVE needs both curve_server_key and curve_client_keys")
+        self._curve = (curve_server_key, curve_client_keys) if curve_server_key else None
+        self._hb = (heartbeat_ivl_ms, heartbeat_timeout_ms, heartbeat_ttl_ms)
+        self._reconnect = (reconnect_ivl_ms, reconnect_ivl_max_ms)
+        self.ping_interval_s = ping_interval_s
+        self.unresponsive_s = unresponsive_s
+        self.accept_timeout_s = accept_timeout_s
+        self.stall_timeout_s = stall_timeout_s
+        self.give_up_s = give_up_s
+        self.default_deadline_ms = default_deadline_ms
+
+        self.state = "connecting"
+        self.welcome: dict | None = None
+        self.epoch: str | None = None
+
+        self._events: collections.deque = collections.deque()
+        self._max_events = max_events
+        self._ev_cond = threading.Condition()
+        self._cmds: collections.deque = collections.deque()
+        self._waker = _Waker()
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._jobs: dict[str, _Job] = {}
+        self._requests: collections.OrderedDict[str, tuple] = collections.OrderedDict()
+        self._welcomed = False
+        self._hello_at = 0.0
+        self._last_rx = 0.0
+        self._last_ping = 0.0
+        self._disconnected_at: float | None = None
+        self._auth_failed = False
+
+    # ---- public API (any thread) ----------------------------------------------------------
+
+    def start(self) -> "EngineClient":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="zie-client", daemon=True)
+            self._thread.start()
+        return self
+
+    def submit(self, params: dict, blobs: dict | None = None, result_format: str = "raw",
+               preview_every: int = 1, preview_max_side: int = 256, *,
+               job_id: str | None = None, deadline_ms: int | None = None,
+               priority: str = "normal") -> str:
+        """Queue a job; returns its id at once. Problems the engine finds arrive as an
+        `error` event; a params dict that cannot be encoded raises ProtocolError here."""
+        if not isinstance(params, dict):
+            raise ProtocolError("invalid_params", "params must be a dict", field="params")
+        job_id = job_id or uuid.uuid4().hex
+        descs, frames = [], []
+        for name, value in (blobs or {}).items():
+            if isinstance(value, ImageData):
+                if value.format != "raw":
+                    data, mime = bytes(value.data), _FORMAT_MIME.get(value.format, "")
+                    desc = {"name": name, "mime": mime, "bytes": len(data)}
+                else:
+                    data = bytes(value.data)
+                    desc = {"name": name, "mime": "application/x-raw", "bytes": len(data),
+                            "width": value.width, "height": value.height,
+                            "channels": value.channels}
+            elif isinstance(value, (bytes, bytearray, memoryview)):
+                data = bytes(value)
+                desc = {"name": name, "mime": _sniff_mime(data), "bytes": len(data)}
+            else:
+                raise ProtocolError("invalid_params", f"blob {name!r} must be bytes or "
+                                    "ImageData", field=f"blobs.{name}")
+            descs.append(desc)
+            frames.append(data)
+        deadline_ms = int(deadline_ms or self.default_deadline_ms)
+        header = {"type": "submit", "session": self.session, "job_id": job_id,
+                  "deadline_ms": deadline_ms, "params": params, "priority": priority,
+                  "want": {"result_format": result_format, "preview_every": preview_every,
+                           "preview_max_side": preview_max_side}}
+        if descs:
+            header["blobs"] = descs
+        try:
+            encode(header)
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError("invalid_params", f"params cannot be encoded as JSON: {exc}",
+                                field="params") from None
+        job = _Job(job_id, header, frames, time.monotonic(), deadline_ms / 1000.0)
+        self._command(("submit", job))
+        return job_id
+
+    def cancel(self, job_id: str) -> None:
+        self._command(("cancel", job_id))
+
+    def cancel_all(self) -> None:
+        self._command(("cancel_all", None))
+
+    def fetch(self, job_id: str) -> None:
+        """Ask the engine to re-send a finished job's result (normally automatic)."""
+        self._command(("fetch", job_id))
+
+    def status(self, job_ids: list | None = None) -> None:
+        """Ask for a snapshot; unfinished jobs the engine reports finished produce events."""
+        self._command(("status", job_ids))
+
+    def poll(self, timeout: float = 0.0, max_events: int | None = None) -> list[Event]:
+        """Drain pending events. Non-blocking by default; timeout>0 waits for the first."""
+        with self._ev_cond:
+            if not self._events and timeout > 0:
+                self._ev_cond.wait(timeout)
+            n = len(self._events) if max_events is None else min(max_events, len(self._events))
+            return [self._events.popleft() for _ in range(n)]
+
+    def pending_jobs(self) -> list[str]:
+        return [j.id for j in list(self._jobs.values()) if not j.terminal]
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Say bye, stop the I/O thread, close the socket (linger 0). Safe to call twice."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        self._waker.wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._thread is None or not self._thread.is_alive():
+            self._waker.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- internals: events ----------------------------------------------------------------
+
+    def _command(self, cmd) -> None:
+        self._cmds.append(cmd)
+        self._waker.wake()
+
+    def _emit(self, kind: str, job_id=None, data=None, images=None) -> None:
+        ev = Event(kind, job_id, data or {}, images or [])
+        with self._ev_cond:
+            if len(self._events) >= self._max_events:
+                # drop the oldest droppable event; keep state events
+                for i, old in enumerate(self._events):
+                    if old.kind in ("progress", "preview", "queued"):
+                        del self._events[i]
+                        break
+                else:
+                    self._events.popleft()
+            self._events.append(ev)
+            self._ev_cond.notify_all()
+
+    def _job_end(self, job: _Job, kind: str, data: dict, images=None) -> None:
+        if job.terminal:
+            return
+        job.terminal = True
+        job.state = {"result": "succeeded", "cancelled": "cancelled"}.get(kind, "failed")
+        self._emit(kind, job.id, data, images)
+        # keep a bounded memory of finished jobs (for de-duplication)
+        if len(self._jobs) > 4096:
+            for jid in [j for j, v in self._jobs.items() if v.terminal][:1024]:
+                del self._jobs[jid]
+
+    def _local_error(self, job: _Job, code: str, message: str, **extra) -> None:
+        self._job_end(job, "error", {"code": code, "message": message,
+                                     "retryable": CODES[code], "local": True, **extra})
+
+    # ---- internals: I/O thread ------------------------------------------------------------
+
+    def _make_socket(self):
+        s = self._ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.IMMEDIATE, 1)
+        s.setsockopt(zmq.HEARTBEAT_IVL, self._hb[0])
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, self._hb[1])
+        s.setsockopt(zmq.HEARTBEAT_TTL, self._hb[2])
+        s.setsockopt(zmq.RECONNECT_IVL, self._reconnect[0])
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, self._reconnect[1])
+        s.setsockopt(zmq.HANDSHAKE_IVL, 5000)
+        s.setsockopt(zmq.CONNECT_TIMEOUT, 2000)
+        s.setsockopt(zmq.MAXMSGSIZE, 512 * 1024 * 1024)
+        if self._curve:
+            server_key, (public, secret) = self._curve
+            enc = (lambda k: k.encode("ascii") if isinstance(k, str) else bytes(k))
+            s.curve_serverkey = enc(server_key)
+            s.curve_publickey = enc(public)
+            s.curve_secretkey = enc(secret)
+        mon = s.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+                                   | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        s.connect(self.endpoint)
+        return s, mon
+
+    def _run(self) -> None:
+        self._ctx = zmq.Context()
+        try:
+            self._sock, self._mon = self._make_socket()
+        except zmq.ZMQError as exc:
+            self.state = "disconnected"
+            self._emit("disconnected", None, {"reason": "bad_endpoint",
+                                              "message": f"cannot connect to {self.endpoint}: "
+                                              f"{exc}"})
+            self._ctx.term()
+            return
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._mon, zmq.POLLIN)
+        poller.register(self._waker.r, zmq.POLLIN)
+        try:
+            while not self._closing.is_set():
+                ready = dict(poller.poll(50))
+                if self._mon in ready:
+                    self._on_monitor()
+                if self._sock in ready:
+                    for _ in range(200):
+                        try:
+                            frames = self._sock.recv_multipart(zmq.DONTWAIT, copy=False)
+                        except zmq.Again:
+                            break
+                        self._on_message(frames)
+                self._waker.drain()
+                while self._cmds:
+                    self._on_command(self._cmds.popleft())
+                self._timers(time.monotonic())
+        except Exception as exc:  # pragma: no cover - report instead of dying silently
+            self._emit("error", None, {"code": "internal_error",
+                                       "message": f"client I/O thread failed: {exc!r}",
+                                       "retryable": False, "local": True})
+        finally:
+            if self._welcomed:
+                self._send({"type": "bye"})
+            try:
+                self._sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self._mon.close(0)
+            self._sock.close(0)
+            self._ctx.term()
+            self.state = "disconnected"
+
+    def _send(self, header: dict, blobs=(), track_as: tuple | None = None) -> bool:
+        header.setdefault("session", self.session)
+        mid = uuid.uuid4().hex[:16]
+        header["msg_id"] = mid
+        header["ts"] = round(time.time(), 3)
+        try:
+            self._sock.send_multipart(encode(header, blobs), zmq.DONTWAIT,
+                                      copy=not any(len(b) > 65536 for b in blobs))
+        except zmq.ZMQError:  # EAGAIN: not connected (IMMEDIATE) or engine not reading
+            return False
+        if track_as is not None:
+            self._requests[mid] = track_as
+            while len(self._requests) > 2048:
+                self._requests.popitem(last=False)
+        return True
+
+    def _send_hello(self, now: float) -> None:
+        self._hello_at = now
+        resume = [j.id for j in self._jobs.values()
+                  if not j.terminal and j.state != "pending"][:256]
+        self._send({"type": "hello", "versions": [PROTOCOL_VERSION], "client": self._client_info,
+                    "caps": ["result.raw", "result.png", "preview.jpeg"],
+                    "resume_jobs": resume})
+
+    def _set_disconnected(self, reason: str, message: str) -> None:
+        self._welcomed = False
+        if self.state != "disconnected":
+            self.state = "disconnected"
+            self._disconnected_at = time.monotonic()
+            self._emit("disconnected", None, {"reason": reason, "message": message})
+
+    def _on_monitor(self) -> None:
+        while True:
+            try:
+                ev = recv_monitor_message(self._mon, zmq.DONTWAIT)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return
+            e = ev["event"]
+            if e == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._auth_failed = False
+                self._send_hello(time.monotonic())
+            elif e == zmq.EVENT_DISCONNECTED:
+                self._set_disconnected("engine_unreachable", "lost the connection to the "
+                                       "engine; reconnecting")
+            elif e == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._auth_failed = True
+                self._set_disconnected("unauthorized", "the engine refused this client's key "
+                                       "(is its public key in the engine's allow-list?)")
+            elif e in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                self._set_disconnected("handshake_failed", "handshake with the engine failed "
+                                       "(wrong server key, or security settings differ)")
+
+    def _on_command(self, cmd) -> None:
+        kind, arg = cmd
+        if kind == "submit":
+            if arg.id in self._jobs:
+                self._emit("error", arg.id, {"code": "duplicate_job", "retryable": False,
+                                             "message": "job id already used", "local": True})
+                return
+            self._jobs[arg.id] = arg
+            if self._welcomed:
+                self._send_submit(arg, time.monotonic())
+        elif kind == "cancel":
+            job = self._jobs.get(arg)
+            if job is not None and job.terminal:
+                return
+            if job is not None and job.state == "pending" and job.sent_at is None:
+                self._job_end(job, "cancelled", {"at_step": None, "local": True})
+                return
+            self._send({"type": "cancel", "job_id": arg}, track_as=("cancel", arg))
+        elif kind == "cancel_all":
+            for job in list(self._jobs.values()):
+                if not job.terminal and job.state == "pending" and job.sent_at is None:
+                    self._job_end(job, "cancelled", {"at_step": None, "local": True})
+            self._send({"type": "cancel", "all": True}, track_as=("cancel", None))
+        elif kind == "fetch":
+            self._send({"type": "fetch", "job_id": arg}, track_as=("fetch", arg))
+        elif kind == "status":
+            h = {"type": "status"}
+            if arg is not None:
+                h["job_ids"] = list(arg)
+            self._send(h, track_as=("status", None))
+
+    def _send_submit(self, job: _Job, now: float) -> None:
+        if self._send(dict(job.header), job.blobs, track_as=("submit", job.id)):
+            job.sent_at = now
+            job.epoch = self.epoch
+
+    def _timers(self, now: float) -> None:
+        if not self._welcomed:
+            if now - self._hello_at > (2.0 if self._auth_failed else 0.5):
+                self._send_hello(now)
+        else:
+            if now - self._last_ping > self.ping_interval_s:
+                self._last_ping = now
+                self._send({"type": "ping"})
+            if now - self._last_rx > self.unresponsive_s:
+                self._set_disconnected("engine_unresponsive", f"no answer from the engine for "
+                                       f"{now - self._last_rx:.1f}s")
+        for job in list(self._jobs.values()):
+            if job.terminal:
+                continue
+            if now - job.submitted > job.deadline_s + 5.0:
+                self._local_error(job, "deadline_exceeded", "the job did not finish before its "
+                                  "deadline")
+            elif job.state == "pending":
+                if self._welcomed and now >= job.retry_at and (
+                        job.sent_at is None or now - job.sent_at > 3.0):
+                    self._send_submit(job, now)
+                if not self._welcomed and now - job.submitted > self.accept_timeout_s:
+                    self._local_error(job, "engine_unreachable", f"could not reach the engine "
+                                      f"at {self.endpoint} within {self.accept_timeout_s:g}s")
+            elif not self._welcomed:
+                if (self._disconnected_at is not None
+                        and now - self._disconnected_at > self.give_up_s):
+                    self._local_error(job, "engine_unreachable", f"engine unreachable for "
+                                      f"{self.give_up_s:g}s; job lost")
+            elif job.state == "running" and now - job.last_event > self.stall_timeout_s:
+                self._local_error(job, "engine_unresponsive", f"no progress for "
+                                  f"{self.stall_timeout_s:g}s")
+                self._send({"type": "cancel", "job_id": job.id})
+
+    def _on_message(self, frames) -> None:
+        try:
+            header, blobs = split_frames([f.bytes for f in frames], max_header_bytes=1 << 20,
+                                         max_depth=16)
+            validate_event(header, blobs)
+        except ProtocolError:
+            return  # not from a v1 engine; ignore
+        now = time.monotonic()
+        self._last_rx = now
+        kind = header["type"]
+        if kind == "welcome":
+            self._on_welcome(header, now)
+            return
+        if not self._welcomed:
+            # traffic from an engine we have not (re)greeted: e.g. it resumed after a freeze
+            if now - self._hello_at > 0.2:
+                self._send_hello(now)
+            if kind not in ("result", "cancelled", "error", "progress", "preview", "started",
+                            "accepted", "queued", "result_ready", "jobs"):
+                return
+        epoch = header.get("epoch")
+        if self.epoch is not None and epoch is not None and epoch != self.epoch:
+            self._welcomed = False
+            self._send_hello(now)
+            return
+        jid = header.get("job_id")
+        job = self._jobs.get(jid) if jid else None
+        if job is not None:
+            job.last_event = now
+        if kind == "pong":
+            return
+        if kind == "jobs":
+            self._on_snapshots(header.get("jobs") or [])
+            return
+        if kind == "shutting_down":
+            self._set_disconnected("shutting_down", "the engine is shutting down")
+            return
+        if kind == "error":
+            self._on_error(header, job)
+            return
+        if job is None or job.terminal:
+            return
+        seq = header.get("seq") if isinstance(header.get("seq"), int) else 0
+        if kind in ("accepted", "started"):
+            if seq and seq <= job.last_seq:
+                return
+            job.last_seq = max(job.last_seq, seq)
+            if kind == "accepted":
+                job.state = "running" if header.get("state") == "running" else "accepted"
+                self._emit("accepted", jid, {k: header.get(k) for k in
+                                             ("position", "seed", "duplicate") if k in header})
+            else:
+                job.state = "running"
+                self._emit("started", jid, {"steps": header.get("steps"),
+                                            "queue_ms": header.get("queue_ms")})
+        elif kind == "queued":
+            self._emit("queued", jid, {"position": header.get("position")})
+        elif kind == "progress":
+            if job.state == "accepted":
+                job.state = "running"
+            self._emit("progress", jid, {k: header.get(k) for k in
+                                         ("stage", "step", "steps", "fraction", "eta_ms")})
+        elif kind == "preview":
+            d = (header.get("blobs") or [{}])[0]
+            images = [_image_from(d, blobs[0])] if blobs else []
+            self._emit("preview", jid, {"step": header.get("step"), "steps": header.get("steps")},
+                       images)
+        elif kind == "result":
+            descs = header.get("blobs") or []
+            seeds = header.get("seeds") or []
+            images = [_image_from(d, b, seeds[i] if i < len(seeds) else None)
+                      for i, (d, b) in enumerate(zip(descs, blobs))]
+            job.last_seq = max(job.last_seq, seq)
+            self._job_end(job, "result", {"seeds": seeds, "timings": header.get("timings", {}),
+                                          "params": header.get("params", {}), "seq": seq},
+                          images)
+        elif kind == "result_ready":
+            self._send({"type": "fetch", "job_id": jid}, track_as=("fetch", jid))
+        elif kind == "cancelled":
+            self._job_end(job, "cancelled", {"at_step": header.get("at_step"),
+                                             "reason": header.get("reason")})
+
+    def _on_error(self, header: dict, job: _Job | None) -> None:
+        code = header.get("code") if header.get("code") in CODES else "internal_error"
+        data = {"code": code, "message": str(header.get("message", ""))[:500],
+                "retryable": CODES[code], "field": header.get("field"),
+                "retry_after_ms": header.get("retry_after_ms")}
+        req_type, _ = self._requests.pop(header.get("re"), (None, None))
+        jid = header.get("job_id")
+        if code == "session_unknown":
+            self._welcomed = False
+            self._send_hello(time.monotonic())
+            if job is not None and job.state == "pending":
+                job.sent_at = None
+            return
+        if job is None or job.terminal:
+            self._emit("error", jid, data)   # e.g. forbidden cancel of another session's job
+            return
+        if code == "model_loading" and req_type == "submit":
+            job.sent_at = None
+            job.retry_at = time.monotonic() + max(0.1, (header.get("retry_after_ms") or 1000)
+                                                  / 1000)
+            self._emit("queued", jid, {"position": None, "waiting": "model_loading"})
+            return
+        terminal = ("seq" in header or req_type == "submit"
+                    or (req_type in ("fetch", "cancel")
+                        and code in ("unknown_job", "result_expired")))
+        if terminal:
+            self._job_end(job, "error", data)
+        elif code != "not_finished":
+            self._emit("error", jid, data)
+
+    def _on_welcome(self, header: dict, now: float) -> None:
+        old_epoch = self.epoch
+        self.epoch = header.get("epoch")
+        self.welcome = header
+        self._welcomed = True
+        self._last_ping = now
+        reconnected = self._disconnected_at is not None or old_epoch is not None
+        self.state = "connected"
+        self._disconnected_at = None
+        self._emit("connected", None, {"endpoint": self.endpoint, "epoch": self.epoch,
+                                       "reconnected": reconnected,
+                                       "engine_restarted": bool(old_epoch and
+                                                                old_epoch != self.epoch)})
+        self._emit("welcome", None, {k: header.get(k) for k in
+                                     ("version", "engine", "caps", "limits", "epoch",
+                                      "heartbeat_ms", "session")})
+        if old_epoch is not None and old_epoch != self.epoch:
+            for job in list(self._jobs.values()):
+                if not job.terminal and job.state != "pending":
+                    self._local_error(job, "engine_crashed", "the engine restarted and lost "
+                                      "this job; submit it again")
+        else:
+            self._on_snapshots(header.get("jobs") or [])
+        for job in list(self._jobs.values()):
+            if not job.terminal and job.state == "pending":
+                self._send_submit(job, now)
+
+    def _on_snapshots(self, snaps: list) -> None:
+        for snap in snaps:
+            if not isinstance(snap, dict):
+                continue
+            job = self._jobs.get(snap.get("job_id"))
+            if job is None or job.terminal:
+                continue
+            state = snap.get("state")
+            job.last_event = time.monotonic()
+            if state == "succeeded":
+                self._send({"type": "fetch", "job_id": job.id}, track_as=("fetch", job.id))
+            elif state == "cancelled":
+                self._job_end(job, "cancelled", {"at_step": snap.get("at_step")})
+            elif state == "failed":
+                err = snap.get("error") or {}
+                code = err.get("code") if err.get("code") in CODES else "internal_error"
+                self._job_end(job, "error", {"code": code, "message": err.get("message", ""),
+                                             "retryable": CODES[code]})
+            elif state == "running":
+                job.state = "running"
+            elif state in ("unknown", "expired", "forbidden") and job.state != "pending":
+                code = {"unknown": "unknown_job", "expired": "result_expired",
+                        "forbidden": "forbidden"}[state]
+                self._local_error(job, code, f"the engine reports this job as {state}")
+
+
+def generate(endpoint: str, params: dict, on_event: Callable[[Event], Any] | None = None,
+             timeout: float = 600, *, blobs: dict | None = None, result_format: str = "raw",
+             preview_every: int = 0, **client_kwargs) -> Event:
+    """Blocking: submit one job and wait. Returns the `result` Event (images, data["seeds"],
+    data["timings"]). Raises ProtocolError on error, cancellation or timeout. Ctrl-C (a
+    KeyboardInterrupt) cancels the job on the engine before it propagates."""
+    client_kwargs.setdefault("client_name", "protocol.generate")
+    client = EngineClient(endpoint, **client_kwargs).start()
+    job_id = None
+    try:
+        job_id = client.submit(params, blobs, result_format=result_format,
+                               preview_every=preview_every,
+                               deadline_ms=int(min(timeout, 3600) * 1000))
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                client.cancel(job_id)
+                time.sleep(0.1)
+                raise ProtocolError("deadline_exceeded", f"no result within {timeout:g}s")
+            for ev in client.poll(timeout=min(left, 0.25)):
+                if on_event is not None:
+                    on_event(ev)
+                if ev.job_id != job_id:
+                    continue
+                if ev.kind == "result":
+                    return ev
+                if ev.kind == "cancelled":
+                    raise ProtocolError("cancelled", f"job cancelled at step "
+                                        f"{ev.data.get('at_step')}")
+                if ev.kind == "error":
+                    raise ProtocolError(ev.data.get("code", "internal_error"),
+                                        ev.data.get("message", ""), field=ev.data.get("field"),
+                                        retry_after_ms=ev.data.get("retry_after_ms"))
+    except KeyboardInterrupt:
+        if job_id is not None:
+            client.cancel(job_id)
+            time.sleep(0.2)   # let the cancel go out before the socket closes
+        raise
+    finally:
+        client.close()
