@@ -34,11 +34,11 @@ def load_vae(config: Path, files, *, dtype, device, key_map=None) -> AutoEncoder
     return model.eval().requires_grad_(False)
 
 
-def load_qwen3(config_dir: Path, files, *, dtype, device, key_map="qwen3"):
+def load_qwen3(config_json: Path, files, *, dtype, device, key_map="qwen3"):
     """transformers' Qwen3Model with our strict loader (any Qwen3 file naming, no LM head)."""
-    from transformers import AutoConfig, Qwen3Model
+    from transformers import Qwen3Config, Qwen3Model
 
-    config = AutoConfig.from_pretrained(str(config_dir))
+    config = Qwen3Config.from_json_file(str(config_json))
     config._attn_implementation = "sdpa"
     with torch.device("meta"):
         model = Qwen3Model(config)
@@ -66,12 +66,12 @@ def load_tokenizer(tokenizer_dir: Path):
 
 
 def load_pipeline(model: str, *, device: str = "auto", dtype: str = "auto",
-                  cache_size: int = 32) -> ZImagePipeline:
-    from engine.sources import resolve
+                  tokenizer: str | None = None, cache_size: int = 32) -> ZImagePipeline:
+    from engine.sources import resolve_model
 
     dev = devices.pick_device(device)
     dt = devices.pick_dtype(dtype, dev)
-    src = resolve(model)
+    src = resolve_model(model, tokenizer=tokenizer)
     try:
         transformer = load_transformer(src.transformer_config, src.transformer_files, dtype=dt,
                                        device=dev, key_map=src.key_maps.get("transformer"))
@@ -86,4 +86,4 @@ def load_pipeline(model: str, *, device: str = "auto", dtype: str = "auto",
     tokenizer = load_tokenizer(src.tokenizer_dir)
     shift = SchedulerParams.from_json(src.scheduler_config).shift
     return ZImagePipeline(transformer, vae, TextEncoder(tokenizer, text_model, cache_size),
-                          shift=shift, device=dev, dtype=dt, model_id=src.model_id)
+                          shift=shift, device=dev, dtype=dt, model_id=src.name)
