@@ -1,0 +1,230 @@
+"""Generation settings -> the `params` dict (and image blobs) sent with `submit`.
+
+Sizes: presets are multiples of 16; "match aspect" turns a camera/render aspect ratio into
+the nearest multiple-of-16 size with about the preset's pixel count. Everything is checked
+against the engine's limits (from its welcome) before anything is sent, so an unsupported
+size is a message in the panel, not a round trip.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+SIDE_MULTIPLE = 16
+
+# (identifier, label, width, height); every side a multiple of 16
+SIZE_PRESETS: tuple[tuple[str, str, int, int], ...] = (
+    ("512", "512 x 512", 512, 512),
+    ("768", "768 x 768", 768, 768),
+    ("1024", "1024 x 1024", 1024, 1024),
+    ("1024x768", "1024 x 768 (4:3)", 1024, 768),
+    ("768x1024", "768 x 1024 (3:4)", 768, 1024),
+    ("1280x720", "1280 x 720 (16:9)", 1280, 720),
+    ("720x1280", "720 x 1280 (9:16)", 720, 1280),
+    ("1536x640", "1536 x 640 (21:9)", 1536, 640),
+)
+PRESET_SIZES = {key: (w, h) for key, _label, w, h in SIZE_PRESETS}
+
+MAX_SEED = 2**31 - 1   # what the UI's IntProperty can hold; the protocol allows more
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """The subset of the engine's limits the add-on checks (defaults = PROTOCOL.md's)."""
+    min_side: int = 256
+    max_side: int = 2048
+    side_multiple: int = SIDE_MULTIPLE
+    max_pixels: int = 2048 * 2048
+    max_steps: int = 50
+    max_images: int = 4
+
+    @classmethod
+    def from_welcome(cls, welcome: dict | None) -> "EngineLimits":
+        limits = (welcome or {}).get("limits") or {}
+        kwargs = {}
+        for name in cls.__dataclass_fields__:
+            value = limits.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                kwargs[name] = value
+        return cls(**kwargs)
+
+
+def capabilities(welcome: dict | None) -> set[str]:
+    """The capability names a welcome advertises ('txt2img', 'img2img', 'control.depth', ...).
+
+    Accepts `caps` or `capabilities`, as a list of names or a {name: bool|info} mapping."""
+    if not welcome:
+        return set()
+    caps = welcome.get("caps", welcome.get("capabilities")) or []
+    if isinstance(caps, dict):
+        return {str(k) for k, v in caps.items() if v}
+    return {str(c) for c in caps if isinstance(c, str)}
+
+
+def can_depth(caps: set[str]) -> bool:
+    return "control.depth" in caps or "depth" in caps
+
+
+def can_img2img(caps: set[str]) -> bool:
+    return "img2img" in caps
+
+
+def can_free_vram(caps: set[str]) -> bool:
+    return bool(caps & {"unload", "free_vram", "free"})
+
+
+def snap(value: float, multiple: int = SIDE_MULTIPLE) -> int:
+    """Nearest multiple (at least one multiple)."""
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def size_for_aspect(aspect: float, pixels: int, limits: EngineLimits = EngineLimits()
+                    ) -> tuple[int, int]:
+    """A width x height with width/height ~= aspect, about `pixels` pixels, both sides
+    multiples of the engine's side multiple and inside its limits."""
+    if not (aspect > 0 and math.isfinite(aspect)):
+        aspect = 1.0
+    m = limits.side_multiple
+    lo, hi = limits.min_side, limits.max_side
+    aspect = min(max(aspect, lo / hi), hi / lo)
+    h = math.sqrt(pixels / aspect)
+    w = h * aspect
+    if max(w, h) > hi:                      # keep inside the max side, keep the aspect
+        k = hi / max(w, h)
+        w, h = w * k, h * k
+    if min(w, h) < lo:
+        k = lo / min(w, h)
+        w, h = w * k, h * k
+    w = min(max(snap(w, m), _ceil_to(lo, m)), _floor_to(hi, m))
+    h = min(max(snap(h, m), _ceil_to(lo, m)), _floor_to(hi, m))
+    while w * h > limits.max_pixels and max(w, h) > lo:
+        if w >= h:
+            w -= m
+        else:
+            h -= m
+    return w, h
+
+
+def _ceil_to(v: int, m: int) -> int:
+    return -(-v // m) * m
+
+
+def _floor_to(v: int, m: int) -> int:
+    return (v // m) * m
+
+
+def size_problem(width: int, height: int, limits: EngineLimits) -> str | None:
+    """None if the engine accepts width x height, else a short reason."""
+    m = limits.side_multiple
+    if width % m or height % m:
+        return f"{width} x {height}: both sides must be multiples of {m}"
+    for side in (width, height):
+        if not limits.min_side <= side <= limits.max_side:
+            return (f"{width} x {height}: each side must be {limits.min_side} to "
+                    f"{limits.max_side}")
+    if width * height > limits.max_pixels:
+        return f"{width} x {height}: more than {limits.max_pixels} pixels"
+    return None
+
+
+@dataclass
+class Settings:
+    """What the panel holds (a plain copy, so request building needs no bpy)."""
+    prompt: str
+    width: int = 1024
+    height: int = 1024
+    steps: int = 8
+    seed_random: bool = True
+    seed: int = 0
+    num_images: int = 1
+    # image context (concept images): "none", "img2img" or "depth"
+    context: str = "none"
+    strength: float = 0.6
+    control_scale: float = 0.75
+
+
+@dataclass
+class Request:
+    """One submit: params + blobs, plus what the add-on needs to remember about it."""
+    params: dict
+    blobs: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return int(self.params["seed"])
+
+
+class RequestError(ValueError):
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def resolve_seed(settings: Settings, rng: random.Random | None = None) -> int:
+    """Random seeds are drawn here, not by the engine, so every result's seed is known and
+    shown even before the result arrives."""
+    if settings.seed_random:
+        return (rng or random).randint(0, MAX_SEED)
+    return int(settings.seed)
+
+
+def build_request(settings: Settings, limits: EngineLimits, caps: set[str], *,
+                  rng: random.Random | None = None, init_png: bytes | None = None,
+                  depth_png: bytes | None = None) -> Request:
+    """Validate the settings against the engine and build the submit. Raises RequestError
+    (code from core.errors) instead of sending something the engine will refuse."""
+    prompt = settings.prompt.strip()
+    if not prompt:
+        raise RequestError("invalid_params", "the prompt is empty")
+    problem = size_problem(settings.width, settings.height, limits)
+    if problem:
+        raise RequestError("unsupported_size", problem)
+    if not 1 <= settings.steps <= limits.max_steps:
+        raise RequestError("invalid_params", f"steps must be 1 to {limits.max_steps}")
+    if not 1 <= settings.num_images <= limits.max_images:
+        raise RequestError("invalid_params",
+                           f"number of images must be 1 to {limits.max_images}")
+    params = {
+        "prompt": prompt,
+        "width": int(settings.width),
+        "height": int(settings.height),
+        "steps": int(settings.steps),
+        "seed": resolve_seed(settings, rng),
+        "num_images": int(settings.num_images),
+    }
+    blobs: dict[str, bytes] = {}
+    if settings.context == "img2img":
+        if not can_img2img(caps):
+            raise RequestError("capability_unavailable", "image-to-image")
+        if not init_png:
+            raise RequestError("capture_failed", "no captured image")
+        blobs["init_image"] = init_png
+        params["init_image"] = "init_image"
+        params["strength"] = round(float(settings.strength), 4)
+    elif settings.context == "depth":
+        if not can_depth(caps):
+            raise RequestError("capability_unavailable", "depth control")
+        if not depth_png:
+            raise RequestError("capture_failed", "no depth capture")
+        blobs["control_image"] = depth_png
+        params["control_image"] = "control_image"
+        params["control_type"] = "depth"
+        params["control_scale"] = round(float(settings.control_scale), 4)
+    elif settings.context != "none":
+        raise RequestError("invalid_params", f"unknown context {settings.context!r}")
+    return Request(params, blobs)
+
+
+def image_name(prompt: str, seed: int, limit: int = 40) -> str:
+    """A datablock name from the prompt: 'a red fox (seed 42)'. Blender names hold 63 bytes."""
+    text = " ".join(prompt.split()) or "image"
+    if len(text) > limit:
+        text = text[:limit - 1].rstrip() + "\u2026"
+    name = f"{text} ({seed})"
+    while len(name.encode("utf-8")) > 63:
+        text = text[:-2] + "\u2026"
+        name = f"{text} ({seed})"
+    return name
