@@ -261,6 +261,14 @@ def _header_keys(path: Path) -> set[str]:
     return set(read_header(path))
 
 
+def _looks_like_vae(path: Path) -> bool:
+    try:
+        return any(k.startswith(("decoder.", "first_stage_model.decoder.", "vae.decoder."))
+                   for k in _header_keys(path))
+    except EngineError:
+        return False
+
+
 def _vae_key_map(path: Path) -> str:
     keys = _header_keys(path)
     if any(k.startswith("decoder.up_blocks.") for k in keys):
@@ -392,8 +400,9 @@ def resolve_comfyui(path: Path, *, tokenizer: str | Path | None = None,
         if not ae.is_file():
             raise _err(f"VAE file {ae} not found")
     else:
-        ae = _pick(_find(models, dit.parent, COMFY_VAE_DIRS, "*.safetensors"),
-                   ("ae.safetensors", "z_image", "flux"))
+        cands = [p for p in _find(models, dit.parent, COMFY_VAE_DIRS, "*.safetensors")
+                 if p != dit and _looks_like_vae(p)]
+        ae = _pick(cands, ("ae.safetensors", "z_image", "flux"))
         if ae is None:
             missing.append(f"the VAE ae.safetensors (0.3 GB; looked in {models}/vae and {dit.parent})")
     if missing:

@@ -327,7 +327,7 @@ T_EMBED_MID = 1024
 def transformer_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     """Checkpoint keys and shapes of ZImageTransformer2DModel for a config (diffusers naming)."""
     d = config["dim"]
-    heads, kv_heads = config["n_heads"], config.get("n_kv_heads", config["n_heads"])
+    heads = kv_heads = config["n_heads"]  # diffusers builds plain MHA and ignores n_kv_heads
     head_dim = d // heads
     adaln = min(d, ADALN_EMBED_DIM)
     ffn = int(d / 3 * 8)
