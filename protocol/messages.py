@@ -86,11 +86,12 @@ def _fail(path: str, message: str, code: str = "invalid_params") -> ProtocolErro
     return ProtocolError(code, message, field=path)
 
 
-def _get(obj: dict, key: str, path: str, default: Any = _MISSING) -> Any:
+def _get(obj: dict, key: str, path: str, default: Any = _MISSING,
+         code: str = "invalid_params") -> Any:
     if key in obj and obj[key] is not None:
         return obj[key]
     if default is _MISSING:
-        raise _fail(path, "is required")
+        raise _fail(path, "is required", code)
     return default
 
 
@@ -314,7 +315,7 @@ def _validate_request(header: dict, blobs: list, limits: Limits) -> dict:
     if not isinstance(kind, str) or kind not in CLIENT_TYPES:
         raise _fail("type", f"must be one of {', '.join(CLIENT_TYPES)}", "bad_request")
     out: dict[str, Any] = {"type": kind}
-    out["session"] = _structural(_str, _get(header, "session", "session", None) or "",
+    out["session"] = _structural(_str, _get(header, "session", "session", code="bad_request"),
                                  "session", 16, 64, _SESSION_RE)
     msg_id = header.get("msg_id")
     out["msg_id"] = None if msg_id is None else _structural(_str, msg_id, "msg_id", 1, 64,
@@ -336,7 +337,7 @@ def _validate_request(header: dict, blobs: list, limits: Limits) -> dict:
         out["resume_jobs"] = [_structural(_job_id, j, f"resume_jobs[{i}]")
                               for i, j in enumerate(resume)]
     elif kind == "submit":
-        out["job_id"] = _structural(_job_id, _get(header, "job_id", "job_id", None))
+        out["job_id"] = _structural(_job_id, _get(header, "job_id", "job_id", code="bad_request"))
         descs = validate_blobs(header, blobs, limits)
         out["blobs"] = descs
         out["deadline_ms"] = _int(_get(header, "deadline_ms", "deadline_ms",
@@ -361,14 +362,14 @@ def _validate_request(header: dict, blobs: list, limits: Limits) -> dict:
             out["job_id"] = None
         else:
             out["all"] = False
-            out["job_id"] = _structural(_job_id, _get(header, "job_id", "job_id", None))
+            out["job_id"] = _structural(_job_id, _get(header, "job_id", "job_id", code="bad_request"))
     elif kind == "status":
         ids = header.get("job_ids")
         out["job_ids"] = None if ids is None else [
             _structural(_job_id, j, f"job_ids[{i}]")
             for i, j in enumerate(_structural(_list, ids, "job_ids", MAX_LIST))]
     elif kind == "fetch":
-        out["job_id"] = _structural(_job_id, _get(header, "job_id", "job_id", None))
+        out["job_id"] = _structural(_job_id, _get(header, "job_id", "job_id", code="bad_request"))
     return out
 
 

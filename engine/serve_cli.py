@@ -1,0 +1,187 @@
+"""`serve` and `keys` commands. engine/__main__.py wires them in:
+
+    from engine.serve_cli import add_keys_parser, add_serve_parser
+    add_serve_parser(subparsers); add_keys_parser(subparsers)
+    args = parser.parse_args(); sys.exit(args.func(args))
+
+Until then: `python -m engine.serve_cli serve --standin --bind tcp://127.0.0.1:5555`.
+
+serve prints exactly one line on stdout when the model is loaded and jobs are accepted:
+    ready tcp://127.0.0.1:5555 model=<id> device=<dev> epoch=<hex>
+Logs go to stderr. hello/ping/status are answered while the model loads; submit gets
+`model_loading` (retryable) until then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+
+CURVE_LAYOUT = """\
+DIR/server.key          engine public key (give this to clients)
+DIR/server.key_secret   engine secret key (keep on the engine machine)
+DIR/authorized_clients/ public keys (*.key) of the clients allowed to connect
+DIR/clients/NAME.key, NAME.key_secret   a client key pair (copy to that client)"""
+
+
+def add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("serve", help="run the engine: answer jobs over ZeroMQ",
+                              description="Run the engine server (protocol v1 over ZeroMQ).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="model folder or Hugging Face repo id")
+    src.add_argument("--standin", action="store_true",
+                     help="serve the stand-in pipeline (protocol tests and benchmarks only)")
+    p.add_argument("--bind", default="tcp://127.0.0.1:5555",
+                   help="endpoint (default tcp://127.0.0.1:5555; port 0 picks a free one); "
+                   "non-loopback addresses need --curve-dir")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: best)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16")
+    p.add_argument("--curve-dir", default=None,
+                   help="CurveZMQ key directory made by `keys --dir` (enables CURVE)")
+    p.add_argument("--step-seconds", type=float, default=0.0,
+                   help="stand-in only: seconds per denoising step")
+    p.add_argument("--min-side", type=int, default=256)
+    p.add_argument("--max-side", type=int, default=2048)
+    p.add_argument("--max-queue-per-session", type=int, default=32)
+    p.add_argument("--max-queue", type=int, default=256)
+    p.add_argument("--result-ttl", type=float, default=600.0, help="seconds results are kept")
+    p.add_argument("--result-budget-mb", type=int, default=1024)
+    p.add_argument("--heartbeat-ivl-ms", type=int, default=2000)
+    p.add_argument("--heartbeat-timeout-ms", type=int, default=6000)
+    p.add_argument("--session-timeout", type=float, default=15.0,
+                   help="seconds of client silence before its session counts as detached")
+    p.add_argument("--detach-grace", type=float, default=30.0,
+                   help="seconds a detached client's jobs are kept before they are dropped")
+    p.add_argument("-v", "--verbose", action="store_true", help="log sessions and jobs")
+    p.set_defaults(func=run_serve)
+    return p
+
+
+def add_keys_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("keys", help="create CurveZMQ key pairs for LAN mode",
+                              description="Create CurveZMQ keys.\n" + CURVE_LAYOUT,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dir", required=True, help="key directory")
+    p.add_argument("--client", action="append", default=None, metavar="NAME",
+                   help="client key pair(s) to create and allow (default: one named 'client')")
+    p.set_defaults(func=run_keys)
+    return p
+
+
+def run_keys(args) -> int:
+    import zmq.auth
+    base = os.path.abspath(args.dir)
+    auth_dir = os.path.join(base, "authorized_clients")
+    cli_dir = os.path.join(base, "clients")
+    for d in (base, auth_dir, cli_dir):
+        os.makedirs(d, exist_ok=True)
+    os.chmod(base, 0o700)
+    if not os.path.exists(os.path.join(base, "server.key_secret")):
+        zmq.auth.create_certificates(base, "server")
+        print(f"created {os.path.join(base, 'server.key')}")
+    for name in args.client or ["client"]:
+        if not name.replace("-", "").replace("_", "").isalnum():
+            print(f"error: bad client name {name!r}", file=sys.stderr)
+            return 2
+        if not os.path.exists(os.path.join(cli_dir, name + ".key_secret")):
+            zmq.auth.create_certificates(cli_dir, name)
+            print(f"created {os.path.join(cli_dir, name + '.key')}")
+        shutil.copyfile(os.path.join(cli_dir, name + ".key"),
+                        os.path.join(auth_dir, name + ".key"))
+    for root, _, files in os.walk(base):
+        for f in files:
+            if f.endswith(".key_secret"):
+                os.chmod(os.path.join(root, f), 0o600)
+    return 0
+
+
+def _fail(msg: str, code: int = 1) -> int:
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    return code
+
+
+def run_serve(args) -> int:
+    from engine.server import EngineServer, InsecureBindError, is_loopback_endpoint
+    from protocol.messages import Limits
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s "
+                        "%(message)s")
+    bind = args.bind
+    curve = {}
+    if args.curve_dir:
+        secret = os.path.join(args.curve_dir, "server.key_secret")
+        authorized = os.path.join(args.curve_dir, "authorized_clients")
+        if not os.path.isfile(secret) or not os.path.isdir(authorized):
+            return _fail(f"{args.curve_dir} is not a key directory; create one with "
+                         f"`python -m engine keys --dir {args.curve_dir}`", 2)
+        curve = {"curve_secret_file": secret, "curve_authorized_dir": authorized}
+    elif not is_loopback_endpoint(bind):
+        return _fail(f"refusing to bind {args.bind} without CURVE keys; use --curve-dir "
+                     "(see `python -m engine keys --help`) or a 127.0.0.1 address", 2)
+    limits = Limits(min_side=args.min_side, max_side=args.max_side,
+                    max_pixels=args.max_side * args.max_side,
+                    max_queue_per_session=args.max_queue_per_session,
+                    max_queue=args.max_queue, result_ttl_s=args.result_ttl,
+                    result_budget_bytes=args.result_budget_mb * 1024 * 1024)
+    pipeline = loader = None
+    if args.standin:
+        from engine.standin import StandInPipeline
+        pipeline = StandInPipeline(args.step_seconds)
+    else:
+        model, device, dtype = args.model, args.device, args.dtype
+
+        def loader():
+            from engine.pipeline import ZImagePipeline
+            kw = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+            return ZImagePipeline.load(model, **kw)
+    try:
+        server = EngineServer(pipeline, loader=loader, bind=bind, limits=limits,
+                              heartbeat_ivl_ms=args.heartbeat_ivl_ms,
+                              heartbeat_timeout_ms=args.heartbeat_timeout_ms,
+                              session_timeout_s=args.session_timeout,
+                              detach_grace_s=args.detach_grace, **curve)
+        server.start()
+    except InsecureBindError as exc:
+        return _fail(str(exc), 2)
+    except Exception as exc:  # bind errors (address in use), bad keys
+        return _fail(f"cannot start the engine on {args.bind}: {exc}", 1)
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    while server.model_state == "loading" and not stop.is_set():
+        stop.wait(0.05)
+    if server.model_state == "failed":
+        server.stop()
+        return _fail(f"model failed to load: {server.model_error}")
+    if not stop.is_set():
+        info = server._pipe_info()
+        print(f"ready {server.endpoint} model={info.get('model')} device={info.get('device')} "
+              f"epoch={server.epoch}", flush=True)
+    while not stop.is_set() and not server.wait(0.2):
+        pass
+    server.stop()
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.serve_cli")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_serve_parser(sub)
+    add_keys_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

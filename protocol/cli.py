@@ -1,0 +1,155 @@
+"""`python -m protocol generate ...`: a second host app (besides Blender) built on the client.
+
+Exit status 0 on success; otherwise one line on stderr (`error: <code>: <message>`) and
+1 (engine error), 2 (bad arguments), 130 (Ctrl-C: the job is cancelled on the engine first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from protocol.errors import ProtocolError
+
+
+_BAR = {"open": False}   # a progress line is on the terminal without its newline
+
+
+def _bar(frac: float, label: str, width: int = 30) -> str:
+    _BAR["open"] = True
+    n = int(round(max(0.0, min(1.0, frac)) * width))
+    return f"\r[{'#' * n}{'.' * (width - n)}] {frac * 100:5.1f}% {label:<24}"
+
+
+def _load_curve(args):
+    if not args.curve_server_key:
+        return {}
+    import zmq.auth
+    server_public, _ = zmq.auth.load_certificate(args.curve_server_key)
+    public, secret = zmq.auth.load_certificate(args.curve_client_key)
+    if not secret:
+        raise ProtocolError("unauthorized", f"{args.curve_client_key} holds no secret key")
+    return {"curve_server_key": server_public, "curve_client_keys": (public, secret)}
+
+
+def cmd_generate(args) -> int:
+    from protocol.client import EngineClient
+
+    params = {"prompt": args.prompt, "width": args.width, "height": args.height,
+              "steps": args.steps, "seed": args.seed, "num_images": 1}
+    out = args.output
+    if not out.lower().endswith(".png"):
+        raise ProtocolError("invalid_params", "--output must be a .png file", field="output")
+    client = EngineClient(args.engine, client_name="protocol-cli", client_version="1",
+                          accept_timeout_s=args.connect_timeout, **_load_curve(args))
+    client.start()
+    job_id = client.submit(params, result_format=args.format, preview_every=0,
+                           deadline_ms=int(args.timeout * 1000))
+    show = not args.quiet
+    end = time.monotonic() + args.timeout
+    try:
+        while True:
+            if time.monotonic() > end:
+                client.cancel(job_id)
+                time.sleep(0.2)
+                raise ProtocolError("deadline_exceeded", f"no result within {args.timeout:g}s")
+            for ev in client.poll(timeout=0.2):
+                if ev.job_id != job_id:
+                    if ev.kind == "disconnected" and show:
+                        sys.stderr.write(("\n" if _BAR["open"] else "")
+                                         + f"{ev.data.get('message', 'disconnected')}\n")
+                        _BAR["open"] = False
+                    continue
+                if ev.kind == "progress" and show:
+                    d = ev.data
+                    label = f"{d.get('stage')} {d.get('step')}/{d.get('steps')}"
+                    sys.stderr.write(_bar(float(d.get("fraction") or 0.0), label))
+                    sys.stderr.flush()
+                elif ev.kind == "queued" and show:
+                    pos = ev.data.get("position")
+                    sys.stderr.write(_bar(0.0, "model loading" if pos is None else
+                                          f"queued, position {pos}"))
+                elif ev.kind == "result":
+                    img = ev.images[0]
+                    meta = dict(ev.data.get("params") or params)
+                    meta["seed"] = img.seed
+                    meta["engine"] = (client.welcome or {}).get("engine", {})
+                    text = {"parameters": json.dumps(meta, ensure_ascii=False),
+                            "Software": "zimage protocol CLI"}
+                    data = img.to_png_bytes(text)
+                    tmp = out + ".part"
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                    os.replace(tmp, out)
+                    if show:
+                        sys.stderr.write(_bar(1.0, "done") + "\n")
+                        _BAR["open"] = False
+                        ms = ev.data.get("timings", {}).get("generate_ms")
+                        sys.stderr.write(f"wrote {out} (seed {img.seed}"
+                                         f"{f', {ms:.0f} ms' if ms else ''})\n")
+                    return 0
+                elif ev.kind == "cancelled":
+                    raise ProtocolError("cancelled", f"job cancelled at step "
+                                        f"{ev.data.get('at_step')}")
+                elif ev.kind == "error":
+                    raise ProtocolError(ev.data.get("code", "internal_error"),
+                                        ev.data.get("message", ""), field=ev.data.get("field"))
+    except KeyboardInterrupt:
+        client.cancel(job_id)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            if any(e.job_id == job_id and e.kind in ("cancelled", "result", "error")
+                   for e in client.poll(timeout=0.1)):
+                break
+        if _BAR["open"]:
+            sys.stderr.write("\n")
+        sys.stderr.write("error: cancelled: interrupted; the job was cancelled\n")
+        return 130
+    finally:
+        client.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m protocol")
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate one image with a running engine")
+    g.add_argument("--engine", default="tcp://127.0.0.1:5555")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--width", type=int, default=1024)
+    g.add_argument("--height", type=int, default=1024)
+    g.add_argument("--steps", type=int, default=8)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--output", required=True, help="PNG file to write")
+    g.add_argument("--format", choices=("raw", "png"), default="raw",
+                   help="transfer format (raw is fastest on loopback; png for LAN)")
+    g.add_argument("--timeout", type=float, default=600.0)
+    g.add_argument("--connect-timeout", type=float, default=10.0)
+    g.add_argument("--curve-server-key", help="engine public key file (server.key)")
+    g.add_argument("--curve-client-key", help="this client's secret key file (NAME.key_secret)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=cmd_generate)
+    return parser
+
+
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "generate" and bool(args.curve_server_key) != bool(args.curve_client_key):
+        print("error: --curve-server-key and --curve-client-key go together", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except ProtocolError as exc:
+        sys.stderr.write(("\n" if _BAR["open"] else "") + f"error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
+    except Exception as exc:  # never a traceback
+        sys.stderr.write(f"error: {type(exc).__name__}: {exc}\n")
+        return 1
