@@ -134,7 +134,8 @@ def resolve_folder(root: Path, *, kind: str = "folder", name: str | None = None)
     if missing:
         raise _err(_missing_message(f"the model folder {root}", missing)
                    + "\nIt must have the layout of the Hugging Face repo " + DEFAULT_REPO
-                   + " (model_index.json, scheduler/, text_encoder/, tokenizer/, transformer/, vae/).")
+                   + " (model_index.json, scheduler/, text_encoder/, tokenizer/, transformer/,"
+                   " vae/).")
     return ModelSource(
         kind=kind, name=name or str(root), root=root,
         transformer_files=parts["transformer"], text_encoder_files=parts["text_encoder"],
@@ -289,7 +290,8 @@ def _check_unquantised(path: Path, what: str) -> None:
                    "file (e.g. qwen_3_4b.safetensors / z_image_turbo_bf16.safetensors).")
 
 
-def _pick(candidates: list[Path], prefer: tuple[str, ...], avoid: tuple[str, ...] = ()) -> Path | None:
+def _pick(candidates: list[Path], prefer: tuple[str, ...],
+          avoid: tuple[str, ...] = ()) -> Path | None:
     if not candidates:
         return None
 
@@ -336,9 +338,10 @@ def find_tokenizer(tokenizer: str | Path | None, *, repo_id: str = DEFAULT_REPO,
 
     cache_dir = Path(cache_dir) if cache_dir else None
     try:
-        snap = Path(snapshot_download(repo_id, allow_patterns=["tokenizer/*"], local_files_only=True,
-                                      cache_dir=cache_dir))
-        if all((snap / "tokenizer" / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+        snap = Path(snapshot_download(repo_id, allow_patterns=["tokenizer/*"],
+                                      local_files_only=True, cache_dir=cache_dir))
+        if all((snap / "tokenizer" / f).exists()
+               for f in ("tokenizer.json", "tokenizer_config.json")):
             return snap / "tokenizer"
     except Exception:  # not cached
         pass
@@ -351,9 +354,9 @@ def find_tokenizer(tokenizer: str | Path | None, *, repo_id: str = DEFAULT_REPO,
             raise _err(f"downloading the tokenizer of {repo_id} failed ({type(e).__name__}: {e}); "
                        "pass --tokenizer PATH (the tokenizer/ folder of that repo).") from None
     raise _err(f"ComfyUI files carry no tokenizer, and the tokenizer of {repo_id} (tokenizer/, "
-               f"about 11 MB) is not in the Hugging Face cache ({_cache_location(cache_dir)}) and the "
-               "hub cannot be reached. Connect once to fetch it, or pass --tokenizer PATH (a copy "
-               "of the tokenizer/ folder of that repo).")
+               f"about 11 MB) is not in the Hugging Face cache ({_cache_location(cache_dir)}) and "
+               "the hub cannot be reached. Connect once to fetch it, or pass --tokenizer PATH "
+               "(a copy of the tokenizer/ folder of that repo).")
 
 
 def resolve_comfyui(path: Path, *, tokenizer: str | Path | None = None,
@@ -373,7 +376,8 @@ def resolve_comfyui(path: Path, *, tokenizer: str | Path | None = None,
         if len(cands) > 1:
             others = [p.name for p in cands if p != dit]
             import logging
-            logging.getLogger(__name__).info("using %s (also found: %s)", dit.name, ", ".join(others))
+            logging.getLogger(__name__).info("using %s (also found: %s)", dit.name,
+                                             ", ".join(others))
     else:
         dit = path
         models = _comfy_models_dir(dit)
@@ -404,7 +408,8 @@ def resolve_comfyui(path: Path, *, tokenizer: str | Path | None = None,
                  if p != dit and _looks_like_vae(p)]
         ae = _pick(cands, ("ae.safetensors", "z_image", "flux"))
         if ae is None:
-            missing.append(f"the VAE ae.safetensors (0.3 GB; looked in {models}/vae and {dit.parent})")
+            missing.append(f"the VAE ae.safetensors (0.3 GB; looked in {models}/vae and "
+                           f"{dit.parent})")
     if missing:
         raise _err(f"ComfyUI model {dit.name}: missing " + "; ".join(missing) + ". Put them in "
                    "ComfyUI's models/text_encoders and models/vae folders (Comfy-Org/z_image_turbo "

@@ -4,12 +4,12 @@ The tiny model draws noise: every weight is random. It exists for smoke runs (`p
 tiny-model DIR`, then `--model DIR`), for tests, and for developing host apps (the Blender add-on)
 without the 33 GB download. It has exactly the official layout and file formats:
 
-    model_index.json                      ZImagePipeline, the same five components as the real repo
-    scheduler/scheduler_config.json       FlowMatchEulerDiscreteScheduler, shift 3.0
-    text_encoder/                         a tiny Qwen3 (transformers save_pretrained, sharded + index)
-    tokenizer/                            a byte-level BPE Qwen2Tokenizer with Qwen3's chat template
-    transformer/                          ZImageTransformer2DModel config + 2 safetensors shards + index
-    vae/                                  AutoencoderKL config (FLUX values, scaled down) + safetensors
+    model_index.json                  ZImagePipeline, the same five components as the real repo
+    scheduler/scheduler_config.json   FlowMatchEulerDiscreteScheduler, shift 3.0
+    text_encoder/                     a tiny Qwen3 (transformers save_pretrained, sharded + index)
+    tokenizer/                        a byte-level BPE Qwen2Tokenizer with Qwen3's chat template
+    transformer/                      ZImageTransformer2DModel config + 2 safetensors shards + index
+    vae/                              AutoencoderKL config (FLUX values, scaled down) + safetensors
 
 No diffusers here (it is a test-only oracle): the transformer and VAE tensor names and shapes come
 from `transformer_shapes` / `vae_shapes`, which follow the diffusers checkpoint naming that our
@@ -28,7 +28,7 @@ import torch
 # --------------------------------------------------------------------------------------------
 # Qwen3's stock chat template (Qwen/Qwen3-* tokenizer_config.json). With add_generation_prompt and
 # enable_thinking=True it ends in "<|im_start|>assistant\n" and adds no <think> block.
-QWEN3_CHAT_TEMPLATE = (
+QWEN3_CHAT_TEMPLATE = (  # noqa: E501  (verbatim data)
     "{%- if tools %}\n    {{- '<|im_start|>system\\n' }}\n    {%- if messages[0].role == 'system' %}\n"
     "        {{- messages[0].content + '\\n\\n' }}\n    {%- endif %}\n    {{- \"# Tools\\n\\nYou may "
     "call one or more functions to assist with the user query.\\n\\nYou are provided with function "
@@ -379,7 +379,7 @@ def transformer_shapes(config: dict) -> dict[str, tuple[int, ...]]:
 
 
 def vae_shapes(config: dict) -> dict[str, tuple[int, ...]]:
-    """Checkpoint keys and shapes of diffusers' AutoencoderKL (Down/UpEncoderBlock2D) for a config."""
+    """Checkpoint keys and shapes of diffusers' AutoencoderKL (Down/UpDecoderBlock2D blocks)."""
     ch = list(config["block_out_channels"])
     n = len(ch)
     lpb = config["layers_per_block"]

@@ -85,7 +85,8 @@ def read_index(index_path: str | Path) -> dict[str, Path]:
     except FileNotFoundError:
         raise EngineError(ERROR_CODE, f"{index_path}: file not found") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise EngineError(ERROR_CODE, f"{index_path}: not a valid safetensors index ({e})") from None
+        raise EngineError(ERROR_CODE,
+                          f"{index_path}: not a valid safetensors index ({e})") from None
     shards = {name: index_path.parent / fname for name, fname in weight_map.items()}
     missing = sorted({str(p) for p in shards.values() if not p.is_file()})
     if missing:
@@ -94,7 +95,9 @@ def read_index(index_path: str | Path) -> dict[str, Path]:
     return shards
 
 
-def resolve_files(files_or_index: str | Path | Iterable[str | Path]) -> tuple[list[Path], dict | None]:
+def resolve_files(
+    files_or_index: str | Path | Iterable[str | Path],
+) -> tuple[list[Path], dict | None]:
     """A .safetensors file, an index json, a folder (its index or its .safetensors files) or a
     list of files -> (files, index weight_map or None)."""
     if isinstance(files_or_index, (str, os.PathLike)):
@@ -190,7 +193,8 @@ def _target_shape(src_shape: tuple[int, ...], t: Target) -> tuple[int, ...]:
     return shape
 
 
-def plan_load(expected: dict[str, tuple[int, ...]], files: list[Path], key_map: KeyMap | None = None,
+def plan_load(expected: dict[str, tuple[int, ...]], files: list[Path],
+              key_map: KeyMap | None = None,
               weight_map: dict[str, Path] | None = None) -> list[_Plan]:
     """Match the files' tensors to `expected` {name: shape}; raise EngineError on any mismatch."""
     key_map = key_map or identity_key_map
@@ -215,8 +219,8 @@ def plan_load(expected: dict[str, tuple[int, ...]], files: list[Path], key_map: 
     if weight_map is not None:
         listed_absent = sorted(k for k in weight_map if k not in seen)
         if listed_absent:
-            raise EngineError(ERROR_CODE, f"the index lists {len(listed_absent)} tensor(s) that are "
-                                          f"not in its shard files: {_names(listed_absent)}")
+            raise EngineError(ERROR_CODE, f"the index lists {len(listed_absent)} tensor(s) that "
+                                          f"are not in its shard files: {_names(listed_absent)}")
     where = _where(files)
     problems = []
     missing = [k for k in expected if k not in plans]
@@ -313,14 +317,17 @@ def meta_tensors(module: torch.nn.Module) -> list[str]:
 # Key maps
 
 COMFY_PREFIX = "model.diffusion_model."
+_COMFY_ATTN = {"out.weight": "to_out.0.weight", "out.bias": "to_out.0.bias",
+               "q_norm.weight": "norm_q.weight", "k_norm.weight": "norm_k.weight"}
 
 
 def comfyui_transformer_key_map(patch_key: str = "2-1") -> KeyMap:
     """ComfyUI / original single-file Z-Image DiT -> diffusers names.
 
     Prefix `model.diffusion_model.` optional; x_embedder -> all_x_embedder.2-1; final_layer ->
-    all_final_layer.2-1; attention.qkv [3D, D] -> to_q/to_k/to_v (equal row blocks); attention.out ->
-    to_out.0; q_norm/k_norm -> norm_q/norm_k; norm_final (an unused Lumina-2 leftover) dropped.
+    all_final_layer.2-1; attention.qkv [3D, D] -> to_q/to_k/to_v (equal row blocks);
+    attention.out -> to_out.0; q_norm/k_norm -> norm_q/norm_k; norm_final (an unused Lumina-2
+    leftover) dropped.
     """
 
     def key_map(key: str, shape: tuple[int, ...]) -> list[Target]:
@@ -337,8 +344,7 @@ def comfyui_transformer_key_map(patch_key: str = "2-1") -> KeyMap:
                 n = shape[0] // 3
                 return [Target(f"{head}.attention.to_{c}.weight", rows=(i * n, (i + 1) * n))
                         for i, c in enumerate("qkv")]
-            leaf = {"out.weight": "to_out.0.weight", "out.bias": "to_out.0.bias",
-                    "q_norm.weight": "norm_q.weight", "k_norm.weight": "norm_k.weight"}.get(leaf, leaf)
+            leaf = _COMFY_ATTN.get(leaf, leaf)
             k = f"{head}.attention.{leaf}"
         return [Target(k)]
 
@@ -381,7 +387,8 @@ def bfl_vae_key_map(num_up_blocks: int = 4) -> KeyMap:
     norm_out -> conv_norm_out; nin_shortcut -> conv_shortcut. Prefixes first_stage_model./vae.
     are stripped.
     """
-    rx_block = re.compile(r"^(encoder|decoder)\.(down|up)\.(\d+)\.(block|downsample|upsample)\.(.*)$")
+    rx_block = re.compile(
+        r"^(encoder|decoder)\.(down|up)\.(\d+)\.(block|downsample|upsample)\.(.*)$")
     rx_mid = re.compile(r"^(encoder|decoder)\.mid\.(block_1|block_2|attn_1)\.(\w+)\.(weight|bias)$")
 
     def key_map(key: str, shape: tuple[int, ...]) -> list[Target]:
@@ -419,7 +426,8 @@ def bfl_vae_key_map(num_up_blocks: int = 4) -> KeyMap:
     return key_map
 
 
-def bfl_vae_inverse(state: dict[str, torch.Tensor], num_up_blocks: int = 4) -> dict[str, torch.Tensor]:
+def bfl_vae_inverse(state: dict[str, torch.Tensor],
+                    num_up_blocks: int = 4) -> dict[str, torch.Tensor]:
     """diffusers AutoencoderKL state dict -> BFL naming (attention as 1x1 convs). For tests."""
     inv_attn = {v: k for k, v in _BFL_ATTN.items()}
     out = {}
@@ -435,7 +443,8 @@ def bfl_vae_inverse(state: dict[str, torch.Tensor], num_up_blocks: int = 4) -> d
             rest = re.sub(r"^(down|up)samplers\.0\.", lambda mm: f"{mm.group(1)}sample.", rest)
             rest = rest.replace("conv_shortcut", "nin_shortcut")
             n = f"{part}.{direction}.{i}.{rest}"
-        m = re.match(r"^(encoder|decoder)\.mid_block\.(resnets|attentions)\.(\d+)\.(.*)\.(weight|bias)$", n)
+        m = re.match(
+            r"^(encoder|decoder)\.mid_block\.(resnets|attentions)\.(\d+)\.(.*)\.(weight|bias)$", n)
         if m:
             part, kind, i, leaf, wb = m.groups()
             if kind == "resnets":

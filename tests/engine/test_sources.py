@@ -81,7 +81,8 @@ def test_pickle_only_weights_are_named(model_copy):
 
 
 def test_unknown_paths(tmp_path):
-    assert "no such file or folder" in expect_error(lambda: resolve_model(str(tmp_path / "x" / "y" / "z")))
+    nowhere = str(tmp_path / "x" / "y" / "z")
+    assert "no such file or folder" in expect_error(lambda: resolve_model(nowhere))
     assert "model_index.json" in expect_error(lambda: resolve_model(tmp_path))
 
 
@@ -164,7 +165,8 @@ def test_comfyui_file(comfy_models, tiny_engine_model_dir):
     src = resolve_model(dit, tokenizer=tiny_engine_model_dir / "tokenizer", reachable=never)
     assert src.kind == "comfyui" and src.root == comfy_models.resolve()
     assert src.transformer_files == (dit.resolve(),)
-    assert src.text_encoder_files == (comfy_models.resolve() / "text_encoders" / "qwen_3_4b.safetensors",)
+    te = comfy_models.resolve() / "text_encoders" / "qwen_3_4b.safetensors"
+    assert src.text_encoder_files == (te,)
     assert src.vae_files == (comfy_models.resolve() / "vae" / "ae.safetensors",)
     assert src.key_maps == {"transformer": "comfyui-transformer", "text_encoder": "qwen3",
                             "vae": "bfl-vae"}

@@ -1,5 +1,5 @@
-"""engine.weights: strict loading, sharded indexes, key maps (checked against diffusers' converters),
-and errors that name the tensors and the file."""
+"""engine.weights: strict loading, sharded indexes, key maps (checked against diffusers'
+converters), and errors that name the tensors and the file."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def all_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 def meta_transformer(model_dir: Path) -> ZImageTransformer:
     with torch.device("meta"):
-        return ZImageTransformer(TransformerParams.from_json(model_dir / "transformer" / "config.json"))
+        return ZImageTransformer(
+            TransformerParams.from_json(model_dir / "transformer" / "config.json"))
 
 
 def assert_state_equal(module: torch.nn.Module, expected: dict[str, torch.Tensor], dtype=None):
@@ -69,7 +70,7 @@ def test_dtype_conversion_on_load(tiny_engine_model_dir, dit_state):
 
 
 def test_diffusers_saved_shards_load_into_our_transformer(tiny_model_dir):
-    """The oracle's own save_pretrained output (3 shards + index) loads strictly into engine.model."""
+    """The oracle's own save_pretrained output (shards + index) loads strictly into engine.model."""
     folder = tiny_model_dir / "transformer"
     assert (folder / "diffusion_pytorch_model.safetensors.index.json").exists()
     assert len(list(folder.glob("*.safetensors"))) >= 2
@@ -167,7 +168,8 @@ def test_bfl_vae_into_our_vae(tmp_path, tiny_engine_model_dir):
     path = tmp_path / "ae.safetensors"
     save_file(bfl_vae_inverse(sd), str(path))
     with torch.device("meta"):
-        vae = vae_mod.AutoEncoder(VaeParams.from_json(tiny_engine_model_dir / "vae" / "config.json"))
+        vae = vae_mod.AutoEncoder(
+            VaeParams.from_json(tiny_engine_model_dir / "vae" / "config.json"))
     load_safetensors_into(vae, path, dtype=torch.float32, device="cpu", key_map="bfl-vae")
     assert_state_equal(vae, sd)
 
@@ -273,7 +275,8 @@ def test_index_listing_a_tensor_its_shards_lack(tmp_path, tiny_engine_model_dir)
     shutil.copytree(tiny_engine_model_dir / "transformer", folder)
     index = folder / "diffusion_pytorch_model.safetensors.index.json"
     data = json.loads(index.read_text())
-    data["weight_map"]["layers.9.ghost.weight"] = "diffusion_pytorch_model-00001-of-00002.safetensors"
+    data["weight_map"]["layers.9.ghost.weight"] = (
+        "diffusion_pytorch_model-00001-of-00002.safetensors")
     index.write_text(json.dumps(data))
     msg = expect_error(lambda: load_safetensors_into(
         meta_transformer(tiny_engine_model_dir), index, dtype=torch.float32, device="cpu"))
