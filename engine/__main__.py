@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from engine.memory_args import add_memory_args, memory_kwargs
+
 DEFAULT_MODEL = "Tongyi-MAI/Z-Image-Turbo"
 
 
@@ -22,6 +24,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         f"file (default {DEFAULT_MODEL})")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float32 (float16 is refused)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer folder, for ComfyUI files (default: from the HF cache)")
 
 
 def _progress_bar(stage: str, step: int, steps: int) -> None:
@@ -61,17 +65,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    from engine.pipeline import GenerateRequest, ZImagePipeline, check_request
+    from engine.pipeline import GenerateRequest, Limits, ZImagePipeline, check_request
 
     out = Path(args.output)
     _check_writable(out)
     req = GenerateRequest(prompt=args.prompt, width=args.width, height=args.height,
                           steps=args.steps, seed=args.seed, num_images=args.num_images)
+    check_request(req, Limits())  # fail fast, before loading gigabytes
     t0 = time.perf_counter()
-    pipe = ZImagePipeline.load(args.model, device=args.device, dtype=args.dtype)
-    check_request(req, pipe.limits)  # before any work, with the loaded engine's limits
+    pipe = ZImagePipeline.load(args.model, device=args.device, dtype=args.dtype,
+                               **memory_kwargs(args))
     print(f"loaded {pipe.info['model']} on {pipe.info['device']} ({pipe.info['dtype']}) in "
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    if getattr(pipe, "compile_seconds", None) is not None:
+        print(f"compiled and warmed up in {pipe.compile_seconds:.1f}s", file=sys.stderr)
     result = pipe.generate(req, on_progress=lambda p: _progress_bar(p.stage, p.step, p.steps))
     for i, (image, seed) in enumerate(zip(result.images, result.seeds)):
         path = out if i == 0 else out.with_name(f"{out.stem}-{i}{out.suffix}")
@@ -109,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-images", type=int, default=1,
                    help="images with seeds seed, seed+1, ... (files NAME-1.png, ...)")
     g.add_argument("--output", default="out.png")
+    add_memory_args(g)
     g.set_defaults(func=cmd_generate)
 
     t = sub.add_parser("tiny-model", help="build a tiny random model (draws noise) for smoke tests")
@@ -126,6 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(message: str) -> str:
+    """Multi-line messages (lists of missing files) folded into the single line a CLI prints."""
+    out = ""
+    for line in (ln.strip() for ln in message.splitlines()):
+        if line:
+            out += line if not out else (" " if out.endswith(":") else "; ") + line
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -134,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ProtocolError as e:
-        print(f"error: {e.message} [{e.code}]", file=sys.stderr)
+        print(f"error: {one_line(e.message)} [{e.code}]", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -20,16 +20,25 @@ from engine.weights import load_safetensors_into, meta_tensors
 log = logging.getLogger(__name__)
 
 
+def read_params(cls, config: Path):
+    """A params dataclass from a config.json; a config this engine cannot run is a clear error."""
+    try:
+        return cls.from_json(config)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise EngineError("model_unavailable", f"{config} is not a Z-Image-Turbo config this "
+                          f"engine can run: {e}") from None
+
+
 def load_transformer(config: Path, files, *, dtype, device, key_map=None) -> ZImageTransformer:
     with torch.device("meta"):
-        model = ZImageTransformer(TransformerParams.from_json(config))
+        model = ZImageTransformer(read_params(TransformerParams, config))
     load_safetensors_into(model, files, dtype=dtype, device=device, key_map=key_map)
     return model.eval().requires_grad_(False)
 
 
 def load_vae(config: Path, files, *, dtype, device, key_map=None) -> AutoEncoder:
     with torch.device("meta"):
-        model = AutoEncoder(VaeParams.from_json(config))
+        model = AutoEncoder(read_params(VaeParams, config))
     load_safetensors_into(model, files, dtype=dtype, device=device, key_map=key_map or "identity")
     return model.eval().requires_grad_(False)
 
@@ -66,24 +75,53 @@ def load_tokenizer(tokenizer_dir: Path):
 
 
 def load_pipeline(model: str, *, device: str = "auto", dtype: str = "auto",
-                  tokenizer: str | None = None, cache_size: int = 32) -> ZImagePipeline:
+                  tokenizer: str | None = None, cache_size: int = 32, memory: str = "auto",
+                  compile: bool | None = None, fp8: bool | None = None,
+                  controlnet: str | None = None) -> ZImagePipeline:
+    """memory: auto | max | 16gb | 12gb | 8gb (engine/memory.py); compile: None = on for CUDA;
+    fp8: None = the memory mode decides; controlnet: path of a Z-Image-Turbo-Fun-Controlnet-Union
+    single .safetensors file (2.1, lite, 2.0 or 1.0), enabling the control.* capabilities."""
+    from engine import compile as compiling
+    from engine import memory as memory_modes
     from engine.sources import resolve_model
 
     dev = devices.pick_device(device)
     dt = devices.pick_dtype(dtype, dev)
+    plan = memory_modes.choose_plan(memory, dev, fp8=fp8)
     src = resolve_model(model, tokenizer=tokenizer)
     try:
         transformer = load_transformer(src.transformer_config, src.transformer_files, dtype=dt,
-                                       device=dev, key_map=src.key_maps.get("transformer"))
+                                       device=plan.load_device("transformer", dev),
+                                       key_map=src.key_maps.get("transformer"))
         vae = load_vae(src.vae_config, src.vae_files, dtype=dt, device=dev,
                        key_map=src.key_maps.get("vae"))
         text_model = load_qwen3(src.text_encoder_config, src.text_encoder_files, dtype=dt,
-                                device=dev, key_map=src.key_maps.get("text_encoder", "qwen3"))
+                                device=plan.load_device("text_encoder", dev),
+                                key_map=src.key_maps.get("text_encoder", "qwen3"))
+        control_model = None
+        if controlnet:
+            from engine.model.controlnet import load_controlnet
+
+            control_model = load_controlnet(controlnet, transformer, dtype=dt, device=dev)
     except torch.OutOfMemoryError:
         devices.empty_cache(dev)
         raise EngineError("out_of_memory", f"the model does not fit in {dev}'s memory in "
                           f"{str(dt).removeprefix('torch.')}; try a lower --memory mode") from None
     tokenizer = load_tokenizer(src.tokenizer_dir)
-    shift = SchedulerParams.from_json(src.scheduler_config).shift
-    return ZImagePipeline(transformer, vae, TextEncoder(tokenizer, text_model, cache_size),
-                          shift=shift, device=dev, dtype=dt, model_id=src.name)
+    shift = read_params(SchedulerParams, src.scheduler_config).shift
+    pipe = ZImagePipeline(transformer, vae, TextEncoder(tokenizer, text_model, cache_size),
+                          shift=shift, device=dev, dtype=dt, model_id=src.name,
+                          controlnet=control_model)
+    transformer.fuse_projections()  # fused QKV and w1/w3 matmuls (same math, fewer launches)
+    if control_model is not None:
+        control_model.fuse_projections()
+    try:
+        memory_modes.apply_plan(pipe, plan, dev)
+    except torch.OutOfMemoryError:
+        devices.empty_cache(dev)
+        raise memory_modes.oom_error(plan, 1024, 1024, 1, memory_modes.free_bytes(dev)) from None
+    if compiling.should_compile(compile, dev):
+        compiling.compile_pipeline(pipe)
+        pipe.compile_seconds = compiling.warm_up(pipe)
+        log.info("compiled and warmed up at 1024x1024 in %.1f s", pipe.compile_seconds)
+    return pipe

@@ -129,6 +129,20 @@ def _missing_message(what: str, missing: list[str]) -> str:
     return f"{what} is incomplete; missing:\n  {shown}"
 
 
+def _check_model_type(root: Path) -> None:
+    """Refuse other diffusers pipelines early, before any shape errors could confuse the user."""
+    try:
+        index = json.loads((root / "model_index.json").read_text(encoding="utf-8"))
+        cls = index.get("_class_name", "")
+        transformer = json.loads((root / "transformer" / "config.json").read_text("utf-8"))
+    except (OSError, ValueError, AttributeError) as e:
+        raise _err(f"{root}: model_index.json or transformer/config.json is unreadable ({e})")
+    t_cls = transformer.get("_class_name", "ZImageTransformer2DModel")
+    if not str(cls).startswith("ZImage") or t_cls != "ZImageTransformer2DModel":
+        raise _err(f"{root} holds a {cls or 'unknown'} model ({t_cls}), not Z-Image; this engine "
+                   f"runs Z-Image-Turbo ({DEFAULT_REPO}).")
+
+
 def resolve_folder(root: Path, *, kind: str = "folder", name: str | None = None) -> ModelSource:
     parts, missing = check_folder(root)
     if missing:
@@ -136,6 +150,7 @@ def resolve_folder(root: Path, *, kind: str = "folder", name: str | None = None)
                    + "\nIt must have the layout of the Hugging Face repo " + DEFAULT_REPO
                    + " (model_index.json, scheduler/, text_encoder/, tokenizer/, transformer/,"
                    " vae/).")
+    _check_model_type(root)
     return ModelSource(
         kind=kind, name=name or str(root), root=root,
         transformer_files=parts["transformer"], text_encoder_files=parts["text_encoder"],
