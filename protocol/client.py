@@ -170,6 +170,10 @@ class EngineClient:
                  unresponsive_s: float = 6.0, accept_timeout_s: float = 15.0,
                  stall_timeout_s: float = 60.0, give_up_s: float = 60.0,
                  default_deadline_ms: int = 120_000, max_events: int = 10_000):
+        if not isinstance(endpoint, str) or endpoint.split("://", 1)[0] not in (
+                "tcp", "ipc", "inproc") or "://" not in endpoint:
+            raise ProtocolError("invalid_params", f"bad engine endpoint {endpoint!r}; expected "
+                                "e.g. tcp://127.0.0.1:5555", field="endpoint")
         self.endpoint = endpoint
         self.session = session or uuid.uuid4().hex
         self._client_info = {"name": client_name, "version": client_version}
@@ -370,11 +374,17 @@ class EngineClient:
         try:
             self._sock, self._mon = self._make_socket()
         except zmq.ZMQError as exc:
+            msg = f"cannot connect to {self.endpoint}: {exc}"
             self.state = "disconnected"
-            self._emit("disconnected", None, {"reason": "bad_endpoint",
-                                              "message": f"cannot connect to {self.endpoint}: "
-                                              f"{exc}"})
+            self._emit("disconnected", None, {"reason": "bad_endpoint", "message": msg})
             self._ctx.term()
+            while not self._closing.is_set():   # fail every job instead of hanging
+                while self._cmds:
+                    kind, arg = self._cmds.popleft()
+                    if kind == "submit":
+                        self._jobs[arg.id] = arg
+                        self._local_error(arg, "engine_unreachable", msg)
+                self._closing.wait(0.05)
             return
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)

@@ -543,7 +543,7 @@ def _drain(r: Raw, wait: float = 0.3) -> list:
         if got is None:
             return out
         out.append(got[0])
-        if got[0]["type"] == "error":
+        if got[0]["type"] in ("error", "pong", "jobs", "welcome", "accepted", "cancelled"):
             return out
 
 
