@@ -17,8 +17,27 @@ import numpy as np
 import torch
 
 from engine import devices
+from engine.conditioning import (
+    CONTROL_SCALE,
+    check_conditioning,
+    fit_image,
+    fit_mask,
+    image_tensor,
+    latent_mask,
+    mask_tensor,
+    resolve_strength,
+)
 from engine.errors import Cancelled, EngineError
-from engine.sampling import denoise, get_noise, get_schedule
+from engine.sampling import (
+    LATENT_CHANNELS,
+    VAE_SCALE,
+    cut_schedule,
+    denoise,
+    get_noises,
+    get_schedule,
+    scale_noise,
+    seamless,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +65,14 @@ class GenerateRequest:
     steps: int = 8
     seed: int | None = None  # None: a random seed, reported in the result
     num_images: int = 1  # image i uses seed + i
+    # Image conditioning (docs/image-conditioning.md); all optional, all checked by check_request.
+    image: np.ndarray | None = field(default=None, compare=False)  # H x W x 3 uint8: img2img
+    strength: float | None = None  # 0..1; None: 0.6 with an image alone, 1.0 with a mask
+    mask: np.ndarray | None = field(default=None, compare=False)  # H x W uint8, white = repaint
+    control_image: np.ndarray | None = field(default=None, compare=False)  # H x W x 3 uint8
+    control_type: str | None = None  # "depth" | "canny" | "pose" | "inpaint" (needs ControlNet)
+    control_scale: float = CONTROL_SCALE
+    tile: str | None = None  # seamless texture: "x" | "y" | "xy"
 
 
 @dataclass
@@ -91,6 +118,7 @@ def check_request(req: GenerateRequest, limits: Limits) -> None:
     if not isinstance(req.num_images, int) or not 1 <= req.num_images <= limits.max_images:
         raise bad("num_images", f"num_images {req.num_images} is out of range: use 1 to "
                                 f"{limits.max_images}")
+    check_conditioning(req)
 
 
 def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
@@ -130,8 +158,10 @@ class ZImagePipeline:
     """Holds the loaded components and runs requests one at a time."""
 
     def __init__(self, transformer, vae, text_encoder, *, shift: float, device: torch.device,
-                 dtype: torch.dtype, model_id: str = "", limits: Limits = Limits()):
+                 dtype: torch.dtype, model_id: str = "", limits: Limits = Limits(),
+                 controlnet=None):
         self.transformer = transformer
+        self.controlnet = controlnet  # engine.model.controlnet.ZImageControlNet or None
         self.vae = vae
         self.text_encoder = text_encoder
         self.shift = shift
@@ -153,8 +183,29 @@ class ZImagePipeline:
             "model": self.model_id,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
-            "capabilities": ["txt2img"],
+            "capabilities": self.capabilities,
         }
+
+    @property
+    def capabilities(self) -> list[str]:
+        caps = ["txt2img", "img2img", "inpaint", "tile"]
+        if self.controlnet is not None:
+            caps += ["control.depth", "control.canny", "control.pose"]
+            if self.controlnet.control_in_dim >= 2 * LATENT_CHANNELS + 1:
+                caps.append("control.inpaint")
+        return caps
+
+    def check_capabilities(self, req: GenerateRequest) -> None:
+        """Raise EngineError(capability_unavailable) for a mode this engine has not loaded."""
+        if req.control_type is None:
+            return
+        if f"control.{req.control_type}" not in self.capabilities:
+            why = ("no ControlNet is loaded (start with --controlnet PATH to "
+                   "Z-Image-Turbo-Fun-Controlnet-Union-2.1)" if self.controlnet is None else
+                   "the loaded ControlNet has no inpaint channels (use the 2.x Union model)")
+            raise EngineError("capability_unavailable",
+                              f"control type {req.control_type!r} is unavailable: {why}",
+                              field="control_type")
 
     def preview(self, latents: torch.Tensor, max_side: int = 256) -> np.ndarray:
         return preview(latents, max_side)
@@ -164,6 +215,7 @@ class ZImagePipeline:
                  on_progress: Callable[[Progress], None] | None = None,
                  should_cancel: Callable[[], bool] | None = None) -> Result:
         check_request(req, self.limits)
+        self.check_capabilities(req)
         seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED - 4)
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(req.num_images)]
         report = on_progress or (lambda p: None)
@@ -182,18 +234,17 @@ class ZImagePipeline:
             timings["text_ms"] = _ms_since(t0, self.device)
 
             t0 = time.perf_counter()
-            x = torch.cat([get_noise(s, req.height, req.width) for s in seeds]).to(self.device)
-            sigmas = get_schedule(req.steps, self.shift)
-
-            def velocity(x_: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                return self.transformer(x_.to(self.dtype), t, caps)
+            if req.tile:
+                self.vae.set_padding_mode("circular", axes=req.tile)
+            x, sigmas, velocity, after_step = self._prepare(req, seeds, caps)
+            steps = len(sigmas) - 1  # fewer than req.steps for image-to-image (strength < 1)
 
             def on_step(i: int, x_: torch.Tensor, x0: torch.Tensor) -> None:
-                report(Progress("denoise", i + 1, req.steps, x0))
+                report(Progress("denoise", i + 1, steps, x0))
                 check_cancel(i + 1)
 
             check_cancel(0)
-            x = denoise(velocity, x, sigmas, on_step)
+            x = denoise(velocity, x, sigmas, on_step, after_step)
             timings["denoise_ms"] = _ms_since(t0, self.device)
 
             t0 = time.perf_counter()
@@ -207,7 +258,72 @@ class ZImagePipeline:
                 f"the GPU ran out of memory at {req.width}x{req.height} x{req.num_images}; "
                 "try a smaller size, fewer images, or a lower --memory mode",
             ) from None
+        finally:
+            if req.tile:
+                self.vae.set_padding_mode("zeros")
         return Result(images=images, seeds=seeds, timings=timings)
+
+    def run(self, req: GenerateRequest) -> Result:
+        """One request, no callbacks: what benchmarks time (every mode, same code path)."""
+        return self.generate(req)
+
+    def _prepare(self, req: GenerateRequest, seeds: list[int], caps: torch.Tensor):
+        """The one denoising loop's inputs for every mode: (start latents, sigmas, velocity,
+        after_step). img2img = cut schedule + noised image start; inpaint = a latent blend after
+        each step; control = hints through the transformer's control hook; tile = rolls."""
+        dev, W, H = self.device, req.width, req.height
+        lh, lw = H // VAE_SCALE, W // VAE_SCALE
+        strength = resolve_strength(req)
+        control_inpaint = req.control_type == "inpaint"
+        sigmas = get_schedule(req.steps, self.shift)
+        if req.image is not None:
+            sigmas = cut_schedule(sigmas, strength)
+        # diffusers' generator order: the VAE posterior sample of the input image, then the noise.
+        use_init = req.image is not None and not (control_inpaint and strength == 1.0)
+        draws = [get_noises(s, H, W, 2 if use_init else 1) for s in seeds]
+        noise = torch.cat([d[-1] for d in draws]).to(dev)
+        x = noise
+        image = mask = init = None
+        if req.image is not None:
+            image = image_tensor(fit_image(req.image, W, H)).to(dev)
+        if req.mask is not None:
+            mask = mask_tensor(fit_mask(req.mask, W, H)).to(dev)
+        if use_init:
+            init = self.vae.encode(image, noise=torch.cat([d[0] for d in draws]))
+            x = scale_noise(init, sigmas[0], noise) if len(sigmas) > 1 else init
+
+        after_step = None
+        if mask is not None and not control_inpaint:
+            m = latent_mask(mask, lh, lw)
+
+            def after_step(i: int, x_: torch.Tensor) -> torch.Tensor:
+                proper = scale_noise(init, sigmas[i + 1], noise) if i < len(sigmas) - 2 else init
+                return (1 - m) * proper + m * x_
+
+        control = None
+        if req.control_type is not None:
+            cn = self.controlnet
+            if req.control_image is not None:
+                parts = [self.vae.encode(image_tensor(fit_image(req.control_image, W, H)).to(dev))]
+            else:
+                parts = [torch.zeros(1, LATENT_CHANNELS, lh, lw, device=dev)]
+            if control_inpaint:  # [control, 1 - mask, masked image], as ZImageControlNetInpaint
+                parts += [latent_mask(1 - mask, lh, lw), self.vae.encode(image * (mask < 0.5))]
+            control = torch.cat(parts, dim=1)
+            if control.shape[1] < cn.control_in_dim:  # unused channels are zeros
+                pad = cn.control_in_dim - control.shape[1]
+                control = torch.cat([control, control.new_zeros(1, pad, lh, lw)], dim=1)
+            control = control.to(self.dtype)
+
+        def model(x_: torch.Tensor, t: torch.Tensor, shift=(0, 0)) -> torch.Tensor:
+            hook = None
+            if control is not None:
+                c = torch.roll(control, shift, dims=(-2, -1)) if any(shift) else control
+                hook = lambda s: cn(self.transformer, s, c, req.control_scale)  # noqa: E731
+            return self.transformer(x_.to(self.dtype), t, caps, control=hook)
+
+        velocity = seamless(model, len(sigmas) - 1, req.tile) if req.tile else model
+        return x, sigmas, velocity, after_step
 
 
 def _ms_since(t0: float, device: torch.device) -> float:

@@ -25,6 +25,17 @@ def get_noise(seed: int, height: int, width: int, device: torch.device | str = "
     return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
 
 
+def get_noises(seed: int, height: int, width: int, count: int,
+               device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """`count` consecutive [1, 16, H/8, W/8] draws from one CPU generator seeded with `seed`; the
+    first is `get_noise(seed, ...)`. Image-conditioned modes draw the VAE posterior sample first and
+    the starting noise second, in the order diffusers' img2img/inpaint pipelines use a generator."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    shape = (1, LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE)
+    return [torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+            for _ in range(count)]
+
+
 def get_schedule(steps: int, shift: float) -> list[float]:
     """Shifted sigmas for `steps` Euler steps plus the terminal 0 (steps + 1 values).
 
@@ -34,6 +45,59 @@ def get_schedule(steps: int, shift: float) -> list[float]:
     s = torch.linspace(1.0, 1.0 / steps, steps, dtype=torch.float32)
     sigmas = shift * s / (1 + (shift - 1) * s)
     return sigmas.tolist() + [0.0]
+
+
+def cut_schedule(sigmas: list[float], strength: float) -> list[float]:
+    """Image-to-image: keep the last `strength` part of an N-step schedule (N + 1 sigmas).
+
+    As diffusers' ZImageImg2ImgPipeline.get_timesteps: t_start = int(N - min(N * strength, N)),
+    the kept sigmas are sigmas[t_start:]. strength 1 keeps everything (pure noise start); strength
+    0 keeps only the terminal 0 (no steps: the input comes back through the VAE).
+    """
+    n = len(sigmas) - 1
+    init_timestep = min(n * strength, n)
+    t_start = int(max(n - init_timestep, 0))
+    return sigmas[t_start:]
+
+
+def scale_noise(image_latents: torch.Tensor, sigma: float, noise: torch.Tensor) -> torch.Tensor:
+    """The flow-matching forward process at `sigma` (diffusers' scheduler.scale_noise)."""
+    s = torch.tensor(sigma, dtype=torch.float32)
+    return s * noise + (1.0 - s) * image_latents
+
+
+def tile_shift(call: int, steps: int, height: int, width: int, axes: str) -> tuple[int, int]:
+    """The latent roll (dy, dx) for seamless textures at model call `call` of `steps`.
+
+    The offsets walk evenly around the torus, in whole DiT patches (PATCH latent cells), so the
+    image border (where the model never saw wrap-around neighbours) sits somewhere else at every
+    step; step 0 is not rolled. Rolling by whole patches keeps the patch grid aligned.
+    """
+    def offset(n_cells: int, phase: float) -> int:
+        n_tok = n_cells // PATCH
+        return (int((call * n_tok) // max(steps, 1) + phase * n_tok) % n_tok) * PATCH
+
+    dy = offset(height, 0.0) if "y" in axes else 0
+    dx = offset(width, 0.5 if call else 0.0) if "x" in axes else 0
+    return dy, dx
+
+
+def seamless(model: Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], torch.Tensor],
+             steps: int, axes: str) -> Velocity:
+    """Wrap `model(x, t, shift)` for seamless textures: each call rolls the latents by
+    `tile_shift(call, ...)`, runs the model on the rolled latents (it gets the shift, to roll any
+    spatial conditioning the same way) and rolls the prediction back."""
+    calls = [0]
+
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        dy, dx = tile_shift(calls[0], steps, x.shape[-2], x.shape[-1], axes)
+        calls[0] += 1
+        if dy == dx == 0:
+            return model(x, t, (0, 0))
+        out = model(torch.roll(x, (dy, dx), dims=(-2, -1)), t, (dy, dx))
+        return torch.roll(out, (-dy, -dx), dims=(-2, -1))
+
+    return velocity
 
 
 def model_time(sigma: float) -> torch.Tensor:
@@ -50,9 +114,11 @@ def denoise(
     x: torch.Tensor,
     sigmas: list[float],
     on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    after_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Euler integration from sigmas[0] to sigmas[-1].
 
+    `after_step(i, x) -> x` may replace the latents after step i (inpainting's latent blend).
     `on_step(i, x, x0)` runs after step i with the new latents and the step's estimate of the clean
     latents (x0 = x_sigma + sigma * out, what previews show); it may raise to stop (cancellation).
     """
@@ -63,6 +129,8 @@ def denoise(
         if on_step is not None:
             x0 = x + sigma * out
         x = x + (sigma_next - sigma) * -out
+        if after_step is not None:
+            x = after_step(i, x)
         if on_step is not None:
             on_step(i, x, x0)
     return x

@@ -15,6 +15,9 @@ Output convention (as diffusers): the model predicts x0 - noise; the sampler neg
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -132,6 +135,21 @@ class FinalLayer(nn.Module):
         return self.linear(x)
 
 
+@dataclass
+class Streams:
+    """What a ControlNet needs from one forward pass (see `ZImageTransformer.forward(control=)`):
+    the embedded image tokens before the noise refiner (padded), the refined caption tokens, the
+    timestep embedding and the RoPE tables of the image stream and of the unified sequence."""
+
+    img_embedded: Tensor  # [B, N_img padded, dim]
+    img_refined: Tensor  # the same after the noise refiner (what the main layers get)
+    cap: Tensor  # [B, N_cap padded, dim], after the context refiner
+    t_emb: Tensor
+    rope_img: tuple[Tensor, Tensor]
+    rope_unified: tuple[Tensor, Tensor]
+    n_img: int  # real (unpadded) image tokens
+
+
 class ZImageTransformer(nn.Module):
     def __init__(self, params: TransformerParams):
         super().__init__()
@@ -214,10 +232,13 @@ class ZImageTransformer(nn.Module):
         t: Tensor,
         cap_feats: Tensor,
         control_hints: dict[int, Tensor] | None = None,
+        control: Callable[[Streams], dict[int, Tensor]] | None = None,
     ) -> Tensor:
         """x: latents [B, C, H, W] (H, W multiples of patch_size); t: [B] = 1 - sigma in [0, 1];
         cap_feats: [B or 1, L, cap_feat_dim], one caption length for the whole batch (so no mask);
         control_hints: {main layer index: [B, N_unified, dim]} added after that layer.
+        control: a ControlNet hook, called once per forward with the `Streams` (after the caption
+        refiner, before the main layers); it returns more hints of the same form.
         Returns [B, C, H, W] in x's dtype: diffusers' raw output (x0 - noise), not negated.
         """
         p = self.params
@@ -246,7 +267,7 @@ class ZImageTransformer(nn.Module):
         # Patchify: [B, C, H, W] -> [B, h*w, (ph pw c)]; channels fastest, unlike Flux's (c ph pw).
         patches = x.to(dtype).view(B, C, h_tok, ps, w_tok, ps).permute(0, 2, 4, 3, 5, 1)
         img = self.all_x_embedder[p.patch_key](patches.reshape(B, n_img, p.patch_dim))
-        img = _pad_with(img, self.x_pad_token)
+        img = img_embedded = _pad_with(img, self.x_pad_token)
         for block in self.noise_refiner:
             img = block(img, cos_img, sin_img, t_emb)
 
@@ -258,6 +279,12 @@ class ZImageTransformer(nn.Module):
         # Unified sequence: image tokens first (padded), then caption tokens (padded).
         xs = torch.cat([img, cap], dim=1)
         cos, sin = torch.cat([cos_img, cos_cap]), torch.cat([sin_img, sin_cap])
+        if control is not None:
+            extra = control(Streams(img_embedded, img, cap, t_emb, (cos_img, sin_img), (cos, sin),
+                                    n_img))
+            control_hints = {**(control_hints or {})}
+            for i, hint in extra.items():
+                control_hints[i] = control_hints[i] + hint if i in control_hints else hint
         for i, block in enumerate(self.layers):
             xs = block(xs, cos, sin, t_emb)
             if control_hints is not None and i in control_hints:

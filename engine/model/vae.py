@@ -73,8 +73,13 @@ class Downsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # Asymmetric pad (right and bottom only) before the stride-2 conv, as in diffusers/LDM.
-        mode = "circular" if self.conv.padding_mode == "circular" else "constant"
-        return self.conv(F.pad(x, (0, 1, 0, 1), mode=mode))
+        wrap = getattr(self.conv, "wrap_axes", "")
+        if self.conv.padding_mode == "circular" or wrap == "xy":
+            return self.conv(F.pad(x, (0, 1, 0, 1), mode="circular"))
+        if wrap:  # one axis wraps, the other is zero-padded
+            x = F.pad(x, (0, 1, 0, 0) if wrap == "x" else (0, 0, 0, 1), mode="circular")
+            return self.conv(F.pad(x, (0, 0, 0, 1) if wrap == "x" else (0, 1, 0, 0)))
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
 
 
 class Upsample(nn.Module):
@@ -199,22 +204,38 @@ class AutoEncoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.encoder.conv_in.weight.dtype
 
-    def set_padding_mode(self, mode: str = "zeros") -> None:
-        """"zeros" (default, as trained) or "circular" (tileable output: borders wrap around)."""
+    def set_padding_mode(self, mode: str = "zeros", axes: str = "xy") -> None:
+        """"zeros" (default, as trained) or "circular" (tileable output: borders wrap around).
+
+        axes: with "circular", which borders wrap: "x" (left/right), "y" (top/bottom) or "xy";
+        the other axis keeps zero padding. Every conv wraps, so a roll of the input by a multiple
+        of the stride rolls the output exactly (GroupNorm and the attention are global).
+        """
         if mode not in ("zeros", "circular"):
             raise ValueError(f"padding mode must be 'zeros' or 'circular', got {mode!r}")
+        if axes not in ("x", "y", "xy"):
+            raise ValueError(f"axes must be 'x', 'y' or 'xy', got {axes!r}")
+        wrap = "" if mode == "zeros" else axes
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                m.padding_mode = mode
+                m.padding_mode = "circular" if wrap == "xy" else "zeros"
+                m.wrap_axes = wrap
+                _set_axis_wrap(m, wrap)
 
-    def encode(self, image: Tensor) -> Tensor:
+    def encode(self, image: Tensor, noise: Tensor | None = None) -> Tensor:
         """image [B, 3, H, W] in [-1, 1] (H, W multiples of 8) -> float32 latent the transformer
-        sees: (mean - shift) * scale. Uses the posterior mean (mode), no sampling."""
+        sees: (z - shift) * scale. Without `noise`, z is the posterior mean (mode); with `noise`
+        ([B or N, 16, H/8, W/8], standard normal), z = mean + std * noise, a posterior sample as
+        diffusers' `latent_dist.sample(generator)` draws it (logvar clamped to [-30, 20])."""
         moments = self.encoder(image.to(self.dtype))
         if self.quant_conv is not None:
             moments = self.quant_conv(moments)
-        mean = moments.chunk(2, dim=1)[0].float()
-        return (mean - self.params.shift_factor) * self.params.scaling_factor
+        mean, logvar = (m.float() for m in moments.chunk(2, dim=1))
+        z = mean
+        if noise is not None:
+            std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+            z = mean + std * noise.to(mean.device, torch.float32)
+        return (z - self.params.shift_factor) * self.params.scaling_factor
 
     def decode(self, latents: Tensor) -> Tensor:
         """Transformer-space latents [B, 16, h, w] -> float32 image [B, 3, 8h, 8w], about [-1, 1]
@@ -224,3 +245,27 @@ class AutoEncoder(nn.Module):
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         return self.decoder(z).float()
+
+
+def _set_axis_wrap(conv: nn.Conv2d, wrap: str) -> None:
+    """Make a padded conv wrap around on one axis only ("x" or "y"); "" or "xy" clears the hook
+    (nn.Conv2d's own padding_mode covers both axes at once)."""
+    hook = getattr(conv, "_wrap_hook", None)
+    if hook is not None:
+        hook.remove()
+        conv._wrap_hook = None
+        conv.padding = conv._wrap_padding
+    if wrap not in ("x", "y") or conv.padding == (0, 0):
+        return
+    ph, pw = conv._wrap_padding = conv.padding
+
+    def pre_hook(module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        if wrap == "x":
+            x = F.pad(F.pad(x, (pw, pw, 0, 0), mode="circular"), (0, 0, ph, ph))
+        else:
+            x = F.pad(F.pad(x, (0, 0, ph, ph), mode="circular"), (pw, pw, 0, 0))
+        return (x,)
+
+    conv.padding = (0, 0)
+    conv._wrap_hook = conv.register_forward_pre_hook(pre_hook)
