@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine import devices
+from engine import devices, memory
 from engine.conditioning import (
     CONTROL_SCALE,
     check_conditioning,
@@ -249,15 +249,13 @@ class ZImagePipeline:
 
             t0 = time.perf_counter()
             report(Progress("decode", 0, 1))
-            images = to_uint8(self.vae.decode(x))
+            images = to_uint8(memory.decode_latents(self, x))  # tiled if the plan says so
             timings["decode_ms"] = _ms_since(t0, self.device)
         except torch.OutOfMemoryError:
+            memory.reset_after_error(self)  # streamed layers back to host memory
             devices.empty_cache(self.device)
-            raise EngineError(
-                "out_of_memory",
-                f"the GPU ran out of memory at {req.width}x{req.height} x{req.num_images}; "
-                "try a smaller size, fewer images, or a lower --memory mode",
-            ) from None
+            raise memory.oom_error(getattr(self, "plan", None), req.width, req.height,
+                                   req.num_images, memory.free_bytes(self.device)) from None
         finally:
             if req.tile:
                 self.vae.set_padding_mode("zeros")
