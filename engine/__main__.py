@@ -67,14 +67,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from engine.pipeline import GenerateRequest, Limits, ZImagePipeline, check_request
 
+    from engine.conditioning import default_size
+
     out = Path(args.output)
     _check_writable(out)
-    req = GenerateRequest(prompt=args.prompt, width=args.width, height=args.height,
-                          steps=args.steps, seed=args.seed, num_images=args.num_images)
+    image = _read_image(args.image, "image") if args.image else None
+    width, height = args.width, args.height
+    if width is None or height is None:  # an input image's own size, else 1024
+        dw, dh = default_size(image, Limits()) if image is not None else (1024, 1024)
+        width, height = width or dw, height or dh
+    req = GenerateRequest(
+        prompt=args.prompt, width=width, height=height, steps=args.steps, seed=args.seed,
+        num_images=args.num_images, image=image, strength=args.strength,
+        mask=_read_image(args.mask, "mask", mode="L") if args.mask else None,
+        control_image=(_read_image(args.control_image, "control_image")
+                       if args.control_image else None),
+        control_type=args.control_type, control_scale=args.control_scale, tile=args.tile)
     check_request(req, Limits())  # fail fast, before loading gigabytes
     t0 = time.perf_counter()
-    pipe = ZImagePipeline.load(args.model, device=args.device, dtype=args.dtype,
-                               **memory_kwargs(args))
+    if args.controlnet:
+        pipe = ZImagePipeline.load(args.model, device=args.device, dtype=args.dtype,
+                                   controlnet=args.controlnet, **memory_kwargs(args))
+    else:
+        pipe = ZImagePipeline.load(args.model, device=args.device, dtype=args.dtype,
+                                   **memory_kwargs(args))
     print(f"loaded {pipe.info['model']} on {pipe.info['device']} ({pipe.info['dtype']}) in "
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     if getattr(pipe, "compile_seconds", None) is not None:
@@ -90,6 +106,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
     t = result.timings
     print("timings: " + ", ".join(f"{k} {v:.0f} ms" for k, v in t.items()), file=sys.stderr)
     return 0
+
+
+def _read_image(path: str, field: str, mode: str = "RGB"):
+    """An image file -> H x W x 3 (mode "RGB") or H x W (mode "L") uint8 array."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from engine.errors import EngineError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert(mode))
+    except FileNotFoundError:
+        raise EngineError("invalid_params", f"--{field.replace('_', '-')} {path}: no such file",
+                          field=field) from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise EngineError("invalid_params", f"--{field.replace('_', '-')} {path} is not a "
+                          f"readable image ({e})", field=field) from None
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
@@ -109,13 +143,27 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate images from a prompt and write PNG files")
     _add_model_args(g)
     g.add_argument("--prompt", required=True)
-    g.add_argument("--width", type=int, default=1024)
-    g.add_argument("--height", type=int, default=1024)
+    g.add_argument("--width", type=int, default=None,
+                   help="default: the --image's size (fitted to the limits), else 1024")
+    g.add_argument("--height", type=int, default=None)
     g.add_argument("--steps", type=int, default=8)
     g.add_argument("--seed", type=int, default=None, help="default: random (printed)")
     g.add_argument("--num-images", type=int, default=1,
                    help="images with seeds seed, seed+1, ... (files NAME-1.png, ...)")
     g.add_argument("--output", default="out.png")
+    c = g.add_argument_group("image conditioning (docs/image-conditioning.md)")
+    c.add_argument("--image", help="input image: image-to-image, or the image to inpaint")
+    c.add_argument("--strength", type=float, default=None,
+                   help="0..1, how much of --image is repainted (default 0.6; 1.0 with --mask)")
+    c.add_argument("--mask", help="inpainting mask, same size as --image: white = repaint")
+    c.add_argument("--control-image", help="control map (depth, canny edges, pose skeleton)")
+    c.add_argument("--control-type", choices=["depth", "canny", "pose", "inpaint"])
+    c.add_argument("--control-scale", type=float, default=0.75,
+                   help="ControlNet conditioning scale (default 0.75; 0.65-0.8 typical)")
+    c.add_argument("--controlnet", metavar="PATH",
+                   help="Z-Image-Turbo-Fun-Controlnet-Union .safetensors (2.1 or lite)")
+    c.add_argument("--tile", choices=["x", "y", "xy"],
+                   help="seamless texture: the output tiles along x, y or both")
     add_memory_args(g)
     g.set_defaults(func=cmd_generate)
 

@@ -146,3 +146,16 @@ def mask_tensor(mask01: np.ndarray) -> torch.Tensor:
 def latent_mask(mask: torch.Tensor, latent_h: int, latent_w: int) -> torch.Tensor:
     """[1, 1, H, W] pixel mask -> [1, 1, h, w] at latent size (nearest, as diffusers)."""
     return F.interpolate(mask, size=(latent_h, latent_w), mode="nearest")
+
+
+def default_size(image: np.ndarray, limits) -> tuple[int, int]:
+    """(width, height) for a request that gives an image but no size: the image's own size,
+    scaled down (aspect kept) to fit the engine's limits, rounded down to a multiple of 16."""
+    h, w = image.shape[:2]
+    scale = min(1.0, limits.max_side / max(w, h), math.sqrt(limits.max_pixels / (w * h)))
+    m = limits.multiple
+
+    def side(n: int) -> int:
+        return min(limits.max_side, max(limits.min_side, int(n * scale) // m * m))
+
+    return side(w), side(h)

@@ -1,0 +1,75 @@
+"""Shared helpers for the image-conditioning tests: inputs, diffusers oracles, a tiny ControlNet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tests.fixtures.zimage import to_uint8
+
+
+def sample_image(width: int = 64, height: int = 64, seed: int = 0) -> np.ndarray:
+    """A smooth colour image with some texture (not flat, so comparisons mean something)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    rng = np.random.default_rng(seed)
+    img = np.stack([xx * 255 / width, yy * 255 / height, (xx + yy) * 127 / (width + height)], -1)
+    img = img + rng.normal(0, 12, img.shape)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def box_mask(width: int = 64, height: int = 64, box=(16, 8, 48, 40)) -> np.ndarray:
+    """White (repaint) rectangle rows box[0]:box[2], columns box[1]:box[3]."""
+    m = np.zeros((height, width), np.uint8)
+    m[box[0]:box[2], box[1]:box[3]] = 255
+    return m
+
+
+def diffusers_parts(model_dir):
+    from diffusers import ZImagePipeline
+
+    base = ZImagePipeline.from_pretrained(str(model_dir), dtype=torch.float32)
+    return dict(scheduler=base.scheduler, vae=base.vae, text_encoder=base.text_encoder,
+                tokenizer=base.tokenizer, transformer=base.transformer)
+
+
+def run_reference(pipe, seed: int, **kwargs) -> np.ndarray:
+    """One diffusers call, Turbo style (guidance 0, CPU generator), -> uint8 HxWx3."""
+    from PIL import Image
+
+    pil = {k: Image.fromarray(v) for k, v in kwargs.items()
+           if k in ("image", "mask_image", "control_image")}
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        out = pipe(**{**kwargs, **pil}, guidance_scale=0.0, output_type="np",
+                   generator=torch.Generator("cpu").manual_seed(seed))
+    return to_uint8(out.images)[0]
+
+
+def make_controlnet_file(path: Path, *, n_control_layers: int, seed: int = 99, dim: int = 64,
+                         n_heads: int = 2, n_refiner_layers: int = 2, control_in_dim: int = 33):
+    """A tiny random diffusers ZImageControlNetModel (2.1 layout: control_noise_refiner with
+    projections), saved as one safetensors file in the released key layout (the 2.1 single-file
+    conversion is the identity). Returns the diffusers model (the oracle)."""
+    from diffusers import ZImageControlNetModel
+    from safetensors.torch import save_file
+
+    from engine import tiny
+
+    cn = ZImageControlNetModel(
+        control_layers_places=list(range(n_control_layers)),
+        control_refiner_layers_places=list(range(n_refiner_layers)),
+        control_in_dim=control_in_dim, add_control_noise_refiner="control_noise_refiner",
+        dim=dim, n_refiner_layers=n_refiner_layers, n_heads=n_heads, n_kv_heads=n_heads,
+        norm_eps=1e-5, qk_norm=True)
+    tiny.randomize_(cn, seed)  # the library zero-initialises the projections: that hides bugs
+    save_file({k: v.contiguous() for k, v in cn.state_dict().items()}, str(path))
+    return cn.eval()
+
+
+def assert_within_one_step(ours: np.ndarray, ref: np.ndarray) -> None:
+    assert ours.shape == ref.shape and ours.dtype == ref.dtype == np.uint8
+    diff = np.abs(ours.astype(int) - ref.astype(int))
+    assert diff.max() <= 1, f"max difference {diff.max()}/255"
+    assert ref.std() > 20, "reference is flat: the comparison would prove nothing"
