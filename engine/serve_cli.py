@@ -39,8 +39,11 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--bind", default="tcp://127.0.0.1:5555",
                    help="endpoint (default tcp://127.0.0.1:5555; port 0 picks a free one); "
                    "non-loopback addresses need --curve-dir")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: best)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16")
+    p.add_argument("--device", default=None, help="auto | cuda | mps | cpu (default: auto)")
+    p.add_argument("--dtype", default=None, help="auto | bfloat16 | float32 (default: auto)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder, for ComfyUI files")
+    p.add_argument("--controlnet", default=None, metavar="PATH",
+                   help="Z-Image-Turbo-Fun-Controlnet-Union .safetensors (control.* modes)")
     p.add_argument("--curve-dir", default=None,
                    help="CurveZMQ key directory made by `keys --dir` (enables CURVE)")
     p.add_argument("--step-seconds", type=float, default=0.0,
@@ -58,6 +61,12 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--detach-grace", type=float, default=30.0,
                    help="seconds a detached client's jobs are kept before they are dropped")
     p.add_argument("-v", "--verbose", action="store_true", help="log sessions and jobs")
+    try:
+        from engine.memory_args import add_memory_args
+    except ImportError:
+        pass
+    else:
+        add_memory_args(p)
     p.set_defaults(func=run_serve)
     return p
 
@@ -109,9 +118,10 @@ def run_serve(args) -> int:
     from engine.server import EngineServer, InsecureBindError, is_loopback_endpoint
     from protocol.messages import Limits
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s "
-                        "%(message)s")
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger().setLevel(level)   # also when engine/__main__ configured logging first
     bind = args.bind
     curve = {}
     if args.curve_dir:
@@ -134,11 +144,15 @@ def run_serve(args) -> int:
         from engine.standin import StandInPipeline
         pipeline = StandInPipeline(args.step_seconds)
     else:
-        model, device, dtype = args.model, args.device, args.dtype
+        model = args.model
+        kw = {k: getattr(args, k) for k in ("device", "dtype", "tokenizer", "controlnet")
+              if getattr(args, k, None) is not None}
+        if hasattr(args, "memory"):
+            from engine.memory_args import memory_kwargs
+            kw.update(memory_kwargs(args))
 
         def loader():
             from engine.pipeline import ZImagePipeline
-            kw = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
             return ZImagePipeline.load(model, **kw)
     try:
         server = EngineServer(pipeline, loader=loader, bind=bind, limits=limits,

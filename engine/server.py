@@ -43,8 +43,8 @@ import engine
 from engine.errors import Cancelled, EngineError
 from protocol import PROTOCOL_VERSION
 from protocol.errors import CODES, ProtocolError
-from protocol.messages import (DEFAULT_LIMITS, PARAM_CAPABILITY, Limits,
-                               required_capabilities, validate_request)
+from protocol.messages import (DEFAULT_LIMITS, Limits, required_capabilities,
+                               validate_request)
 from protocol.wire import SIGNATURE, encode_header, split_frames
 
 log = logging.getLogger("engine.server")
@@ -558,17 +558,22 @@ class EngineServer:
             s = Session(msg["session"], route, user_id, msg["client"], msg["caps"], now)
             self.sessions[s.id] = s
             log.info("session %s hello from %s", s.id[:8], msg["client"].get("name", "?"))
+        self._send(s, self._welcome(s, mid, msg["resume_jobs"]))
+
+    def _welcome(self, s: Session, mid, resume_jobs: list) -> dict:
         info = self._pipe_info()
         caps = list(info.get("capabilities", [])) + ["result.raw", "result.png", "preview.jpeg"]
-        self._send(s, {"type": "welcome", "re": mid, "version": PROTOCOL_VERSION,
-                       "session": s.id,
-                       "engine": {"name": self.name, "version": engine.__version__,
-                                  "model": info.get("model"), "device": info.get("device"),
-                                  "dtype": info.get("dtype"), "state": self.model_state,
-                                  "error": self.model_error},
-                       "caps": caps, "limits": self.limits.to_dict(),
-                       "heartbeat_ms": self.ping_interval_ms,
-                       "jobs": [self._snapshot(j, s.id) for j in msg["resume_jobs"]]})
+        h = {"type": "welcome", "version": PROTOCOL_VERSION, "session": s.id,
+             "engine": {"name": self.name, "version": engine.__version__,
+                        "model": info.get("model"), "device": info.get("device"),
+                        "dtype": info.get("dtype"), "state": self.model_state,
+                        "error": self.model_error},
+             "caps": caps, "limits": self.limits.to_dict(),
+             "heartbeat_ms": self.ping_interval_ms,
+             "jobs": [self._snapshot(j, s.id) for j in resume_jobs]}
+        if mid is not None:
+            h["re"] = mid
+        return h
 
     def _evict_session(self) -> bool:
         for sid, s in list(self.sessions.items()):
@@ -621,12 +626,12 @@ class EngineServer:
                         "to load", job_id=jid, re=mid)
             return
         have = set(self._pipe_info().get("capabilities", []))
-        for cap in required_capabilities(msg["params"]):
-            if cap not in have:
-                key = next(k for k, c in PARAM_CAPABILITY.items() if c == cap)
+        for key, caps in required_capabilities(msg["params"]):
+            if not have.intersection(caps):
                 self._error(s, s.route, "capability_unavailable",
-                            f"this engine cannot do {cap} (it offers {', '.join(sorted(have))})",
-                            job_id=jid, re=mid, field=f"params.{key}")
+                            f"this engine cannot do {caps[0]} (it offers "
+                            f"{', '.join(sorted(have))})", job_id=jid, re=mid,
+                            field=f"params.{key}")
                 return
         retry = max(200, int(self._avg_job_s * 1000))
         if len(s.queue) >= self.limits.max_queue_per_session:
@@ -900,9 +905,15 @@ class EngineServer:
                 self._request_cls = _request_class(self.pipeline)
                 self.model_state = "ready"
                 log.info("model ready: %s", self._pipe_info())
+                for sess in list(self.sessions.values()):   # tell clients: caps, model, device
+                    if sess.attached:
+                        self._send(sess, self._welcome(sess, None, []))
             elif kind == "load_failed":
                 self.model_state = "failed"
                 self.model_error = ev[1]
+                for sess in list(self.sessions.values()):
+                    if sess.attached:
+                        self._send(sess, self._welcome(sess, None, []))
             elif kind == "progress":
                 _, job, h, blobs = ev
                 if job.state != "running":
@@ -1012,8 +1023,10 @@ class EngineServer:
         except EngineError as exc:
             if exc.code == "out_of_memory":
                 _free_accelerator_memory()
-            self._post("done", job, ("failed", self._err(exc.code, exc.message,
-                                                         field=exc.field)))
+            fld = exc.field
+            if fld and not fld.startswith(("params", "blobs")):
+                fld = f"params.{fld}"   # the pipeline names request fields; the wire, params.*
+            self._post("done", job, ("failed", self._err(exc.code, exc.message, field=fld)))
             return
         except Exception as exc:
             if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
@@ -1068,14 +1081,20 @@ class EngineServer:
         optional = {k: p[k] for k in ("negative_prompt", "guidance", "strength", "control_type",
                                       "control_scale", "tile") if k in p}
         blobs = {d["name"]: (d, b) for d, b in zip(job.blob_descs, job.blobs)}
+        names = getattr(cls, "__dataclass_fields__", None)
         for key, mode in (("init_image", "RGB"), ("mask", "L"), ("control_image", "RGB")):
             if p.get(key):
                 d, b = blobs[p[key]]
-                optional[key] = decode_image_blob(b, d, self.limits, mode, f"params.{key}")
-        names = getattr(cls, "__dataclass_fields__", None)
+                arg = key
+                if key == "init_image" and names is not None and "image" in names:
+                    arg = "image"   # the pipeline's name for the img2img input
+                optional[arg] = decode_image_blob(b, d, self.limits, mode, f"params.{key}")
         for k, v in optional.items():
             if names is None or k in names:
                 kwargs[k] = v
+            elif k not in ("negative_prompt", "guidance"):   # those two: ignored by Turbo
+                raise EngineError("capability_unavailable", f"this pipeline has no {k!r} "
+                                  "input", field=f"params.{k}")
         return cls(**kwargs)
 
 

@@ -31,12 +31,12 @@ class GenerateRequest:
     num_images: int = 1
     negative_prompt: str = ""
     guidance: float = 0.0
-    init_image: Any = None       # HxWx3 uint8, later
-    strength: float = 0.75
-    mask: Any = None             # HxW uint8, later
-    control_image: Any = None
+    image: Any = None            # HxWx3 uint8 (img2img / inpaint input; wire name init_image)
+    strength: float | None = None
+    mask: Any = None             # HxW uint8
+    control_image: Any = None    # HxWx3 uint8
     control_type: str | None = None
-    control_scale: float = 1.0
+    control_scale: float = 0.75
     tile: str | None = None
 
 
@@ -56,14 +56,13 @@ class Result:
 
 
 def pattern_image(seed: int, width: int, height: int) -> np.ndarray:
-    """Deterministic RGB test pattern for a seed: two gradients tinted by seed-derived colours."""
+    """Deterministic RGB test pattern for a seed: two seed-tinted gradients (uint8 wraps)."""
     rng = np.random.default_rng(seed & 0xFFFFFFFFFFFFFFFF)
-    a, b = rng.integers(0, 256, size=(2, 3), dtype=np.int64)
-    x = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :, None]
-    y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
-    img = a[None, None, :] * (1.0 - x) + b[None, None, :] * y
-    img = img + (seed % 251)
-    return (img.astype(np.int64) % 256).astype(np.uint8)
+    a, b = rng.integers(1, 8, size=(2, 3), dtype=np.int64)
+    x = ((np.arange(width, dtype=np.int64)[:, None] * a[None, :]) % 256).astype(np.uint8)
+    y = ((np.arange(height, dtype=np.int64)[:, None] * b[None, :] + seed % 251) % 256
+         ).astype(np.uint8)
+    return x[None, :, :] + y[:, None, :]
 
 
 class StandInPipeline:

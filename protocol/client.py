@@ -659,6 +659,13 @@ class EngineClient:
             self._emit("error", jid, data)
 
     def _on_welcome(self, header: dict, now: float) -> None:
+        if self._welcomed and header.get("epoch") == self.epoch and "re" not in header:
+            # unsolicited update (e.g. the model finished loading): new caps/state only
+            self.welcome = header
+            self._emit("welcome", None, {k: header.get(k) for k in
+                                         ("version", "engine", "caps", "limits", "epoch",
+                                          "heartbeat_ms", "session")})
+            return
         old_epoch = self.epoch
         self.epoch = header.get("epoch")
         self.welcome = header

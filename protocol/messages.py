@@ -254,11 +254,10 @@ def validate_params(params: Any, blob_descs: list[dict], limits: Limits,
         return name
 
     out["init_image"] = blob_ref("init_image")
-    if out["init_image"] is not None:
-        out["strength"] = _float(_get(p, "strength", f"{path}.strength", 0.75),
-                                 f"{path}.strength", 0.0, 1.0)
-    elif p.get("strength") is not None:
-        raise _fail(f"{path}.strength", "needs init_image")
+    if p.get("strength") is not None:   # absent: the engine's default (see PROTOCOL.md)
+        if out["init_image"] is None:
+            raise _fail(f"{path}.strength", "needs init_image")
+        out["strength"] = _float(p["strength"], f"{path}.strength", 0.0, 1.0)
     out["mask"] = blob_ref("mask")
     if out["mask"] is not None and out["init_image"] is None:
         raise _fail(f"{path}.mask", "needs init_image")
@@ -266,8 +265,8 @@ def validate_params(params: Any, blob_descs: list[dict], limits: Limits,
     if out["control_image"] is not None:
         out["control_type"] = _str(_get(p, "control_type", f"{path}.control_type"),
                                    f"{path}.control_type", 1, 32, _NAME_RE)
-        out["control_scale"] = _float(_get(p, "control_scale", f"{path}.control_scale", 1.0),
-                                      f"{path}.control_scale", 0.0, 2.0)
+        if p.get("control_scale") is not None:
+            out["control_scale"] = _float(p["control_scale"], f"{path}.control_scale", 0.0, 2.0)
     else:
         for key in ("control_type", "control_scale"):
             if p.get(key) is not None:
@@ -277,9 +276,18 @@ def validate_params(params: Any, blob_descs: list[dict], limits: Limits,
     return {k: v for k, v in out.items() if v is not None or k == "seed"}
 
 
-def required_capabilities(params: dict) -> list[str]:
-    """Capabilities a validated params dict needs beyond txt2img."""
-    return [cap for key, cap in PARAM_CAPABILITY.items() if params.get(key) is not None]
+def required_capabilities(params: dict) -> list[tuple[str, tuple[str, ...]]]:
+    """(param, acceptable capability names) for each image mode a validated params dict uses.
+    A control image needs `control.<control_type>` (or a blanket `control`)."""
+    out = []
+    for key, cap in PARAM_CAPABILITY.items():
+        if params.get(key) is None:
+            continue
+        if key == "control_image":
+            out.append((key, (f"control.{params.get('control_type')}", "control")))
+        else:
+            out.append((key, (cap,)))
+    return out
 
 
 # ---- requests (client -> engine) ---------------------------------------------------------

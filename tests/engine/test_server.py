@@ -396,8 +396,10 @@ def test_cancel_or_fetch_of_another_sessions_job_is_forbidden():
 def test_queue_full_says_when_to_retry():
     with serve(StandInPipeline(0.1), limits={"max_queue_per_session": 2}) as srv, \
             connect(srv.endpoint) as c:
-        ids = [c.submit(small(steps=10), preview_every=0) for _ in range(3)]
-        collect(c, lambda e: e.job_id == ids[0] and e.kind == "started")
+        first = c.submit(small(steps=10), preview_every=0)
+        collect(c, lambda e: e.job_id == first and e.kind == "started")
+        ids = [c.submit(small(steps=10), preview_every=0) for _ in range(2)]   # the cap: 2
+        collect(c, lambda e: e.job_id == ids[1] and e.kind == "accepted")
         full = c.submit(small(steps=10), preview_every=0)
         ev = collect(c, terminal(full))[-1]
         assert ev.kind == "error" and ev.data["code"] == "queue_full"
@@ -449,7 +451,7 @@ def test_image_modes_need_the_capability_and_bombs_are_refused():
         got = None
 
         def generate(self, req, on_progress=None, should_cancel=None):
-            type(self).got = req.init_image
+            type(self).got = req.image
             return super().generate(req, on_progress, should_cancel)
 
     # a PNG whose IHDR claims 60000 x 60000: refused from the header, never decoded
@@ -470,6 +472,15 @@ def test_image_modes_need_the_capability_and_bombs_are_refused():
         assert evs[-1].data["code"] == "invalid_params"
 
 
+def c_raw_ping(endpoint):
+    r = Raw(endpoint)
+    try:
+        r.hello()
+        return r.request({"type": "ping"}, want="pong")
+    finally:
+        r.close()
+
+
 def test_model_loading_then_ready():
     def loader():
         time.sleep(1.0)
@@ -481,11 +492,17 @@ def test_model_loading_then_ready():
         with connect(srv.endpoint) as c:
             w = collect(c, lambda e: e.kind == "welcome")[-1]
             assert w.data["engine"]["state"] == "loading"
+            h, _ = c_raw_ping(srv.endpoint)
+            assert h["model_state"] == "loading"   # the I/O loop answers during the load
             jid = c.submit(small())
             evs = collect(c, terminal(jid))
             assert any(e.kind == "queued" and e.data.get("waiting") == "model_loading"
                        for e in evs)
             assert evs[-1].kind == "result"
+            # an unsolicited welcome told the client that the model is ready
+            assert any(e.kind == "welcome" and e.data["engine"]["state"] == "ready"
+                       for e in evs)
+            assert c.welcome["engine"]["state"] == "ready" and "txt2img" in c.welcome["caps"]
     finally:
         srv.stop()
 

@@ -100,7 +100,7 @@ def test_image_params_with_blobs():
                       {"name": "c", "mime": "image/png", "bytes": len(png)}])
     header, blobs = split_frames(encode(h, [png, bytes(256), png]))
     p = validate_request(header, blobs)["params"]
-    assert p["strength"] == 0.4 and p["control_scale"] == 1.0 and p["tile"] == "xy"
+    assert p["strength"] == 0.4 and "control_scale" not in p and p["tile"] == "xy"
 
 
 @pytest.mark.parametrize("descs,blobs,code,field", [
