@@ -2,9 +2,10 @@
 
 Compiling the block's `forward` (not the whole model) compiles one graph per block kind (modulated
 and unmodulated) that all 34 blocks reuse, in tens of seconds instead of minutes, and keeps module
-hooks (layer streaming, engine/memory.py) outside the compiled code. Shapes are static per
-resolution: the first request of a new size (or caption length bucket) recompiles; after that
-dynamo's automatic dynamic shapes take over for the sequence length. CUDA graphs
+hooks (layer streaming, engine/memory.py) outside the compiled code. Shapes start static (the
+warm-up at 1024x1024 compiles for that size); the first request with another sequence length (a
+new size, or a prompt in another 32-token bucket) compiles once more with dynamo's automatic
+dynamic shapes, which then cover every later length without recompiling. CUDA graphs
 ("reduce-overhead") are used only when every weight stays resident, since streamed weights change
 addresses. Off by default on CPU and MPS (compile time would dominate there); on by default on
 CUDA; `--no-compile` turns it off.
@@ -38,7 +39,9 @@ def use_cuda_graphs(pipe, flag: bool | None = None) -> bool:
 
 
 def _compile(fn, mode: str | None):
-    return torch.compile(fn, dynamic=False, fullgraph=False, mode=mode)
+    # dynamic=None: static first, automatic dynamic shapes after one shape change (with
+    # dynamic=False every prompt-length bucket and size would recompile every block kind).
+    return torch.compile(fn, dynamic=None, fullgraph=False, mode=mode)
 
 
 def compile_pipeline(pipe, *, cuda_graphs: bool | None = False) -> list[str]:
