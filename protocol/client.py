@@ -514,7 +514,7 @@ class EngineClient:
 
     def _timers(self, now: float) -> None:
         if not self._welcomed:
-            if now - self._hello_at > (2.0 if self._auth_failed else 0.5):
+            if now - self._hello_at > (5.0 if self._auth_failed else 0.5):
                 self._send_hello(now)
         else:
             if now - self._last_ping > self.ping_interval_s:
@@ -640,6 +640,11 @@ class EngineClient:
             self._send_hello(time.monotonic())
             if job is not None and job.state == "pending":
                 job.sent_at = None
+            return
+        if jid is None and code in ("unsupported_version", "unauthorized"):
+            # the engine refuses this client: say so once, retry hello only slowly
+            self._auth_failed = True
+            self._set_disconnected(code, data["message"])
             return
         if job is None or job.terminal:
             self._emit("error", jid, data)   # e.g. forbidden cancel of another session's job

@@ -370,7 +370,8 @@ def _validate_request(header: dict, blobs: list, limits: Limits) -> dict:
             out["job_id"] = None
         else:
             out["all"] = False
-            out["job_id"] = _structural(_job_id, _get(header, "job_id", "job_id", code="bad_request"))
+            out["job_id"] = _structural(_job_id, _get(header, "job_id", "job_id",
+                                                      code="bad_request"))
     elif kind == "status":
         ids = header.get("job_ids")
         out["job_ids"] = None if ids is None else [

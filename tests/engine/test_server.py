@@ -76,7 +76,8 @@ def collect(client, until, timeout: float = 10.0) -> list:
             seen.append(ev)
             if until(ev):
                 return seen
-    raise AssertionError(f"timed out; saw {[(e.kind, e.job_id and e.job_id[:6], e.data.get('code')) for e in seen][-15:]}")
+    brief = [(e.kind, e.job_id and e.job_id[:6], e.data.get("code")) for e in seen]
+    raise AssertionError(f"timed out; saw {brief[-15:]}")
 
 
 def terminal(job_id):
@@ -920,7 +921,8 @@ def test_frozen_engine_is_seen_by_the_watchdog_and_recovers():
 @pytest.fixture
 def keydir(tmp_path):
     from engine.serve_cli import run_keys
-    args = type("A", (), {"dir": str(tmp_path / "keys"), "client": ["alice", "mallory"]})
+    args = type("A", (), {"dir": str(tmp_path / "keys"),
+                          "client": ["alice", "bob", "mallory"]})
     assert run_keys(args) == 0
     os.remove(tmp_path / "keys" / "authorized_clients" / "mallory.key")   # not allowed
     return tmp_path / "keys"
@@ -944,6 +946,14 @@ def test_curve_allowed_key_connects_and_unknown_key_is_refused(keydir):
             assert evs[-1].kind == "result"
             sess = srv.sessions[c.session]
             assert sess.user_id == ckeys[0].decode()
+        # bob is allowed, but may not take over alice's session
+        with connect(srv.endpoint, curve_server_key=skey, curve_client_keys=ckeys) as alice:
+            collect(alice, lambda e: e.kind == "welcome")
+            skey, bkeys = _keys(keydir, "bob")
+            with connect(srv.endpoint, curve_server_key=skey, curve_client_keys=bkeys,
+                         session=alice.session) as bob:
+                ev = collect(bob, lambda e: e.kind in ("disconnected", "welcome"))[-1]
+                assert ev.kind == "disconnected" and ev.data["reason"] == "unauthorized"
         skey, ckeys = _keys(keydir, "mallory")
         with connect(srv.endpoint, curve_server_key=skey, curve_client_keys=ckeys) as c:
             ev = collect(c, lambda e: e.kind in ("disconnected", "welcome"), timeout=5)[-1]
