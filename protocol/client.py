@@ -212,6 +212,7 @@ class EngineClient:
         self._last_ping = 0.0
         self._disconnected_at: float | None = None
         self._auth_failed = False
+        self._last_problem: str | None = None
 
     # ---- public API (any thread) ----------------------------------------------------------
 
@@ -448,6 +449,8 @@ class EngineClient:
 
     def _set_disconnected(self, reason: str, message: str) -> None:
         self._welcomed = False
+        if reason != "engine_unreachable" or self._last_problem is None:
+            self._last_problem = message   # keep a handshake/auth failure over a plain drop
         if self.state != "disconnected":
             self.state = "disconnected"
             self._disconnected_at = time.monotonic()
@@ -534,8 +537,10 @@ class EngineClient:
                         job.sent_at is None or now - job.sent_at > 3.0):
                     self._send_submit(job, now)
                 if not self._welcomed and now - job.submitted > self.accept_timeout_s:
+                    why = f" ({self._last_problem})" if self._last_problem else ""
                     self._local_error(job, "engine_unreachable", f"could not reach the engine "
-                                      f"at {self.endpoint} within {self.accept_timeout_s:g}s")
+                                      f"at {self.endpoint} within {self.accept_timeout_s:g}s"
+                                      f"{why}")
             elif not self._welcomed:
                 if (self._disconnected_at is not None
                         and now - self._disconnected_at > self.give_up_s):
@@ -693,6 +698,7 @@ class EngineClient:
                                       "this job; submit it again")
         else:
             self._on_snapshots(header.get("jobs") or [])
+        self._last_problem = None
         for job in list(self._jobs.values()):
             if not job.terminal and job.state == "pending":
                 self._send_submit(job, now)
