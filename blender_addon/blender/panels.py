@@ -1,0 +1,257 @@
+"""Sidebar panels in the 3D viewport and the Image Editor (tab "Z-Image")."""
+
+from __future__ import annotations
+
+import bpy
+
+from ..core import requests as rq
+from . import runtime
+from .apply import PREVIEW_NAME
+
+CATEGORY = "Z-Image"
+
+
+def draw_connection(layout, context, prefs_view: bool = False) -> None:
+    rt = runtime.get()
+    if rt is None:
+        return
+    box = layout.box()
+    state = rt.connection
+    engine = rt.engine_state
+    welcome = rt.board.welcome or {}
+    info = welcome.get("engine") or {}
+    row = box.row(align=True)
+    if state == "connected":
+        text = f"Engine: {info.get('model') or 'ready'}"
+        if info.get("device"):
+            text += f" on {info['device']}"
+        row.label(text=text, icon="CHECKMARK")
+    elif engine == "starting":
+        row.label(text="Engine starting...", icon="SORTTIME")
+    elif state == "connecting":
+        row.label(text="Connecting...", icon="SORTTIME")
+    else:
+        row.label(text="Engine not connected", icon="ERROR" if rt.client else "UNLINKED")
+    sub = box.row(align=True)
+    if rt.client is None or state != "connected":
+        sub.operator("zimage.connect", icon="LINKED")
+    if rt.engine is not None and rt.engine.alive:
+        sub.operator("zimage.stop_engine", icon="PAUSE")
+    else:
+        sub.operator("zimage.start_engine", icon="PLAY")
+    row = sub.row(align=True)
+    row.enabled = rq.can_free_vram(rq.capabilities(rt.board.welcome))
+    row.operator("zimage.free_vram", icon="TRASH")
+    if rt.notice:
+        box.label(text=rt.notice, icon="INFO")
+    if prefs_view and rt.engine is not None:
+        for line in rt.engine.log_tail(6):
+            box.label(text=line[:120])
+
+
+def draw_job(layout, slot: str, label: str, operator: str) -> None:
+    rt = runtime.get()
+    job = rt.board.jobs.get(slot) if rt else None
+    row = layout.row(align=True)
+    row.scale_y = 1.4
+    if job is not None and job.active:
+        row.operator("zimage.cancel", text="Cancel", icon="CANCEL").slot = slot
+        layout.progress(factor=job.progress, type="BAR", text=job.status_text())
+        if job.seed is not None:
+            layout.label(text=f"Seed {job.seed}")
+        return
+    row.operator(operator, text=label, icon="SHADERFX")
+    if job is None:
+        return
+    if job.phase == "failed" and job.error is not None:
+        box = layout.box()
+        col = box.column(align=True)
+        col.alert = True
+        _wrapped(col, job.error.message, icon="ERROR")
+        _wrapped(box.column(align=True), job.error.hint, icon="INFO")
+        box.operator("zimage.dismiss_error", icon="X")
+    elif job.phase in ("done", "cancelled"):
+        _wrapped(layout.column(align=True), job.message,
+                 icon="CHECKMARK" if job.phase == "done" else "CANCEL")
+    names = job.context.get("result_images") or []
+    if names:
+        col = layout.column(align=True)
+        for name in names:
+            image = bpy.data.images.get(name)
+            if image is None:
+                continue
+            r = col.row(align=True)
+            r.label(text=f"{name}  (seed {image.get('zimage_seed', '?')})", icon="IMAGE_DATA")
+            r.operator("zimage.show_image", text="", icon="HIDE_OFF").name = name
+
+
+def _wrapped(col, text: str, icon: str = "NONE", width: int = 42) -> None:
+    words, line, first = text.split(), "", True
+    for w in words:
+        if len(line) + len(w) + 1 > width and line:
+            col.label(text=line, icon=icon if first else "BLANK1")
+            line, first = w, False
+        else:
+            line = f"{line} {w}".strip()
+    if line:
+        col.label(text=line, icon=icon if first else "BLANK1")
+
+
+class _Base:
+    bl_region_type = "UI"
+    bl_category = CATEGORY
+
+    @classmethod
+    def poll(cls, context):
+        return runtime.get() is not None and hasattr(context.scene, "zimage")
+
+
+class MainPanel(_Base):
+    bl_label = "Z-Image"
+
+    def draw(self, context):
+        layout = self.layout
+        rt = runtime.get()
+        s = context.scene.zimage
+        draw_connection(layout, context)
+        layout.prop(s, "prompt", text="")
+        col = layout.column(align=True)
+        col.prop(s, "size_preset")
+        limits = rq.EngineLimits.from_welcome(rt.board.welcome)
+        if s.size_preset in ("CUSTOM", "CAMERA"):
+            row = col.row(align=True)
+            row.prop(s, "width")
+            row.prop(s, "height")
+        from .operators import effective_size
+        w, h = effective_size(context.scene, limits)
+        problem = rq.size_problem(w, h, limits)
+        r = col.row()
+        r.alert = problem is not None
+        r.label(text=problem or f"{w} x {h}", icon="ERROR" if problem else "IMAGE_PLANE")
+        col = layout.column(align=True)
+        col.prop(s, "steps")
+        row = col.row(align=True)
+        row.prop(s, "seed_random", text="", icon="FILE_REFRESH", toggle=True)
+        sub = row.row(align=True)
+        sub.enabled = not s.seed_random
+        sub.prop(s, "seed")
+        col.prop(s, "num_images")
+        if rt.board.last_error is not None and not any(
+                j.error is rt.board.last_error for j in rt.board.jobs.values()):
+            box = layout.box()
+            c = box.column(align=True)
+            c.alert = True
+            _wrapped(c, rt.board.last_error.message, icon="ERROR")
+            _wrapped(box.column(align=True), rt.board.last_error.hint, icon="INFO")
+            box.operator("zimage.dismiss_error", icon="X")
+
+
+class TexturePanel(_Base):
+    bl_label = "Texture"
+
+    def draw(self, context):
+        s = context.scene.zimage
+        layout = self.layout
+        layout.prop(s, "texture_target")
+        obj = context.active_object
+        layout.label(text=f"Object: {obj.name}" if obj else "No active object",
+                     icon="OBJECT_DATA" if obj else "INFO")
+        draw_job(layout, "texture", "Generate Texture", "zimage.generate_texture")
+
+
+class ConceptPanel(_Base):
+    bl_label = "Concept Image"
+
+    def draw(self, context):
+        rt = runtime.get()
+        s = context.scene.zimage
+        layout = self.layout
+        caps = rq.capabilities(rt.board.welcome)
+        known = rt.board.welcome is not None
+        layout.prop(s, "concept_source")
+        layout.prop(s, "concept_context")
+        if s.concept_context == "IMG2IMG":
+            row = layout.row()
+            row.enabled = not known or rq.can_img2img(caps)
+            row.prop(s, "strength")
+            if known and not rq.can_img2img(caps):
+                layout.label(text="This engine has no image-to-image", icon="INFO")
+        elif s.concept_context == "DEPTH":
+            row = layout.row()
+            row.enabled = not known or rq.can_depth(caps)
+            row.prop(s, "control_scale")
+            if known and not rq.can_depth(caps):
+                layout.label(text="This engine has no depth control", icon="INFO")
+        layout.prop(s, "concept_placement")
+        ok = (s.concept_context == "NONE" or not known
+              or (s.concept_context == "IMG2IMG" and rq.can_img2img(caps))
+              or (s.concept_context == "DEPTH" and rq.can_depth(caps)))
+        col = layout.column()
+        col.enabled = ok
+        draw_job(col, "concept", "Generate Concept", "zimage.generate_concept")
+
+
+class PreviewPanel(_Base):
+    bl_label = "Preview"
+
+    def draw(self, context):
+        image = bpy.data.images.get(PREVIEW_NAME)
+        if image is None:
+            self.layout.label(text="The live preview appears here while generating")
+            return
+        try:
+            preview = image.preview_ensure() or image.preview
+            self.layout.template_icon(icon_value=preview.icon_id, scale=8.0)
+        except Exception:
+            self.layout.label(text=image.name, icon="IMAGE_DATA")
+        self.layout.operator("zimage.show_image", text="Open in Image Editor",
+                             icon="IMAGE").name = image.name
+
+
+class ZIMAGE_UL_history(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_prop, index=0):
+        row = layout.row(align=True)
+        icon = "MATERIAL" if item.kind == "texture" else "IMAGE_DATA"
+        row.label(text=item.prompt or "(no prompt)", icon=icon)
+        row.label(text=f"{item.seed}  {item.width}x{item.height}")
+
+
+class HistoryPanel(_Base):
+    bl_label = "History"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        s = context.scene.zimage
+        layout = self.layout
+        layout.template_list("ZIMAGE_UL_history", "", s, "history", s, "history_index",
+                             rows=4)
+        if 0 <= s.history_index < len(s.history):
+            item = s.history[s.history_index]
+            col = layout.column(align=True)
+            col.label(text=f"Seed {item.seed}, {item.steps} steps, {item.width} x "
+                      f"{item.height}")
+            if item.model:
+                col.label(text=f"Model {item.model}")
+            row = layout.row(align=True)
+            row.operator("zimage.history_recall", icon="RECOVER_LAST").index = s.history_index
+            row.operator("zimage.history_apply", icon="CHECKMARK").index = s.history_index
+            row.operator("zimage.show_image", text="", icon="HIDE_OFF").name = item.image_name
+
+
+def _make_panels():
+    classes = []
+    for space, tag in (("VIEW_3D", "VIEW3D"), ("IMAGE_EDITOR", "IMAGE")):
+        main_id = f"ZIMAGE_PT_{tag.lower()}_main"
+        main = type(main_id, (MainPanel, bpy.types.Panel),
+                    {"bl_idname": main_id, "bl_space_type": space})
+        classes.append(main)
+        for part, base in (("texture", TexturePanel), ("concept", ConceptPanel),
+                           ("preview", PreviewPanel), ("history", HistoryPanel)):
+            idname = f"ZIMAGE_PT_{tag.lower()}_{part}"
+            classes.append(type(idname, (base, bpy.types.Panel),
+                                {"bl_idname": idname, "bl_space_type": space,
+                                 "bl_parent_id": main_id}))
+    return tuple(classes)
+
+
+CLASSES = (ZIMAGE_UL_history,) + _make_panels()

@@ -1,0 +1,176 @@
+"""The one place that holds live state: the engine client, the job board and the local engine
+process. Created by registry.register(), dropped by registry.unregister()."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+import bpy
+
+from ..core.engine_process import EXITED, STARTING, EngineProcess
+from ..core.jobs import JobBoard
+from . import ADDON_ID
+
+log = logging.getLogger(__name__)
+
+_RUNTIME: "Runtime | None" = None
+ADDON_VERSION = "0.1.0"
+
+
+def get() -> "Runtime | None":
+    return _RUNTIME
+
+
+def create() -> "Runtime":
+    global _RUNTIME
+    if _RUNTIME is None:
+        _RUNTIME = Runtime()
+    return _RUNTIME
+
+
+def destroy() -> None:
+    global _RUNTIME
+    rt, _RUNTIME = _RUNTIME, None
+    if rt is not None:
+        rt.shutdown()
+
+
+def prefs():
+    addon = bpy.context.preferences.addons.get(ADDON_ID)
+    return addon.preferences if addon else None
+
+
+def user_dir() -> str:
+    """Writable folder for the engine log and preview files."""
+    try:
+        return bpy.utils.extension_path_user(ADDON_ID, path="", create=True)
+    except Exception:       # not installed as an extension (e.g. a legacy add-on path)
+        path = os.path.join(tempfile.gettempdir(), "zimage_studio")
+        os.makedirs(path, exist_ok=True)
+        return path
+
+
+class Runtime:
+    def __init__(self):
+        self.board = JobBoard(connect_timeout=10.0)
+        self.client = None
+        self.address: str | None = None
+        self.engine: EngineProcess | None = None
+        self.last_snapshot = None
+        self.notice = ""            # last informational line shown in the panel
+        self.last_capture: bytes | None = None   # PNG last sent as context (for tests, UI)
+
+    # ---- connection ---------------------------------------------------------------------
+    def connect(self, address: str | None = None):
+        """Create the client (its I/O thread connects in the background; never blocks)."""
+        p = prefs()
+        address = (address or (p.address if p else "") or "tcp://127.0.0.1:5555").strip()
+        if self.client is not None and self.address == address:
+            return self.client
+        self.disconnect()
+        from ..vendor.protocol.client import EngineClient
+        self.client = EngineClient(address, client_name="blender", client_version=ADDON_VERSION,
+                                   host_app="blender", host_version=bpy.app.version_string,
+                                   accept_timeout_s=10.0)
+        self.client.start()
+        self.address = address
+        self.board.connection = "connecting"
+        self.board.welcome = None
+        return self.client
+
+    def disconnect(self) -> None:
+        client, self.client = self.client, None
+        for slot in list(self.board.jobs):
+            job = self.board.active(slot)
+            if job is not None:
+                self.board.fail(job, "engine_lost")
+        if client is not None:
+            try:
+                client.close(timeout=1.0)
+            except Exception:
+                log.exception("closing the engine client")
+        self.board.connection = "disconnected"
+        self.board.welcome = None
+
+    @property
+    def connection(self) -> str:
+        if self.client is None:
+            return "disconnected"
+        if self.board.welcome and self.client.state == "connected":
+            return "connected"
+        return "connecting" if self.client.state != "disconnected" else "disconnected"
+
+    # ---- local engine -------------------------------------------------------------------
+    def start_engine(self) -> EngineProcess:
+        p = prefs()
+        if p is None:
+            raise RuntimeError("add-on preferences are not available")
+        if self.engine is not None and self.engine.alive:
+            return self.engine
+        extra = p.extra_args.split() if p.extra_args.strip() else []
+        self.engine = EngineProcess(bpy.path.abspath(p.engine_python), p.address,
+                                    p.model.strip(), cwd=bpy.path.abspath(p.engine_dir) or None,
+                                    standin=p.standin, extra=extra,
+                                    log_path=os.path.join(user_dir(), "engine.log"))
+        self.engine.start()
+        # a fresh client, so the engine's first welcome is seen
+        self.disconnect()
+        self.connect(p.address)
+        return self.engine
+
+    def stop_engine(self) -> None:
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            if self.client is not None:
+                try:
+                    self.client.cancel_all()
+                except Exception:
+                    pass
+            self.disconnect()
+            engine.stop()
+
+    @property
+    def engine_state(self) -> str:
+        if self.engine is None:
+            return "none"
+        return self.engine.poll()
+
+    # ---- pump step ----------------------------------------------------------------------
+    def step(self) -> list:
+        """Drain client events into the board; returns the effects for the glue."""
+        effects = []
+        if self.client is not None:
+            for ev in self.client.poll():
+                try:
+                    effects.extend(self.board.handle(ev))
+                except Exception:
+                    log.exception("handling %r", ev)
+                if ev.kind == "welcome" and self.engine is not None:
+                    self.engine.mark_running()
+        effects.extend(self.board.tick())
+        if self.engine is not None and self.engine.poll() == EXITED:
+            self.notice = self.engine.exit_message
+        for eff in effects:
+            if eff.kind == "failed" and self.client is not None:
+                try:
+                    self.client.cancel(eff.job.job_id)   # stop tracking; no late result
+                except Exception:
+                    pass
+        return effects
+
+    @property
+    def busy(self) -> bool:
+        return self.board.busy or (self.engine is not None and self.engine.state == STARTING)
+
+    def shutdown(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.cancel_all()
+            except Exception:
+                pass
+        self.disconnect()
+        if self.engine is not None:
+            self.engine.stop()
+            self.engine = None
