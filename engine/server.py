@@ -198,6 +198,7 @@ class EngineServer:
         self._tombstones: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._rr: collections.deque[Session] = collections.deque()
         self._queued = 0
+        self._input_bytes = 0
         self._running: Job | None = None
         self._avg_job_s = 1.0
         self._last_queued_note = 0.0
@@ -638,6 +639,11 @@ class EngineServer:
             self._error(s, s.route, "queue_full", f"this session already has {len(s.queue)} "
                         "queued jobs", job_id=jid, re=mid, retry_after_ms=retry)
             return
+        in_bytes = sum(len(b) for b in msg["_raw_blobs"])
+        if in_bytes and self._input_bytes + in_bytes > self.limits.max_input_bytes:
+            self._error(s, s.route, "queue_full", "too many input images are waiting",
+                        job_id=jid, re=mid, retry_after_ms=retry)
+            return
         if self._queued >= self.limits.max_queue:
             self._error(s, s.route, "queue_full", f"the engine queue is full ({self._queued} "
                         "jobs)", job_id=jid, re=mid, retry_after_ms=retry)
@@ -649,6 +655,7 @@ class EngineServer:
                   fp, now, now + msg["deadline_ms"] / 1000.0, msg["priority"])
         job.steps = params["steps"]
         self.jobs[jid] = job
+        self._input_bytes += in_bytes
         self._by_session[s.id].add(jid)
         if job.priority == "high":
             idx = sum(1 for j in s.queue if j.priority == "high")
@@ -801,6 +808,7 @@ class EngineServer:
             job.result_header, job.result_blobs = header, blobs
             job.result_bytes = sum(len(b) for b in blobs)
             self._send(s, dict(header), blobs, kind="result")
+        self._input_bytes -= sum(len(b) for b in job.blobs)
         job.blobs = []
         self._store[job.id] = job
         self._store_bytes += job.result_bytes

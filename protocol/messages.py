@@ -69,6 +69,7 @@ class Limits:
     result_ttl_s: float = 600.0
     result_budget_bytes: int = 1024 * 1024 * 1024
     preview_max_side: int = 512
+    max_input_bytes: int = 1024 * 1024 * 1024   # input blobs held by queued/running jobs
 
     def to_dict(self) -> dict:
         return asdict(self)
