@@ -1,4 +1,4 @@
-"""Z-Image-Turbo-Fun-ControlNet-Union (alibaba-pai, VACE-style), as diffusers' ZImageControlNetModel.
+"""Z-Image-Turbo-Fun-ControlNet-Union (alibaba-pai, VACE-style) = diffusers' ZImageControlNetModel.
 
 Module names equal the keys of the released single safetensors file:
   control_all_x_embedder.2-1           Linear(4 * control_in_dim -> dim): 2x2 patches of the
@@ -160,10 +160,12 @@ def inspect_controlnet(path: str | Path, p: TransformerParams) -> dict:
     header = read_header(path)
     embed = header.get(EMBED_KEY.format(p.patch_key))
     if embed is None:
-        raise unavailable(f"not a Z-Image ControlNet Union file (no {EMBED_KEY.format(p.patch_key)})")
+        raise unavailable("not a Z-Image ControlNet Union file "
+                          f"(no {EMBED_KEY.format(p.patch_key)})")
     dim, patch_in = embed[1]
     if dim != p.dim:
-        raise unavailable(f"made for a transformer of width {dim}, but the loaded model has {p.dim}")
+        raise unavailable(f"made for a transformer of width {dim}, but the loaded model has "
+                          f"{p.dim}")
     per_patch = p.f_patch_size * p.patch_size * p.patch_size
     control_in_dim = patch_in // per_patch
     layers = sorted({int(m.group(1)) for k in header
