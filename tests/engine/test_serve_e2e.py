@@ -1,0 +1,89 @@
+"""The README's path with the real tiny pipeline: `python -m engine serve` plus the command-line
+client `python -m protocol generate`, against the in-process pipeline's image for the same seed."""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.loading import load_pipeline
+from engine.pipeline import GenerateRequest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "serve", "--model", str(tiny_model_dir), "--bind",
+         f"tcp://127.0.0.1:{port}", "--device", "cpu", "--dtype", "float32", "--min-side", "64"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("ready "), line + proc.stderr.read()
+        yield f"tcp://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def client(endpoint: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "protocol", "generate", "--engine", endpoint,
+                           *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_client_gets_the_pipelines_image(engine, tiny_model_dir, tmp_path):
+    out = tmp_path / "fox.png"
+    r = client(engine, "--prompt", "a red fox", "--width", "64", "--height", "96", "--steps",
+               "4", "--seed", "9", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    png = Image.open(out)
+    served = np.asarray(png.convert("RGB"))
+    params = json.loads(png.text["parameters"])
+    assert (params["prompt"], params["seed"], params["steps"]) == ("a red fox", 9, 4)
+
+    pipe = load_pipeline(str(tiny_model_dir), device="cpu", dtype="float32")
+    local = pipe.generate(GenerateRequest("a red fox", 64, 96, 4, seed=9)).images[0]
+    assert np.array_equal(served, local)
+
+
+def test_cli_client_reports_bad_size_in_one_line(engine, tmp_path):
+    r = client(engine, "--prompt", "x", "--width", "70", "--height", "64", "--output",
+               str(tmp_path / "x.png"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "width" in r.stderr.strip().splitlines()[-1]
+
+
+def test_ctrl_c_cancels_the_job(engine, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "protocol", "generate", "--engine", engine, "--prompt", "slow",
+         "--width", "256", "--height", "256", "--steps", "50", "--seed", "1", "--output",
+         str(tmp_path / "never.png")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    deadline = time.time() + 60
+    seen = ""
+    while "denoise" not in seen and time.time() < deadline:  # wait for the progress bar
+        seen += proc.stderr.read1(256).decode() if hasattr(proc.stderr, "read1") else \
+            proc.stderr.buffer.read1(256).decode()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    assert not (tmp_path / "never.png").exists()
+    assert "cancel" in (seen + proc.stderr.read()).lower()
