@@ -38,13 +38,14 @@ def use_cuda_graphs(pipe, flag: bool | None = None) -> bool:
     return allowed if flag is None else (flag and allowed)
 
 
-def _compile(fn, mode: str | None):
+def _compile(fn, mode: str | None, dynamic: bool | None = None):
     # dynamic=None: static first, automatic dynamic shapes after one shape change (with
     # dynamic=False every prompt-length bucket and size would recompile every block kind).
-    return torch.compile(fn, dynamic=None, fullgraph=False, mode=mode)
+    return torch.compile(fn, dynamic=dynamic, fullgraph=False, mode=mode)
 
 
-def compile_pipeline(pipe, *, cuda_graphs: bool | None = False) -> list[str]:
+def compile_pipeline(pipe, *, cuda_graphs: bool | None = False,
+                     dynamic: bool | None = None) -> list[str]:
     """Wrap every transformer block's forward and the VAE decoder's forward in torch.compile.
 
     Lazy: nothing is compiled until the first call (see `warm_up`). Returns the compiled parts.
@@ -59,12 +60,12 @@ def compile_pipeline(pipe, *, cuda_graphs: bool | None = False) -> list[str]:
     for name in ("noise_refiner", "context_refiner", "layers"):
         for block in getattr(t, name):
             if not getattr(block, "_compiled", False):
-                block.forward = _compile(block.forward, mode)
+                block.forward = _compile(block.forward, mode, dynamic)
                 block._compiled = True
         parts.append(f"transformer.{name}")
     dec = pipe.vae.decoder
     if not getattr(dec, "_compiled", False):
-        dec.forward = _compile(dec.forward, None)  # decode runs once per image: no CUDA graphs
+        dec.forward = _compile(dec.forward, None, dynamic)  # once per image: no CUDA graphs
         dec._compiled = True
     parts.append("vae.decoder")
     pipe.compiled = parts

@@ -1,19 +1,15 @@
 """Memory modes: where each component's weights live, and the machinery that moves them.
 
-Modes (`--memory`), with the estimated peak of GPU memory *allocated* at 1024x1024 for the real
-Z-Image-Turbo sizes (weights from the configs; activations are estimates, see `_act_gib`):
+Modes (`--memory`); `Plan.peak_gib` estimates each one's peak of allocated GPU memory from the real
+model's weight sizes (from the configs) and activation estimates (`_dit_act_gib`, `_vae_act_gib`):
 
-| mode   | DiT                              | text encoder (Qwen3-4B)             | VAE decode        |
-| ------ | -------------------------------- | ----------------------------------- | ----------------- |
-| max    | bf16, resident                   | bf16, resident                      | whole image       |
-| 16gb   | bf16, resident                   | layers in pinned host memory,       | tiled when the    |
-|        |                                  | streamed in on a prompt-cache miss  | budget needs it   |
-| 12gb   | fp8 (torchao), resident; without | streamed, as 16gb                   | tiled when needed |
-|        | fp8, bf16 with some main layers  |                                     |                   |
-|        | streamed from pinned host memory |                                     |                   |
-| 8gb    | fp8 with some main layers        | streamed, as 16gb                   | tiled when needed |
-|        | streamed (bf16 + more streamed   |                                     |                   |
-|        | without fp8)                     |                                     |                   |
+  max   DiT bf16 resident; text encoder (Qwen3-4B) bf16 resident; whole-image VAE decode.
+  16gb  DiT bf16 resident; text encoder layers in pinned host memory, streamed in only on a
+        prompt-cache miss; VAE decode tiled when the budget needs it (large images).
+  12gb  DiT fp8 (torchao) resident, or without fp8 bf16 with some main layers streamed from
+        pinned host memory; text encoder streamed; tiled decode when needed.
+  8gb   DiT fp8 with some main layers streamed (bf16 and more streamed without fp8); text
+        encoder streamed; tiled decode at 1024x1024 and up.
 
 `auto` picks the largest mode whose estimate fits the card's free memory (CPU and MPS: `max`).
 Only `plan_for` / `make_plan` decide; they are pure functions of sizes and free bytes, so the CPU
@@ -373,6 +369,17 @@ def _pin(t: torch.Tensor) -> torch.Tensor:
         return t
 
 
+def _record_stream(t: torch.Tensor, stream) -> None:
+    """Tensor.record_stream; for wrapper subclasses (torchao fp8) on their inner tensors."""
+    try:
+        t.record_stream(stream)
+    except (RuntimeError, NotImplementedError, AttributeError, TypeError):
+        if not hasattr(t, "__tensor_flatten__"):
+            raise
+        for name in t.__tensor_flatten__()[0]:
+            _record_stream(getattr(t, name), stream)
+
+
 class LayerStreamer:
     """Keeps `blocks` in host memory and gives each a device copy only while it runs.
 
@@ -430,7 +437,7 @@ class LayerStreamer:
             current = torch.cuda.current_stream(self.device)
             current.wait_event(event)
             for t in tensors:
-                t.record_stream(current)  # freed only after the compute stream used it
+                _record_stream(t, current)  # freed only after the compute stream used it
         for s, t in zip(self._slots[i], tensors):
             _set(s, t)
         self._loaded.add(i)

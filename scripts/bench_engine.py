@@ -43,11 +43,14 @@ PROMPT = "a red fox in fresh snow, golden hour, 35mm photo, shallow depth of fie
 PROMPT_2 = "a weathered lighthouse on a basalt cliff at dusk, waves breaking into foam"
 GiB = 2**30
 LINES: list[str] = []
+OUT_FILE: list[Path] = []  # set by --out: the markdown is rewritten after every line
 
 
 def say(line: str = "") -> None:
     print(line, flush=True)
     LINES.append(line)
+    if OUT_FILE:  # a run cut off by a time limit still leaves what it measured
+        OUT_FILE[0].write_text("\n".join(LINES) + "\n")
 
 
 def table(header: list[str], rows: list[list]) -> None:
@@ -140,10 +143,9 @@ def run_diffusers(dpipe, prompt, w, h, steps, device, seed=1) -> dict:
             return out
         return wrapper
 
-    te_fwd, tr_fwd, vae_dec = dpipe.text_encoder.forward, dpipe.transformer.forward, dpipe.vae.decode
-    dpipe.text_encoder.forward = timed(te_fwd, "text")
-    dpipe.transformer.forward = timed(tr_fwd, "steps")
-    dpipe.vae.decode = timed(vae_dec, "decode")
+    dpipe.text_encoder.forward = timed(dpipe.text_encoder.forward, "text")
+    dpipe.transformer.forward = timed(dpipe.transformer.forward, "steps")
+    dpipe.vae.decode = timed(dpipe.vae.decode, "decode")
     try:
         gpu_reset(device)
         sync(device)
@@ -317,6 +319,8 @@ def main(argv=None) -> int:
                     help="write local safetensors and time both cold starts (full default: on)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--cuda-graphs", action="store_true")
+    ap.add_argument("--static-shapes", action="store_true",
+                    help="torch.compile(dynamic=False): a static graph per size and prompt bucket")
     ap.add_argument("--no-diffusers", action="store_true")
     ap.add_argument("--out", default=None, help="folder for bench_engine.md")
     ap.add_argument("--threads", type=int, default=None,
@@ -324,6 +328,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        OUT_FILE.append(Path(args.out) / "bench_engine.md")
 
     device = devices.pick_device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -415,7 +422,8 @@ def main(argv=None) -> int:
     if compile_on:
         from engine import compile as compiling
 
-        compiling.compile_pipeline(pipe, cuda_graphs=args.cuda_graphs)
+        compiling.compile_pipeline(pipe, cuda_graphs=args.cuda_graphs,
+                                   dynamic=False if args.static_shapes else None)
         t0 = time.perf_counter()
         compiling.warm_up(pipe, main_w, main_h)
         say(f"compile + warm-up at {main_w}x{main_h}: {time.perf_counter() - t0:.1f} s")
@@ -467,8 +475,8 @@ def main(argv=None) -> int:
     gc.collect()
     fp8_ok = memory.fp8_available(device)
     if not fp8_ok:
-        notes.append("fp8: " + memory.fp8_unavailable_reason(device) + " -> 12gb/8gb ran without fp8 "
-                     "(more layers streamed where the sizes need it)")
+        notes.append("fp8: " + memory.fp8_unavailable_reason(device) + " -> 12gb/8gb ran "
+                     "without fp8 (more layers streamed where the sizes need it)")
     probe = None
     if fp8_ok:  # one transformer call, kept for the fp8 vs bf16 comparison
         g = torch.Generator("cpu").manual_seed(0)
@@ -505,10 +513,6 @@ def main(argv=None) -> int:
         say()
     for n in notes:
         say(f"- {n}")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench_engine.md").write_text("\n".join(LINES) + "\n")
     return 0
 
 
