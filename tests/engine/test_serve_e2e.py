@@ -87,3 +87,33 @@ def test_ctrl_c_cancels_the_job(engine, tmp_path):
     assert proc.returncode != 0
     assert not (tmp_path / "never.png").exists()
     assert "cancel" in (seen + proc.stderr.read()).lower()
+
+
+def test_image_to_image_over_the_wire(tiny_model_dir):
+    """welcome advertises img2img and the protocol carries the input image as a PNG blob."""
+    from engine.server import EngineServer
+    from protocol.client import EngineClient, generate
+    from protocol.messages import Limits
+    from protocol.png import encode_png
+
+    pipe = load_pipeline(str(tiny_model_dir), device="cpu", dtype="float32")
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    srv = EngineServer(pipe, bind="tcp://127.0.0.1:0", limits=Limits(min_side=64))
+    srv.start()
+    try:
+        c = EngineClient(srv.endpoint).start()
+        deadline = time.time() + 30
+        while c.welcome is None and time.time() < deadline:
+            c.poll(timeout=0.1)
+        assert c.welcome is not None and "img2img" in c.welcome["caps"]
+        c.close()
+        ev = generate(srv.endpoint, {"prompt": "a fox", "width": 64, "height": 64, "steps": 4,
+                                     "seed": 3, "strength": 0.5, "init_image": "src"},
+                      blobs={"src": encode_png(64, 64, source.tobytes())}, timeout=120)
+    finally:
+        srv.stop()
+    served = np.frombuffer(ev.images[0].to_rgb_bytes(), np.uint8).reshape(64, 64, 3)
+    local = pipe.generate(GenerateRequest("a fox", 64, 64, 4, seed=3, image=source,
+                                          strength=0.5)).images[0]
+    assert np.array_equal(served, local)
