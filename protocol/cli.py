@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from protocol.errors import ProtocolError
+from .errors import ProtocolError
 
 
 _BAR = {"open": False}   # a progress line is on the terminal without its newline
@@ -36,7 +36,7 @@ def _load_curve(args):
 
 
 def cmd_generate(args) -> int:
-    from protocol.client import EngineClient
+    from .client import EngineClient
 
     params = {"prompt": args.prompt, "width": args.width, "height": args.height,
               "steps": args.steps, "seed": args.seed, "num_images": 1}

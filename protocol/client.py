@@ -38,10 +38,10 @@ from typing import Any, Callable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from protocol import PROTOCOL_VERSION
-from protocol.errors import CODES, ProtocolError
-from protocol.messages import validate_event
-from protocol.wire import encode, split_frames
+from . import PROTOCOL_VERSION
+from .errors import CODES, ProtocolError
+from .messages import validate_event
+from .wire import encode, split_frames
 
 __all__ = ["EngineClient", "Event", "ImageData", "generate", "EVENT_KINDS"]
 
@@ -79,7 +79,7 @@ class ImageData:
 
     def to_png_bytes(self, text: dict[str, str] | None = None) -> bytes:
         """PNG file bytes (stdlib encoder for raw; PNG data is passed through, text added)."""
-        from protocol import png
+        from . import png
         if self.format == "png":
             return png.add_text(bytes(self.data), text or {})
         return png.encode_png(self.width, self.height, self.to_rgb_bytes(), text=text)

@@ -13,7 +13,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from protocol.errors import ProtocolError
+from .errors import ProtocolError
 
 # ---- message types -----------------------------------------------------------------------
 

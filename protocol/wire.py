@@ -14,8 +14,8 @@ import json
 import math
 from typing import Any, Sequence
 
-from protocol import PROTOCOL_VERSION
-from protocol.errors import ProtocolError
+from . import PROTOCOL_VERSION
+from .errors import ProtocolError
 
 SIGNATURE_PREFIX = b"ZIE"
 SIGNATURE = SIGNATURE_PREFIX + str(PROTOCOL_VERSION).encode("ascii")  # b"ZIE1"
