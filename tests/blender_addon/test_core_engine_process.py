@@ -1,0 +1,93 @@
+"""The local engine child: command line, ready, stop, and death with its parent (bpy-free).
+Runs the real `python -m engine serve --standin` on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from blender_addon.core.engine_process import (BOOTSTRAP, RUNNING, STARTING, STOPPED,
+                                               EngineProcess, child_env, serve_command)
+from blender_harness import ROOT, free_port
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return "\nState:\tZ" not in fh.read()
+    except FileNotFoundError:
+        return False
+
+
+def _wait_for(pred, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+def test_serve_command_and_env():
+    cmd = serve_command("/py", "tcp://localhost:5555", "some/model", extra=["-v"])
+    assert cmd[:3] == ["/py", "-c", BOOTSTRAP]
+    assert cmd[3:] == ["serve", "--bind", "tcp://127.0.0.1:5555", "--model", "some/model", "-v"]
+    assert "--standin" in serve_command("/py", "tcp://127.0.0.1:1", "", standin=True)
+    env = child_env({"PYTHONPATH": "/blender", "PATH": "/bin", "PYTHONHOME": "x"})
+    assert "PYTHONPATH" not in env and "PYTHONHOME" not in env and env["PATH"] == "/bin"
+
+
+def test_missing_python_is_a_clear_error(tmp_path):
+    proc = EngineProcess(str(tmp_path / "nope"), "tcp://127.0.0.1:1", standin=True)
+    with pytest.raises(FileNotFoundError, match="engine Python not found"):
+        proc.start()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_start_ready_stop(tmp_path):
+    log = tmp_path / "engine.log"
+    proc = EngineProcess(sys.executable, f"tcp://127.0.0.1:{free_port()}", standin=True,
+                         cwd=str(ROOT), extra=["--min-side", "64"], log_path=str(log))
+    proc.start()
+    try:
+        assert proc.state == STARTING
+        assert _wait_for(lambda: any(ln.startswith("ready") for ln in proc.log_tail()), 30), \
+            proc.log_tail()
+        proc.mark_running()
+        assert proc.poll() == RUNNING
+        pid = proc.pid
+    finally:
+        proc.stop()
+    assert proc.state == STOPPED and not _alive(pid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_engine_dies_with_its_parent(tmp_path):
+    """A parent that is SIGKILLed (like a crashing Blender) takes the engine with it."""
+    log = tmp_path / "engine.log"
+    parent_code = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from blender_addon.core.engine_process import EngineProcess
+        p = EngineProcess({sys.executable!r}, "tcp://127.0.0.1:{free_port()}", standin=True,
+                          cwd={str(ROOT)!r}, log_path={str(log)!r})
+        p.start()
+        print(p.pid, flush=True)
+        time.sleep(120)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE)
+    try:
+        child = int(parent.stdout.readline())
+        assert _wait_for(lambda: "ready" in (log.read_text() if log.exists() else ""), 30)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(5)
+        assert _wait_for(lambda: not _alive(child), 10), "the engine outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
