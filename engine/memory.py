@@ -573,7 +573,9 @@ def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
     """VAE decode, tiled when the pipeline's plan says the whole image would not fit."""
     plan = getattr(pipe, "plan", None)
     h, w = latents.shape[-2] * 8, latents.shape[-1] * 8
-    if plan is not None and plan.tile_decode(w, h):
+    # Seamless textures wrap the decoder's borders; tiles would wrap within themselves.
+    wrapping = getattr(pipe.vae.decoder.conv_in, "wrap_axes", "")
+    if plan is not None and plan.tile_decode(w, h) and not wrapping:
         from engine.tiled_vae import tiled_decode
 
         return tiled_decode(pipe.vae, latents, tile=VAE_TILE, overlap=VAE_TILE_OVERLAP)
