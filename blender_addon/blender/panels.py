@@ -209,7 +209,8 @@ class PreviewPanel(_Base):
 
 
 class ZIMAGE_UL_history(bpy.types.UIList):
-    def draw_item(self, context, layout, data, item, icon, active_data, active_prop, index=0):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_prop, index=0,
+                  flt_flag=0):
         row = layout.row(align=True)
         icon = "MATERIAL" if item.kind == "texture" else "IMAGE_DATA"
         row.label(text=item.prompt or "(no prompt)", icon=icon)

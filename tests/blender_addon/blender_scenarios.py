@@ -445,6 +445,81 @@ def local_engine(out):
     bpy.ops.preferences.addon_enable(module=MOD)
 
 
+class FakeLayout:
+    """Stands in for UILayout (no UI in background mode): checks that every drawn property
+    exists and every button names a registered operator."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def __getattr__(self, name):
+        if name in ("row", "column", "box", "split", "column_flow", "grid_flow"):
+            return lambda *a, **k: FakeLayout(self.log)
+        return lambda *a, **k: self.log.append((name, a, k)) or FakeLayout(self.log)
+
+    def __setattr__(self, name, value):
+        object.__setattr__(self, name, value)
+
+    def prop(self, data, name, **kw):
+        assert name in data.bl_rna.properties, f"no property {name}"
+        self.log.append(("prop", name))
+
+    def operator(self, idname, **kw):
+        cat, _, op = idname.partition(".")
+        assert hasattr(getattr(bpy.ops, cat), op), f"no operator {idname}"
+        self.log.append(("operator", idname))
+        return FakeLayout(self.log)
+
+    def template_list(self, listtype, _id, data, prop, active_data, active_prop, **kw):
+        assert hasattr(bpy.types, listtype) and prop in data.bl_rna.properties
+        self.log.append(("template_list", listtype))
+
+
+@scenario
+def panels_draw(out):
+    """Every panel's draw() runs against the current state without errors."""
+    log = []
+    drawn = []
+    for name in sorted(c for c in dir(bpy.types) if c.startswith("ZIMAGE_PT_")):
+        cls = getattr(bpy.types, name)
+        fake = type("P", (), {"layout": FakeLayout(log)})()
+        cls.draw(fake, bpy.context)
+        drawn.append(name)
+    prefs = bpy.context.preferences.addons[MOD].preferences
+
+    class Proxy:
+        layout = FakeLayout(log)
+
+        def __getattr__(self, name):
+            return getattr(prefs, name)
+    type(prefs).draw(Proxy(), bpy.context)
+    out["drawn"] = drawn
+    out["operators"] = sorted({e[1] for e in log if e[0] == "operator"})
+    out["progress_bars"] = sum(1 for e in log if e[0] == "progress")
+
+
+@scenario
+def undo(out):
+    connect(ARGS.engine)
+    cube()
+    settings(prompt="undo me", seed=31)
+    bpy.ops.ed.undo_push(message="before")
+    before = state_counts()
+    assert bpy.ops.zimage.generate_texture() == {"FINISHED"}
+    assert tick_until(lambda: not job("texture").active, 20)
+    out["phase"] = job("texture").phase
+    out["applied"] = state_counts() != before
+    out["apply_op_has_undo"] = "UNDO" in bpy.types.ZIMAGE_OT_apply_result.bl_options
+    out["undo_available"] = bpy.ops.ed.undo.poll()
+    if not out["undo_available"]:       # background Blender has no window, hence no undo
+        return
+    bpy.ops.ed.undo()
+    out["after_undo"] = state_counts()
+    out["before"] = before
+    out["undone"] = out["after_undo"]["materials"] == before["materials"] and \
+        out["after_undo"]["cube_slots"] == before["cube_slots"]
+
+
 def main() -> int:
     global ARGS
     ap = argparse.ArgumentParser()
@@ -463,7 +538,8 @@ def main() -> int:
     table = {f.__name__: f for f in (install, disable_enable, texture, history_recall,
                                      image_node_target, preview_updates, cancel,
                                      concept_img2img, concept_depth, unsupported_size,
-                                     engine_not_running, engine_killed, local_engine)}
+                                     engine_not_running, engine_killed, local_engine, panels_draw,
+                                     undo)}
     for name in names:
         table[name]()
         with open(ARGS.out, "w") as fh:      # after each, so a crash keeps what ran

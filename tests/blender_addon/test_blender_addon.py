@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.blender,
 
 SCENARIOS = ["install", "disable_enable", "texture", "history_recall", "image_node_target",
              "preview_updates", "cancel", "concept_img2img", "concept_depth",
-             "unsupported_size", "engine_not_running", "engine_killed", "local_engine"]
+             "panels_draw", "unsupported_size", "engine_not_running", "engine_killed",
+             "local_engine", "undo"]
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +131,22 @@ def test_concept_depth_to_reference_image(results):
     assert r["sent_params"]["control_type"] == "depth"
     assert r["phase"] == "done", r["error"]
     assert [(t, d) for t, d, _ in r["new_objects"]] == [("EMPTY", "IMAGE")]
+
+
+def test_panels_draw_without_errors(results):
+    r = check(results, "panels_draw")
+    assert len(r["drawn"]) == 10
+    assert {"zimage.generate_texture", "zimage.generate_concept", "zimage.start_engine",
+            "zimage.free_vram", "zimage.history_recall", "zimage.show_image"} <= set(
+        r["operators"]), r["operators"]
+
+
+def test_applying_a_result_is_one_undo_step(results):
+    r = check(results, "undo")
+    assert r["phase"] == "done" and r["applied"] and r["apply_op_has_undo"]
+    if not r["undo_available"]:
+        pytest.skip("ed.undo needs a window; background Blender has none")
+    assert r["undone"], (r["before"], r["after_undo"])
 
 
 def test_unsupported_size_is_refused_before_sending(results):
