@@ -21,7 +21,12 @@ def draw_connection(layout, context, prefs_view: bool = False) -> None:
     welcome = rt.board.welcome or {}
     info = welcome.get("engine") or {}
     row = box.row(align=True)
-    if state == "connected":
+    if state == "connected" and info.get("state") == "loading":
+        row.label(text="Engine loading the model...", icon="SORTTIME")
+    elif state == "connected" and info.get("state") == "failed":
+        row.label(text=f"Model failed: {info.get('error') or 'see the engine log'}"[:90],
+                  icon="ERROR")
+    elif state == "connected":
         text = f"Engine: {info.get('model') or 'ready'}"
         if info.get("device"):
             text += f" on {info['device']}"

@@ -64,7 +64,8 @@ def capabilities(welcome: dict | None) -> set[str]:
 
 
 def can_depth(caps: set[str]) -> bool:
-    return "control.depth" in caps or "depth" in caps
+    """PROTOCOL.md: a control image needs `control.<type>` or a blanket `control`."""
+    return "control.depth" in caps or "control" in caps
 
 
 def can_img2img(caps: set[str]) -> bool:
