@@ -153,7 +153,7 @@ def default_size(image: np.ndarray, limits) -> tuple[int, int]:
     scaled down (aspect kept) to fit the engine's limits, rounded down to a multiple of 16."""
     h, w = image.shape[:2]
     scale = min(1.0, limits.max_side / max(w, h), math.sqrt(limits.max_pixels / (w * h)))
-    m = limits.multiple
+    m = limits.side_multiple
 
     def side(n: int) -> int:
         return min(limits.max_side, max(limits.min_side, int(n * scale) // m * m))

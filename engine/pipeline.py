@@ -28,6 +28,7 @@ from engine.conditioning import (
     resolve_strength,
 )
 from engine.errors import Cancelled, EngineError
+from protocol.messages import Limits  # one definition of what requests an engine accepts
 from engine.sampling import (
     LATENT_CHANNELS,
     VAE_SCALE,
@@ -42,19 +43,6 @@ from engine.sampling import (
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What requests this engine accepts; advertised to clients in `welcome`."""
-
-    min_side: int = 64
-    max_side: int = 2048
-    multiple: int = 16
-    max_pixels: int = 2048 * 2048
-    max_steps: int = 50
-    max_images: int = 4
-    max_prompt_chars: int = 4000
 
 
 @dataclass(frozen=True)
@@ -103,11 +91,11 @@ def check_request(req: GenerateRequest, limits: Limits) -> None:
                             f"{limits.max_prompt_chars}")
     for name in ("width", "height"):
         side = getattr(req, name)
-        if not isinstance(side, int) or side % limits.multiple or not (
+        if not isinstance(side, int) or side % limits.side_multiple or not (
             limits.min_side <= side <= limits.max_side
         ):
-            raise bad(name, f"{name} {side} is not supported: use a multiple of {limits.multiple} "
-                            f"from {limits.min_side} to {limits.max_side}")
+            raise bad(name, f"{name} {side} is not supported: use a multiple of "
+                            f"{limits.side_multiple} from {limits.min_side} to {limits.max_side}")
     if req.width * req.height > limits.max_pixels:
         raise bad("width", f"{req.width}x{req.height} is more than {limits.max_pixels} pixels")
     if not isinstance(req.steps, int) or not 1 <= req.steps <= limits.max_steps:

@@ -48,7 +48,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                    help="CurveZMQ key directory made by `keys --dir` (enables CURVE)")
     p.add_argument("--step-seconds", type=float, default=0.0,
                    help="stand-in only: seconds per denoising step")
-    p.add_argument("--min-side", type=int, default=256)
+    p.add_argument("--min-side", type=int, default=64)
     p.add_argument("--max-side", type=int, default=2048)
     p.add_argument("--max-queue-per-session", type=int, default=32)
     p.add_argument("--max-queue", type=int, default=256)

@@ -792,6 +792,9 @@ class EngineServer:
         job.state = state
         job.finished = time.monotonic()
         job.seq += 1
+        # Release the input images before telling anyone: the budget is free once the job ends.
+        self._input_bytes -= sum(len(b) for b in job.blobs)
+        job.blobs = []
         s = self.sessions.get(job.session_id)
         if state == "cancelled":
             job.at_step = at_step
@@ -808,8 +811,6 @@ class EngineServer:
             job.result_header, job.result_blobs = header, blobs
             job.result_bytes = sum(len(b) for b in blobs)
             self._send(s, dict(header), blobs, kind="result")
-        self._input_bytes -= sum(len(b) for b in job.blobs)
-        job.blobs = []
         self._store[job.id] = job
         self._store_bytes += job.result_bytes
         self._evict_results(time.monotonic())

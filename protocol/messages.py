@@ -54,7 +54,7 @@ class Limits:
     max_blobs: int = 8
     max_blob_bytes: int = 32 * 1024 * 1024
     max_msg_bytes: int = 64 * 1024 * 1024
-    min_side: int = 256
+    min_side: int = 64
     max_side: int = 2048
     side_multiple: int = 16
     max_pixels: int = 2048 * 2048

@@ -474,7 +474,7 @@ def test_image_modes_need_the_capability_and_bombs_are_refused():
         assert srv._input_bytes == 0   # input blobs are released with their jobs
     with serve(Img2Img(0.05, capabilities=("txt2img", "img2img")),
                limits={"max_input_bytes": len(png) + 10}) as srv, connect(srv.endpoint) as c:
-        first = c.submit(small(init_image="init", steps=10), blobs={"init": png})
+        first = c.submit(small(init_image="init", steps=40), blobs={"init": png})
         second = c.submit(small(init_image="init"), blobs={"init": png})
         ev = collect(c, terminal(second))[-1]
         assert ev.kind == "error" and ev.data["code"] == "queue_full"
