@@ -514,6 +514,12 @@ class EngineServer:
                            "jobs": [self._snapshot(j, sid) for j in ids[:256]]})
         elif kind == "fetch":
             self._on_fetch(s, msg)
+        elif kind == "unload":
+            if self.pipeline is None or not hasattr(self.pipeline, "unload"):
+                self._error(s, route, "capability_unavailable", "this engine cannot unload "
+                            "its models (no 'unload' capability)", re=mid)
+            else:  # the worker does it between jobs, so a running job is never disturbed
+                self._work.put(("unload", (s.id, mid)))
         elif kind == "bye":
             self._drop_queued(s, "client said bye")
             self._detach(s, "bye")
@@ -564,6 +570,8 @@ class EngineServer:
     def _welcome(self, s: Session, mid, resume_jobs: list) -> dict:
         info = self._pipe_info()
         caps = list(info.get("capabilities", [])) + ["result.raw", "result.png", "preview.jpeg"]
+        if self.pipeline is not None and hasattr(self.pipeline, "unload"):
+            caps.append("unload")
         h = {"type": "welcome", "version": PROTOCOL_VERSION, "session": s.id,
              "engine": {"name": self.name, "version": engine.__version__,
                         "model": info.get("model"), "device": info.get("device"),
@@ -945,6 +953,9 @@ class EngineServer:
                                  else job.cancel_reason)
                 else:
                     self._finish(job, "failed", error=payload)
+            elif kind == "unloaded":
+                _, sid, header = ev
+                self._send(self.sessions.get(sid), header, kind="state")
             elif kind == "worker_free":
                 _, job = ev
                 if self._running is job:
@@ -959,6 +970,18 @@ class EngineServer:
             kind, job = self._work.get()
             if kind == "stop":
                 return
+            if kind == "unload":
+                sid, mid = job
+                try:
+                    freed = self.pipeline.unload()
+                    self._post("unloaded", sid, {"type": "unloaded", "re": mid,
+                                                 "freed_bytes": int(freed or 0)})
+                except BaseException as exc:  # noqa: BLE001 - reported, engine keeps serving
+                    log.exception("unload failed")
+                    self._post("unloaded", sid, {"type": "error", "re": mid, "job_id": None,
+                                                 **self._err("internal_error",
+                                                             f"unload failed: {exc}"[:300])})
+                continue
             if kind == "load":
                 try:
                     pipe = self._loader()

@@ -272,6 +272,11 @@ class EngineClient:
     def cancel_all(self) -> None:
         self._command(("cancel_all", None))
 
+    def unload(self) -> None:
+        """Ask the engine to free GPU memory (models leave the GPU; the next job brings them
+        back). Answered by an "unloaded" event; engines without the "unload" cap answer an error."""
+        self._command(("unload", None))
+
     def fetch(self, job_id: str) -> None:
         """Ask the engine to re-send a finished job's result (normally automatic)."""
         self._command(("fetch", job_id))
@@ -504,6 +509,8 @@ class EngineClient:
             self._send({"type": "cancel", "all": True}, track_as=("cancel", None))
         elif kind == "fetch":
             self._send({"type": "fetch", "job_id": arg}, track_as=("fetch", arg))
+        elif kind == "unload":
+            self._send({"type": "unload"}, track_as=("unload", None))
         elif kind == "status":
             h = {"type": "status"}
             if arg is not None:
@@ -581,6 +588,9 @@ class EngineClient:
         if job is not None:
             job.last_event = now
         if kind == "pong":
+            return
+        if kind == "unloaded":
+            self._emit("unloaded", None, {k: header.get(k) for k in ("freed_bytes", "note")})
             return
         if kind == "jobs":
             self._on_snapshots(header.get("jobs") or [])

@@ -17,9 +17,10 @@ from .errors import ProtocolError
 
 # ---- message types -----------------------------------------------------------------------
 
-CLIENT_TYPES = ("hello", "submit", "cancel", "status", "fetch", "ping", "bye")
+CLIENT_TYPES = ("hello", "submit", "cancel", "status", "fetch", "ping", "unload", "bye")
 ENGINE_TYPES = ("welcome", "accepted", "queued", "started", "progress", "preview", "result",
-                "result_ready", "cancelled", "error", "jobs", "pong", "shutting_down")
+                "result_ready", "cancelled", "error", "jobs", "pong", "unloaded",
+                "shutting_down")
 # state events carry a new per-job seq; the others repeat the current seq and may be dropped
 STATE_EVENTS = ("accepted", "started", "result", "result_ready", "cancelled", "error")
 DROPPABLE_EVENTS = ("queued", "progress", "preview")

@@ -987,3 +987,41 @@ def test_non_loopback_bind_without_keys_refuses_before_binding():
     s = socket.socket()
     s.bind(("0.0.0.0", port))   # nobody took the port
     s.close()
+
+
+def test_unload_frees_between_jobs_and_is_refused_without_the_capability():
+    class Counting(StandInPipeline):
+        unloads = 0
+
+        def unload(self):
+            type(self).unloads += 1
+            return 1234
+
+    with serve(Counting(0.02)) as srv, connect(srv.endpoint) as c:
+        collect(c, lambda e: e.kind == "welcome")
+        assert "unload" in c.welcome["caps"]
+        running = c.submit(small(steps=10))
+        collect(c, lambda e: e.job_id == running and e.kind == "started")
+        c.unload()
+        evs = collect(c, lambda e: e.kind == "unloaded")
+        # the running job was not disturbed: it finished before the worker unloaded
+        assert any(e.job_id == running and e.kind == "result" for e in evs)
+        assert evs[-1].data["freed_bytes"] == 1234 and Counting.unloads == 1
+        assert run_one(c, small())[1][-1].kind == "result"  # the next job loads back
+
+    class NoUnload:  # a pipeline object without unload(): only generate/preview/info
+        info = {"model": "x", "device": "cpu", "dtype": "float32", "capabilities": ["txt2img"]}
+        _inner = StandInPipeline()
+
+        def generate(self, *a, **k):
+            return self._inner.generate(*a, **k)
+
+        def preview(self, *a, **k):
+            return self._inner.preview(*a, **k)
+
+    with serve(NoUnload()) as srv, connect(srv.endpoint) as c:
+        collect(c, lambda e: e.kind == "welcome")
+        assert "unload" not in c.welcome["caps"]
+        c.unload()
+        ev = collect(c, lambda e: e.kind == "error")[-1]
+        assert ev.data["code"] == "capability_unavailable"
