@@ -30,15 +30,29 @@ PRESET_SIZES = {key: (w, h) for key, _label, w, h in SIZE_PRESETS}
 MAX_SEED = 2**31 - 1   # what the UI's IntProperty can hold; the protocol allows more
 
 
+def _protocol_defaults():
+    """The protocol's own default limits (protocol/messages.py Limits): the vendored copy in
+    the built add-on, the checkout's protocol/ when the add-on runs from source (tests)."""
+    try:
+        from ..vendor.protocol.messages import DEFAULT_LIMITS
+    except ImportError:
+        from protocol.messages import DEFAULT_LIMITS
+    return DEFAULT_LIMITS
+
+
+_DEFAULTS = _protocol_defaults()
+
+
 @dataclass(frozen=True)
 class EngineLimits:
-    """The subset of the engine's limits the add-on checks (defaults = PROTOCOL.md's)."""
-    min_side: int = 256
-    max_side: int = 2048
-    side_multiple: int = SIDE_MULTIPLE
-    max_pixels: int = 2048 * 2048
-    max_steps: int = 50
-    max_images: int = 4
+    """The subset of the engine's limits the add-on checks. Until the engine's `welcome`
+    says otherwise, the protocol's defaults (the same numbers the engine starts from)."""
+    min_side: int = _DEFAULTS.min_side
+    max_side: int = _DEFAULTS.max_side
+    side_multiple: int = _DEFAULTS.side_multiple
+    max_pixels: int = _DEFAULTS.max_pixels
+    max_steps: int = _DEFAULTS.max_steps
+    max_images: int = _DEFAULTS.max_images
 
     @classmethod
     def from_welcome(cls, welcome: dict | None) -> "EngineLimits":

@@ -376,7 +376,7 @@ def engine_not_running(out):
     r.connect(ARGS.dead)
     r.board.connect_timeout = 0.5
     before = state_counts()
-    settings(prompt="nobody home", seed=1, width=256, height=256)  # limits unknown: defaults
+    settings(prompt="nobody home", seed=1, width=64, height=64)  # no welcome: protocol defaults
     assert bpy.ops.zimage.generate_texture() == {"FINISHED"}
     assert tick_until(lambda: not job("texture").active, 5)
     j = job("texture")

@@ -77,6 +77,16 @@ def test_capabilities_and_limits_from_welcome():
     assert rq.EngineLimits.from_welcome(None) == rq.EngineLimits()
 
 
+def test_pre_welcome_limits_are_the_protocols_defaults():
+    from protocol.messages import Limits
+    proto, mine = Limits(), rq.EngineLimits()
+    for name in mine.__dataclass_fields__:
+        assert getattr(mine, name) == getattr(proto, name), name
+    assert mine.min_side == 64
+    s = rq.Settings(prompt="small", width=64, height=64, seed_random=False)
+    assert rq.build_request(s, rq.EngineLimits(), {"txt2img"}).params["width"] == 64
+
+
 def test_image_names_fit_blender():
     assert rq.image_name("a red fox", 42) == "a red fox (42)"
     long = rq.image_name("word " * 40, 2**31 - 1)
