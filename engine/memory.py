@@ -536,6 +536,44 @@ def release(pipe) -> None:
     pipe.streamers = {}
 
 
+def _components(pipe) -> list[nn.Module]:
+    parts = [pipe.transformer, pipe.vae, pipe.text_encoder.model]
+    return parts + ([pipe.controlnet] if getattr(pipe, "controlnet", None) is not None else [])
+
+
+def unload(pipe, host: torch.device | str = "cpu") -> int:
+    """Free the GPU between jobs ("free VRAM"): streaming undone and every component moved to host
+    memory; `ensure_resident` re-applies pipe.plan before the next job. The prompt cache stays
+    (a few hundred KB), so a repeated prompt still skips the text encoder. Returns the device
+    bytes freed (0 where the device keeps no count)."""
+    if not getattr(pipe, "resident", True):
+        return 0
+    before = _allocated(pipe.device)
+    for streamer in getattr(pipe, "streamers", {}).values():
+        streamer.remove(to=host)
+    pipe.streamers = {}
+    for m in _components(pipe):
+        m.to(host)
+    pipe.resident = False
+    if pipe.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return max(0, before - _allocated(pipe.device))
+
+
+def ensure_resident(pipe) -> None:
+    """Undo `unload`: weights back where the pipeline's plan puts them."""
+    if getattr(pipe, "resident", True):
+        return
+    apply_plan(pipe, pipe.plan, pipe.device)
+    if getattr(pipe, "controlnet", None) is not None:  # plans do not place the ControlNet
+        pipe.controlnet.to(pipe.device)
+    pipe.resident = True
+
+
+def _allocated(device: torch.device) -> int:
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+
+
 def reset_after_error(pipe) -> None:
     """After an exception (OOM, cancel) mid-forward: streamed blocks back to host memory."""
     for streamer in getattr(pipe, "streamers", {}).values():

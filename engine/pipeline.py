@@ -198,6 +198,10 @@ class ZImagePipeline:
     def preview(self, latents: torch.Tensor, max_side: int = 256) -> np.ndarray:
         return preview(latents, max_side)
 
+    def unload(self) -> int:
+        """Free GPU memory until the next request (weights to host memory); bytes freed."""
+        return memory.unload(self)
+
     @torch.no_grad()
     def generate(self, req: GenerateRequest,
                  on_progress: Callable[[Progress], None] | None = None,
@@ -215,6 +219,7 @@ class ZImagePipeline:
         timings: dict[str, float] = {}
         try:
             check_cancel(None)
+            memory.ensure_resident(self)  # after an unload ("free VRAM")
             t0 = time.perf_counter()
             report(Progress("encode_text", 0, 1))
             cap = self.text_encoder.encode(req.prompt).to(self.device, self.dtype)

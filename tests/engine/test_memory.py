@@ -222,3 +222,22 @@ def test_oom_message_from_free_memory(sizes):
     assert "fewer images" in err.message
     err = memory.oom_error(make_plan("8gb", sizes=sizes), 2048, 2048, 1)
     assert "smaller size" in err.message
+
+
+def test_unload_then_the_next_job_restores_the_plan_and_the_image(pipe):
+    """"Free VRAM": streaming undone, weights in host memory, and the next job puts them back
+    where the plan says (cpu->cpu here: the state machine and the numerics, not the bytes)."""
+    ref = pipe.generate(REQ).images[0]
+    apply_plan(pipe, Plan("8gb", dit_streamed=1, text_encoder="stream"), torch.device("cpu"))
+    hooked = lambda: [m for m in (*pipe.transformer.layers, *pipe.text_encoder.model.layers)  # noqa: E731
+                      if m._forward_pre_hooks]
+    try:
+        assert hooked()
+        pipe.unload()
+        assert not pipe.resident and pipe.streamers == {}
+        assert not hooked()  # no streaming hooks left behind
+        assert pipe.unload() == 0  # twice is harmless
+        assert (pipe.generate(REQ).images[0] == ref).all()
+        assert pipe.resident and set(pipe.streamers) == {"transformer", "text_encoder"}
+    finally:
+        apply_plan(pipe, Plan("max"), torch.device("cpu"))
