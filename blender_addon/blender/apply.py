@@ -68,11 +68,26 @@ def _rgb_and_size(img_data) -> tuple[bytes, int, int]:
     raise ValueError(f"cannot read a {img_data.format} result")
 
 
-def create_result_image(tx: Transaction, img_data, record: Record) -> bpy.types.Image:
-    """A packed image datablock named after the prompt, holding the engine's exact pixels as
-    a PNG whose `parameters` text chunk and custom properties carry the history record."""
+def encode_result(img_data, record: Record) -> tuple[bytes, int, int]:
+    """The PNG to pack for one result image (the engine's exact pixels plus the history
+    record's `parameters` chunk). No bpy: the runtime runs it on a worker thread, where zlib
+    releases the GIL, so Blender's main thread only packs the finished bytes."""
     rgb, w, h = _rgb_and_size(img_data)
-    png = pixels.encode_png(rgb, w, h, 3, text={"parameters": record.parameters_json()})
+    return pixels.encode_png(rgb, w, h, 3, text={"parameters": record.parameters_json()}), w, h
+
+
+def encode_results(job, model: str) -> list[tuple[Record, bytes, int, int]]:
+    """(record, PNG, width, height) for each of a finished job's images. No bpy."""
+    return [(rec, *encode_result(data, rec))
+            for data, rec in zip(job.images, make_records(job, model, job.slot))]
+
+
+def create_result_image(tx: Transaction, img_data, record: Record,
+                        encoded: tuple[bytes, int, int] | None = None) -> bpy.types.Image:
+    """A packed image datablock named after the prompt, holding the engine's exact pixels as
+    a PNG whose `parameters` text chunk and custom properties carry the history record.
+    `encoded`: encode_result()'s answer when it was made ahead (off the main thread)."""
+    png, w, h = encoded or encode_result(img_data, record)
     name = image_name(record.prompt, record.seed)
     image = tx.created(bpy.data.images, bpy.data.images.new(name, w, h, alpha=False))
     image.pack(data=png, data_len=len(png))

@@ -119,12 +119,17 @@ def apply_job(context, job) -> bool:
     """Turn a finished job into images + material/placement + history, all or nothing."""
     rt = runtime.get()
     scene = bpy.data.scenes.get(job.context.get("scene") or "") or context.scene
-    model = engine_model(rt) or job.context.get("model", "")
-    records = apply.make_records(job, model, job.slot)
+    encoded = job.context.pop("encoded", None)      # PNGs the runtime made off-thread
+    if encoded is None or len(encoded) != len(job.images):
+        model = engine_model(rt) or job.context.get("model", "")
+        encoded = [(rec, None) for rec in apply.make_records(job, model, job.slot)]
+    else:
+        encoded = [(rec, (png, w, h)) for rec, png, w, h in encoded]
+    records = [rec for rec, _ in encoded]
     tx = apply.Transaction()
     try:
-        images = [apply.create_result_image(tx, data, rec)
-                  for data, rec in zip(job.images, records)]
+        images = [apply.create_result_image(tx, data, rec, enc)
+                  for data, (rec, enc) in zip(job.images, encoded)]
         if job.slot == "texture":
             where = apply.apply_texture(job.context, images[0], tx)
         else:

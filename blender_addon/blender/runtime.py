@@ -61,6 +61,8 @@ class Runtime:
         self.last_snapshot = None
         self.notice = ""            # last informational line shown in the panel
         self.last_capture: bytes | None = None   # PNG last sent as context (for tests, UI)
+        self._encoder = None        # one worker thread: result PNGs off the main thread
+        self._encoding: list = []   # (result effect, future) not handed to the glue yet
 
     # ---- connection ---------------------------------------------------------------------
     def connect(self, address: str | None = None):
@@ -150,6 +152,7 @@ class Runtime:
                 if ev.kind == "welcome" and self.engine is not None:
                     self.engine.mark_running()
         effects.extend(self.board.tick())
+        effects = self._encode_results(effects)
         if self.engine is not None and self.engine.poll() == EXITED:
             self.notice = self.engine.exit_message
         for eff in effects:
@@ -160,9 +163,45 @@ class Runtime:
                     pass
         return effects
 
+    def _encode_results(self, effects: list) -> list:
+        """Result effects wait here while a worker thread encodes their PNGs (zlib on a
+        1024² image would stall Blender for ~100 ms); they reach the glue, which only packs
+        the bytes, on a later tick. A job cancelled meanwhile is dropped."""
+        out = []
+        for eff in effects:
+            if eff.kind != "result":
+                out.append(eff)
+                continue
+            from . import apply
+            if self._encoder is None:
+                from concurrent.futures import ThreadPoolExecutor
+                self._encoder = ThreadPoolExecutor(1, thread_name_prefix="zimage-png")
+            model = str(((self.board.welcome or {}).get("engine") or {}).get("model") or "") \
+                or eff.job.context.get("model", "")
+            try:
+                future = self._encoder.submit(apply.encode_results, eff.job, model)
+            except RuntimeError:        # shutting down: encode on apply instead
+                out.append(eff)
+                continue
+            self._encoding.append((eff, future))
+        for item in list(self._encoding):
+            eff, future = item
+            if not future.done():
+                continue
+            self._encoding.remove(item)
+            if not eff.job.active:          # cancelled while encoding: apply nothing
+                continue
+            try:
+                eff.job.context["encoded"] = future.result()
+            except Exception:               # the apply encodes again and reports the error
+                log.exception("encoding the result")
+            out.append(eff)
+        return out
+
     @property
     def busy(self) -> bool:
-        return self.board.busy or (self.engine is not None and self.engine.state == STARTING)
+        return (self.board.busy or bool(self._encoding)
+                or (self.engine is not None and self.engine.state == STARTING))
 
     def shutdown(self) -> None:
         if self.client is not None:
@@ -171,6 +210,10 @@ class Runtime:
             except Exception:
                 pass
         self.disconnect()
+        self._encoding.clear()
+        if self._encoder is not None:
+            self._encoder.shutdown(wait=False, cancel_futures=True)
+            self._encoder = None
         if self.engine is not None:
             self.engine.stop()
             self.engine = None

@@ -285,6 +285,51 @@ def cancel(out):
 
 
 @scenario
+def encode_off_thread(out):
+    """The result's PNG is encoded on the runtime's worker thread, not in the pump's tick;
+    a cancel while it encodes applies nothing."""
+    import threading
+    connect(ARGS.engine)
+    cube()
+    apply_mod = addon("blender.apply")
+    real = apply_mod.encode_results
+    threads, gate = [], threading.Event()
+
+    def gated(job, model):
+        threads.append(threading.current_thread().name)
+        gate.wait(10)
+        return real(job, model)
+    apply_mod.encode_results = gated
+    try:
+        settings(prompt="off thread", seed=41)
+        assert bpy.ops.zimage.generate_texture() == {"FINISHED"}
+        assert tick_until(lambda: bool(threads) or not job("texture").active, 20)
+        out["waits_while_encoding"] = job("texture").active and rt().busy
+        gate.set()
+        assert tick_until(lambda: not job("texture").active, 20)
+        out["threads"] = threads[:]
+        out["phase"] = job("texture").phase
+        out["applied"] = bool(job("texture").context.get("result_images"))
+        out["no_encoded_left"] = "encoded" not in job("texture").context
+        # cancel while encoding: nothing is applied
+        gate.clear()
+        del threads[:]
+        before = state_counts()
+        settings(prompt="cancel while encoding", seed=42)
+        assert bpy.ops.zimage.generate_texture() == {"FINISHED"}
+        assert tick_until(lambda: bool(threads) or not job("texture").active, 20)
+        out["encoding_when_cancelled"] = bool(threads) and job("texture").active
+        assert bpy.ops.zimage.cancel(slot="texture") == {"FINISHED"}
+        gate.set()
+        tick_until(lambda: False, 0.5)
+        out["cancelled_phase"] = job("texture").phase
+        out["cancel_applied_nothing"] = before == state_counts()
+    finally:
+        gate.set()
+        apply_mod.encode_results = real
+
+
+@scenario
 def concept_img2img(out):
     connect(ARGS.engine)
     scene = bpy.context.scene
@@ -537,6 +582,7 @@ def main() -> int:
     names = [n for n in ARGS.scenarios.split(",") if n]
     table = {f.__name__: f for f in (install, disable_enable, texture, history_recall,
                                      image_node_target, preview_updates, cancel,
+                                     encode_off_thread,
                                      concept_img2img, concept_depth, unsupported_size,
                                      engine_not_running, engine_killed, local_engine, panels_draw,
                                      undo)}

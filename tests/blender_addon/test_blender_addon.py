@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.blender,
               pytest.mark.skipif(not have_bpy(), reason="needs bpy (pip install bpy==5.0.1)")]
 
 SCENARIOS = ["install", "disable_enable", "texture", "history_recall", "image_node_target",
-             "preview_updates", "cancel", "concept_img2img", "concept_depth",
+             "preview_updates", "cancel", "encode_off_thread", "concept_img2img", "concept_depth",
              "panels_draw", "unsupported_size", "engine_not_running", "engine_killed",
              "local_engine", "undo"]
 
@@ -110,6 +110,14 @@ def test_cancel_is_immediate_and_applies_nothing(results):
     assert r["can_submit_immediately"] and r["poll_generate"]
     assert r["job_phase_later"] == "cancelled" and r["same_job"]
     assert r["before"] == r["after"]
+
+
+def test_result_png_is_encoded_off_the_main_thread(results):
+    r = check(results, "encode_off_thread")
+    assert r["waits_while_encoding"] and r["threads"][0].startswith("zimage-png")
+    assert r["phase"] == "done" and r["applied"] and r["no_encoded_left"]
+    assert r["encoding_when_cancelled"] and r["cancelled_phase"] == "cancelled"
+    assert r["cancel_applied_nothing"]
 
 
 def test_concept_from_camera_img2img_to_camera_background(results):
