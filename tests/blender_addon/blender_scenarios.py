@@ -1,7 +1,8 @@
 """Runs INSIDE a fresh Blender (bpy from PyPI) subprocess, started by the tests:
 
     python blender_scenarios.py --zip Z --out results.json --engine ADDR [--victim ADDR
-        --victim-pid PID] [--dead ADDR] [--local-port PORT] [--repo DIR] --scenarios a,b,...
+        --victim-pid PID] [--dead ADDR] [--local-port PORT] [--repo DIR] [--model DIR]
+        --scenarios a,b,...
 
 Installs the BUILT zip as an extension into a throwaway user profile (BLENDER_USER_RESOURCES
 is set before bpy is imported), then runs each scenario and writes one JSON object per
@@ -490,6 +491,83 @@ def local_engine(out):
     bpy.ops.preferences.addon_enable(module=MOD)
 
 
+@scenario
+def readme_walkthrough(out):
+    """README.md "Blender: from install to a texture on a cube", step by step, with the tiny
+    model (after `install`, which is Install from Disk with the built zip)."""
+    # Preferences: Engine Python, Engine Folder, Model (the address: a free port here)
+    prefs = bpy.context.preferences.addons[MOD].preferences
+    prefs.address = f"tcp://127.0.0.1:{ARGS.local_port}"
+    prefs.engine_python = sys.executable
+    prefs.engine_dir = ARGS.repo
+    prefs.model = ARGS.model
+    out["prefs_defaults"] = {"standin": prefs.standin, "extra_args": prefs.extra_args,
+                             "auto_start": prefs.auto_start}
+    r = rt()
+    r.disconnect()
+    # Start Local Engine, then wait for "Engine: <model> on cpu"
+    assert bpy.ops.zimage.start_engine() == {"FINISHED"}
+
+    def ready():
+        info = (r.board.welcome or {}).get("engine") or {}
+        return r.connection == "connected" and info.get("state") in ("ready", None) \
+            and bool(info.get("model"))
+    ok = tick_until(ready, 90)
+    out["engine_log"] = r.engine.log_tail(8) if r.engine else []
+    assert ok, "the local engine never became ready"
+    info = r.board.welcome.get("engine") or {}
+    out["engine_model"], out["engine_device"] = info.get("model"), info.get("device")
+    # the default cube: active and selected in a new file
+    obj = bpy.context.view_layer.objects.active
+    out["default_active"] = obj.name if obj else None
+    out["default_selected"] = obj.select_get() if obj else False
+    # the sidebar tab: N > Z-Image, with the Generate Texture button
+    panels = [getattr(bpy.types, n) for n in dir(bpy.types) if n.startswith("ZIMAGE_PT_")]
+    out["view3d_tabs"] = sorted({p.bl_category for p in panels
+                                 if p.bl_space_type == "VIEW_3D" and p.bl_region_type == "UI"})
+    out["view3d_panels"] = sorted(p.bl_label for p in panels if p.bl_space_type == "VIEW_3D")
+    log = []
+    tex_panel = next(p for p in panels if p.bl_space_type == "VIEW_3D"
+                     and p.bl_label == "Texture")
+    tex_panel.draw(type("P", (), {"layout": FakeLayout(log)})(), bpy.context)
+    out["texture_panel_buttons"] = [e[1] for e in log if e[0] == "operator"]
+    # prompt, size Custom 256 x 256; Steps and the random seed as they are
+    s = bpy.context.scene.zimage
+    s.prompt = "red brick wall"
+    s.size_preset = "CUSTOM"
+    s.width = s.height = 256
+    out["steps"], out["seed_random"] = s.steps, s.seed_random
+    mats_before = len(obj.material_slots)
+    assert bpy.ops.zimage.generate_texture() == {"FINISHED"}
+    assert tick_until(lambda: not job("texture").active, 120)
+    j = job("texture")
+    out["phase"] = j.phase
+    out["error"] = j.error.text if j.error else None
+    out["message"] = j.message
+    assert j.phase == "done", out["error"]
+    mat = obj.active_material
+    out["material"] = mat.name
+    out["new_slot"] = len(obj.material_slots) == mats_before + 1
+    tex = next(n for n in mat.node_tree.nodes if n.type == "TEX_IMAGE")
+    bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    out["base_color_from_texture"] = any(
+        lk.from_node == tex and lk.to_node == bsdf and lk.to_socket.name == "Base Color"
+        for lk in mat.node_tree.links)
+    image = tex.image
+    out["image"] = {"name": image.name, "size": list(image.size),
+                    "packed": image.packed_file is not None,
+                    "props": {k: image[k] for k in image.keys() if k.startswith("zimage_")}}
+    rgb8 = image_rgb8(image)
+    # the engine's own pixels for the same request (deterministic for a seed)
+    client = sys.modules.get(f"{MOD}.vendor.protocol.client") or __import__(
+        f"{MOD}.vendor.protocol.client", fromlist=["generate"])
+    expected = client.generate(prefs.address, dict(j.params), timeout=120)
+    want = list(expected.images[0].to_rgb_bytes())
+    out["pixels_equal_engine"] = rgb8 == want
+    out["pixel_mean"] = sum(rgb8) / len(rgb8)
+    out["seed"] = j.seed
+
+
 class FakeLayout:
     """Stands in for UILayout (no UI in background mode): checks that every drawn property
     exists and every button names a registered operator."""
@@ -577,6 +655,7 @@ def main() -> int:
     ap.add_argument("--dead", default="")
     ap.add_argument("--local-port", type=int, default=0)
     ap.add_argument("--repo", default="")
+    ap.add_argument("--model", default="")
     ap.add_argument("--scenarios", required=True)
     ARGS = ap.parse_args()
     names = [n for n in ARGS.scenarios.split(",") if n]
@@ -585,7 +664,7 @@ def main() -> int:
                                      encode_off_thread,
                                      concept_img2img, concept_depth, unsupported_size,
                                      engine_not_running, engine_killed, local_engine, panels_draw,
-                                     undo)}
+                                     undo, readme_walkthrough)}
     for name in names:
         table[name]()
         with open(ARGS.out, "w") as fh:      # after each, so a crash keeps what ran

@@ -1,8 +1,9 @@
-"""ONE end-to-end test with the real model code: a tiny random Z-Image model
-(`python -m engine tiny-model DIR`), served by `python -m engine serve --model DIR` on CPU,
-and the built add-on generating a texture from it in real Blender. The texture's pixels must
-be exactly what the engine returns for the same request (the tiny model is deterministic
-for a seed on CPU)."""
+"""ONE end-to-end test with the real model code, following README.md's "Blender: from install
+to a texture on a cube" step by step: a tiny random Z-Image model (`python -m engine tiny-model
+DIR`), the built zip installed into real Blender, the preferences set (Engine Python, Engine
+Folder, Model), Start Local Engine (the add-on runs `python -m engine serve --model DIR`), a
+prompt, Generate Texture on the default cube -> a new material whose Base Color is the
+engine's exact pixels (the tiny model is deterministic for a seed on one device)."""
 
 from __future__ import annotations
 
@@ -11,49 +12,45 @@ import sys
 
 import pytest
 
-from blender_harness import ROOT, Engine, check, free_port, have_bpy, run_scenarios
+from blender_harness import ROOT, check, free_port, have_bpy, run_scenarios
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow,
               pytest.mark.skipif(not have_bpy(), reason="needs bpy (pip install bpy==5.0.1)")]
 
 
 @pytest.fixture(scope="module")
-def tiny_engine(tmp_path_factory):
-    if not (ROOT / "engine" / "tiny.py").exists() or not (ROOT / "engine" / "serve_cli.py").exists():
+def tiny_model(tmp_path_factory):
+    if not (ROOT / "engine" / "tiny.py").exists() or \
+            not (ROOT / "engine" / "serve_cli.py").exists():
         pytest.skip("engine tiny-model / serve are not available yet")
-    model = tmp_path_factory.mktemp("tiny") / "model"
+    model = tmp_path_factory.mktemp("tiny") / "zimage-tiny"
     res = subprocess.run([sys.executable, "-m", "engine", "tiny-model", str(model)], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    address = f"tcp://127.0.0.1:{free_port()}"
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--model", str(model),
-                             "--bind", address, "--min-side", "64", "--device", "cpu"],
-                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    line = proc.stdout.readline().decode()
-    if not line.startswith("ready"):
-        proc.kill()
-        pytest.fail(f"engine did not start: {line!r} {proc.stderr.read().decode()[-2000:]}")
-    engine = Engine(proc, address)
-    engine.model = str(model)
-    yield engine
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    return model
 
 
-def test_texture_from_the_tiny_model(addon_zip, tiny_engine, tmp_path):
-    from protocol.client import generate
-    expected = generate(tiny_engine.address, {"prompt": "red brick wall", "width": 64,
-                                              "height": 64, "steps": 3, "seed": 7,
-                                              "num_images": 1}, timeout=120)
-    want = list(expected.images[0].to_rgb_bytes())
-    results = run_scenarios(addon_zip["path"], ["install", "texture"], tmp_path,
-                            engine=tiny_engine.address)
+def test_readme_walkthrough_texture_from_the_tiny_model(addon_zip, tiny_model, tmp_path):
+    results = run_scenarios(addon_zip["path"], ["install", "readme_walkthrough"], tmp_path,
+                            timeout=240, local_port=free_port(), repo=ROOT, model=tiny_model)
     check(results, "install")
-    r = check(results, "texture")
+    r = check(results, "readme_walkthrough")
+    # the preferences the README leaves alone
+    assert r["prefs_defaults"] == {"standin": False, "extra_args": "", "auto_start": True}
+    assert r["engine_model"] == str(tiny_model), r["engine_log"]
+    assert r["engine_device"] in ("cpu", "cuda", "cuda:0", "mps"), r["engine_device"]
+    # the default cube, the sidebar tab and its button
+    assert r["default_active"] == "Cube" and r["default_selected"]
+    assert r["view3d_tabs"] == ["Z-Image"]
+    assert "Texture" in r["view3d_panels"]
+    assert "zimage.generate_texture" in r["texture_panel_buttons"]
+    assert r["steps"] == 8 and r["seed_random"]
+    # Generate -> a new material on the cube, Base Color <- the engine's pixels
     assert r["phase"] == "done", r["error"]
-    assert r["image"]["props"]["zimage_model"] == tiny_engine.model
-    assert r["rgb8"] == want
+    assert r["new_slot"] and r["base_color_from_texture"]
+    assert r["material"] == r["image"]["name"] == f"red brick wall ({r['seed']})"
+    assert r["image"]["size"] == [256, 256] and r["image"]["packed"]
+    assert r["image"]["props"]["zimage_model"] == str(tiny_model)
+    assert r["pixels_equal_engine"]
+    assert 0 < r["pixel_mean"] < 255
+    assert results["_process"]["rc"] == 0, results["_process"]["stderr"]
