@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""The Blender add-on's cost on Blender's main thread, in real headless Blender (bpy).
+
+    .venv/bin/python scripts/bench_addon.py [--runs 10] [--side 1024] [--jobs 3]
+        [--steps 8] [--step-seconds 0.05] [--zip dist/zimage_studio-0.1.0.zip]
+
+Builds the extension zip (scripts/build_addon.py) unless --zip is given, installs it into a
+throwaway Blender user profile exactly as the tests do, starts a stand-in engine
+(`python -m engine serve --standin --step-seconds S`) on loopback, and measures:
+
+(a) apply: the add-on's own apply path (`operators.apply_job`, what the pump runs when a
+    result arrives): raw RGB8 bytes -> PNG with the history chunk -> packed image datablock ->
+    new material (Image Texture -> Principled BSDF Base Color) in a new slot on the cube ->
+    history entry. Timed on a side x side result, `--runs` times, each from the same state
+    (the previous run's image, material and slot are removed untimed). Two contents: the
+    stand-in's test pattern (compresses very well) and that pattern plus 5 bits of noise
+    (about as hard for zlib as a photo). Also timed: Blender decoding the packed PNG on first
+    use (here a pixels.foreach_get, which adds a float copy; a viewport pays it at draw time).
+(b) stalls: `--jobs` texture jobs at side x side with a preview every step. Background
+    Blender fires no timers, so the script calls the pump's tick() itself, sleeping the
+    interval tick() returns, as Blender's timer loop would; it records every tick's duration,
+    the longest, and the tick that applied the final result. The Generate operator's own time
+    (building and sending the request) is listed too.
+
+Prints markdown tables (docs/benchmarks.md, "Add-on (Blender)").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = tempfile.mkdtemp(prefix="zimage_bench_profile_")
+os.environ["BLENDER_USER_RESOURCES"] = PROFILE     # before bpy is imported
+
+MOD = "bl_ext.user_default.zimage_studio"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_zip(out: Path) -> Path:
+    cmd = [sys.executable, str(ROOT / "scripts" / "build_addon.py"), "--out", str(out),
+           "--platforms", "linux-x64"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:          # no wheel cache and no network: the venv's pyzmq stands in
+        res = subprocess.run(cmd + ["--no-wheels"], capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"build_addon.py failed:\n{res.stderr[-2000:]}")
+    return out
+
+
+def start_engine(step_seconds: float) -> tuple[subprocess.Popen, str]:
+    address = f"tcp://127.0.0.1:{free_port()}"
+    env = dict(os.environ)
+    env.pop("BLENDER_USER_RESOURCES", None)
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--standin",
+                             "--step-seconds", str(step_seconds), "--bind", address],
+                            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    line = proc.stdout.readline().decode()
+    if not line.startswith("ready"):
+        proc.kill()
+        raise SystemExit(f"engine did not start: {line!r} {proc.stderr.read().decode()[-2000:]}")
+    return proc, address
+
+
+def ms(seconds: float) -> str:
+    v = seconds * 1000
+    return f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--side", type=int, default=1024)
+    ap.add_argument("--jobs", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--step-seconds", type=float, default=0.05)
+    ap.add_argument("--zip", type=Path, default=None, help="an already built add-on zip")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="zimage_bench_"))
+    zip_path = args.zip or build_zip(tmp / "zimage_studio.zip")
+    engine, address = start_engine(args.step_seconds)
+    try:
+        import bpy
+        res = bpy.ops.extensions.package_install_files(filepath=str(zip_path),
+                                                       repo="user_default",
+                                                       enable_on_install=True)
+        assert res == {"FINISHED"} and MOD in bpy.context.preferences.addons, res
+        mods = {n: sys.modules[f"{MOD}.{n}"] for n in
+                ("blender.runtime", "blender.pump", "blender.operators")}
+        apply_rows, decode = bench_apply(bpy, mods, address, args)
+        stall_rows, op_times = bench_stalls(bpy, mods, args)
+    finally:
+        try:
+            engine.stdin.close()
+            engine.wait(10)
+        except Exception:
+            engine.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(PROFILE, ignore_errors=True)
+    report(bpy, args, apply_rows, decode, stall_rows, op_times)
+    return 0
+
+
+# ---- (a) apply ---------------------------------------------------------------------------
+
+def connect(bpy, mods, address: str):
+    prefs = bpy.context.preferences.addons[MOD].preferences
+    prefs.address = address
+    prefs.auto_start = False
+    rt = mods["blender.runtime"].get()
+    rt.disconnect()
+    rt.connect(address)
+    end = time.monotonic() + 20
+    while rt.connection != "connected":
+        if time.monotonic() > end:
+            raise SystemExit(f"no welcome from {address}")
+        mods["blender.pump"].tick()
+        time.sleep(0.02)
+    return rt
+
+
+def cube(bpy):
+    obj = bpy.data.objects["Cube"]
+    bpy.context.view_layer.objects.active = obj
+    obj.select_set(True)
+    return obj
+
+
+def settings(bpy, side: int, steps: int, seed: int, prompt: str):
+    s = bpy.context.scene.zimage
+    s.size_preset = "CUSTOM"
+    for k, v in dict(prompt=prompt, width=side, height=side, steps=steps, seed_random=False,
+                     seed=seed, num_images=1, texture_target="NEW_MATERIAL").items():
+        setattr(s, k, v)
+
+
+def remove_applied(bpy, obj, job) -> None:
+    """Undo one apply (untimed), so every run starts from the same scene."""
+    names = job.context.get("result_images") or []
+    mat = obj.active_material
+    if mat is not None and mat.name in names and len(obj.data.materials) > 1:
+        obj.data.materials.pop(index=obj.active_material_index)
+        for p in obj.data.polygons:
+            p.material_index = 0
+        bpy.data.materials.remove(mat)
+    for n in names:
+        if n in bpy.data.images:
+            bpy.data.images.remove(bpy.data.images[n])
+
+
+def bench_apply(bpy, mods, address: str, args):
+    rt = connect(bpy, mods, address)
+    side = args.side
+    # one real result from the engine, received by the add-on's own client
+    from importlib import import_module
+    client_mod = import_module(f"{MOD}.vendor.protocol.client")
+    ev = client_mod.generate(address, {"prompt": "bench", "width": side, "height": side,
+                                       "steps": 1, "seed": 3, "num_images": 1}, timeout=120)
+    pattern = ev.images[0]
+    assert pattern.format == "raw" and (pattern.width, pattern.height) == (side, side)
+    import random
+    rnd = random.Random(0)
+    noise = rnd.randbytes(side * side * 3)
+    photo_bytes = bytes(((p >> 1) + (n & 31)) & 255 for p, n in zip(pattern.data, noise))
+    photo = client_mod.ImageData(side, side, 3, "raw", photo_bytes, seed=3)
+
+    ops = mods["blender.operators"]
+    apply = sys.modules[f"{MOD}.blender.apply"]
+    obj = cube(bpy)
+    rows, decode = [], []
+    for label, img in (("test pattern", pattern),
+                       ("pattern + 5 bits noise (photo-like)", photo)):
+        main, encode, inline = [], [], []
+        for i in range(2 * args.runs):
+            ahead = i % 2 == 0          # alternate: PNG made ahead (as the runtime does) / not
+            job = rt.board.submit("texture", f"bench-{label[:4]}-{i}",
+                                  {"prompt": "bench apply", "width": side, "height": side,
+                                   "steps": 8, "seed": 3, "num_images": 1},
+                                  {"target": "NEW_MATERIAL", "object": obj.name,
+                                   "scene": bpy.context.scene.name, "model": "stand-in"})
+            effects = rt.board.handle(client_mod.Event("result", job.job_id, {}, [img]))
+            assert [e.kind for e in effects] == ["result"]
+            if ahead:
+                t0 = time.perf_counter()
+                job.context["encoded"] = apply.encode_results(job, "stand-in")
+                encode.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            ok = ops.apply_job(bpy.context, job)
+            (main if ahead else inline).append(time.perf_counter() - t0)
+            assert ok and job.phase == "done", job.error
+            image = bpy.data.images[job.context["result_images"][0]]
+            tex = next(n for n in obj.active_material.node_tree.nodes if n.type == "TEX_IMAGE")
+            assert tex.image == image and image.packed_file is not None
+            if i == 0:
+                from array import array
+                buf = array("f", bytes(4 * side * side * 4))
+                t0 = time.perf_counter()
+                image.pixels.foreach_get(buf)
+                decode.append((label, time.perf_counter() - t0))
+                png_size = len(image.packed_file.data)
+            remove_applied(bpy, obj, job)
+        rows.append((label, png_size, main, encode, inline))
+    return rows, decode
+
+
+# ---- (b) stalls while a job runs ---------------------------------------------------------
+
+def bench_stalls(bpy, mods, args):
+    rt = mods["blender.runtime"].get()
+    pump = mods["blender.pump"]
+    obj = cube(bpy)
+    rows, op_times = [], []
+    for n in range(args.jobs):
+        settings(bpy, args.side, args.steps, 100 + n, f"stall test {n}")
+        t0 = time.perf_counter()
+        assert bpy.ops.zimage.generate_texture() == {"FINISHED"}
+        op_times.append(time.perf_counter() - t0)
+        job = rt.board.jobs["texture"]
+        ticks, previews, result_tick = [], 0, None
+        end = time.monotonic() + 120
+        last_version = 0
+        while time.monotonic() < end:
+            t0 = time.perf_counter()
+            interval = pump.tick()
+            dt = time.perf_counter() - t0
+            ticks.append(dt)
+            if job.preview_version != last_version:
+                previews += 1
+                last_version = job.preview_version
+            if not job.active:
+                if job.phase == "done" and result_tick is None:
+                    result_tick = dt
+                break
+            time.sleep(interval or pump.BUSY_INTERVAL)
+        assert job.phase == "done", (job.phase, job.error)
+        assert obj.active_material.name in job.context["result_images"]
+        # the longest tick that was not the one applying the result
+        others = ticks[:-1] or [0.0]
+        rows.append({"ticks": len(ticks), "previews": job.preview_version,
+                     "preview_ticks": previews, "max_other": max(others),
+                     "median": statistics.median(ticks), "result": result_tick,
+                     "max": max(ticks)})
+        remove_applied(bpy, obj, job)
+    return rows, op_times
+
+
+# ---- report ------------------------------------------------------------------------------
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def report(bpy, args, apply_rows, decode, stall_rows, op_times) -> None:
+    side = args.side
+    print(f"\nMachine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()}; "
+          f"bpy {bpy.app.version_string} (headless), Python {platform.python_version()}.")
+    print(f"\n(a) apply a {side}x{side} result (operators.apply_job: packed PNG image + "
+          f"material + history), {args.runs} runs each\n")
+    print("| content | packed PNG MiB | main thread: apply_job, PNG made ahead, median / max "
+          "ms | worker thread: PNG encode, median ms | all on the main thread (no worker), "
+          "median / max ms |")
+    print("|---|---|---|---|---|")
+    for label, size, main, encode, inline in apply_rows:
+        print(f"| {label} | {size / 2**20:.2f} | {ms(statistics.median(main))} / "
+              f"{ms(max(main))} | {ms(statistics.median(encode))} | "
+              f"{ms(statistics.median(inline))} / {ms(max(inline))} |")
+    print("\n| first use: Blender decodes the packed PNG (pixels.foreach_get) | ms |")
+    print("|---|---|")
+    for label, t in decode:
+        print(f"| {label} | {ms(t)} |")
+    print(f"\n(b) main thread while a {side}x{side}, {args.steps}-step job runs "
+          f"(stand-in engine, {args.step_seconds}s per step, a preview every step), "
+          f"pump ticks as Blender's timer would call them\n")
+    print("| job | ticks | previews received | median tick ms | longest tick before the "
+          "result ms | result tick (apply) ms | Generate operator ms |")
+    print("|---|---|---|---|---|---|---|")
+    for i, (r, op) in enumerate(zip(stall_rows, op_times)):
+        print(f"| {i + 1} | {r['ticks']} | {r['previews']} | {ms(r['median'])} | "
+              f"{ms(r['max_other'])} | {ms(r['result'])} | {ms(op)} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
