@@ -24,7 +24,6 @@ import logging
 import os
 import queue
 import secrets
-import socket
 import sys
 import threading
 import time
@@ -45,6 +44,7 @@ from protocol import PROTOCOL_VERSION
 from protocol.errors import CODES, ProtocolError
 from protocol.messages import (DEFAULT_LIMITS, Limits, required_capabilities,
                                validate_request)
+from protocol.waker import Waker
 from protocol.wire import SIGNATURE, encode_header, split_frames
 
 log = logging.getLogger("engine.server")
@@ -126,32 +126,6 @@ class Job:
     cancel_reason: str = "client"
 
 
-class _Waker:
-    """Wake the I/O thread's poller from any thread (a socketpair, works on every OS)."""
-
-    def __init__(self):
-        self.r, self.w = socket.socketpair()
-        self.r.setblocking(False)
-        self.w.setblocking(False)
-
-    def wake(self):
-        try:
-            self.w.send(b"x")
-        except (BlockingIOError, OSError):
-            pass
-
-    def drain(self):
-        try:
-            while self.r.recv(4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-
-    def close(self):
-        self.r.close()
-        self.w.close()
-
-
 # ---- the server ---------------------------------------------------------------------------
 
 class EngineServer:
@@ -206,7 +180,7 @@ class EngineServer:
 
         self._events: queue.Queue = queue.Queue()   # worker/encoder -> I/O thread
         self._work: queue.Queue = queue.Queue()     # I/O thread -> worker
-        self._waker = _Waker()
+        self._waker = Waker()
         self._encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="engine-encode")
         self._stop = threading.Event()
         self._stopped = threading.Event()

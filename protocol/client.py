@@ -28,7 +28,6 @@ cancelled, error. Exactly one of result / cancelled / error ends each job.
 from __future__ import annotations
 
 import collections
-import socket
 import threading
 import time
 import uuid
@@ -41,6 +40,7 @@ from zmq.utils.monitor import recv_monitor_message
 from . import PROTOCOL_VERSION
 from .errors import CODES, ProtocolError
 from .messages import validate_event
+from .waker import Waker
 from .wire import encode, split_frames
 
 __all__ = ["EngineClient", "Event", "ImageData", "generate", "EVENT_KINDS"]
@@ -131,30 +131,6 @@ def _image_from(desc: dict, data, seed=None) -> ImageData:
                      data, seed)
 
 
-class _Waker:
-    def __init__(self):
-        self.r, self.w = socket.socketpair()
-        self.r.setblocking(False)
-        self.w.setblocking(False)
-
-    def wake(self):
-        try:
-            self.w.send(b"x")
-        except OSError:
-            pass
-
-    def drain(self):
-        try:
-            while self.r.recv(4096):
-                pass
-        except OSError:
-            pass
-
-    def close(self):
-        self.r.close()
-        self.w.close()
-
-
 class EngineClient:
     """Asynchronous engine client. All public methods are thread-safe and never block
     (except close(), which waits briefly for the I/O thread, and poll(timeout>0))."""
@@ -201,7 +177,7 @@ class EngineClient:
         self._max_events = max_events
         self._ev_cond = threading.Condition()
         self._cmds: collections.deque = collections.deque()
-        self._waker = _Waker()
+        self._waker = Waker()
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
         self._jobs: dict[str, _Job] = {}
