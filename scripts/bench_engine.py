@@ -104,31 +104,52 @@ def gpu_peak(device) -> str:
 # Timed runs
 
 
-def run_ours(pipe, prompt, w, h, steps, seed=1) -> dict:
+def run_ours(pipe, prompt, w, h, steps, seed=1, **cond) -> dict:
+    """cond: the request's image-conditioning fields (image, strength, control_image, ...)."""
     device = pipe.device
     marks = []
+    encode = [0.0]  # VAE encode of the input / control image (img2img, control), inside denoise
 
     def on_progress(p):
         if p.stage == "denoise":
             sync(device)
             marks.append(time.perf_counter())
 
-    gpu_reset(device)
-    sync(device)
-    t0 = time.perf_counter()
-    res = pipe.generate(GenerateRequest(prompt, w, h, steps=steps, seed=seed), on_progress)
-    total = (time.perf_counter() - t0) * 1000
+    def timed_encode(*a, **k):
+        sync(device)
+        t = time.perf_counter()
+        out = vae_encode(*a, **k)
+        sync(device)
+        encode[0] += (time.perf_counter() - t) * 1000
+        return out
+
+    vae_encode = pipe.vae.encode
+    pipe.vae.encode = timed_encode
+    try:
+        gpu_reset(device)
+        sync(device)
+        t0 = time.perf_counter()
+        res = pipe.generate(GenerateRequest(prompt, w, h, steps=steps, seed=seed, **cond),
+                            on_progress)
+        total = (time.perf_counter() - t0) * 1000
+    finally:
+        del pipe.vae.encode
     t_text = res.timings["text_ms"]
-    start = t0 + t_text / 1000
+    start = t0 + t_text / 1000 + encode[0] / 1000  # the first step's interval minus the encode
     steps_ms = [(b - a) * 1000 for a, b in zip([start] + marks[:-1], marks)]
-    return {"text": t_text, "steps": steps_ms, "decode": res.timings["decode_ms"],
-            "total": total, "gpu": gpu_peak(device), "image": res.images[0]}
+    return {"text": t_text, "encode": encode[0], "steps": steps_ms,
+            "decode": res.timings["decode_ms"], "total": total, "gpu": gpu_peak(device),
+            "image": res.images[0]}
 
 
-def run_diffusers(dpipe, prompt, w, h, steps, device, seed=1) -> dict:
+def run_diffusers(dpipe, prompt, w, h, steps, device, seed=1, **kwargs) -> dict:
+    """Any of diffusers' Z-Image pipelines; kwargs: image / control_image (uint8 arrays, passed
+    as PIL like a user would), strength, controlnet_conditioning_scale. A step is one transformer
+    call plus, with a ControlNet, its controlnet call."""
     import numpy as np
+    from PIL import Image
 
-    marks = {"text": 0.0, "decode": 0.0, "steps": []}
+    marks = {"text": 0.0, "encode": 0.0, "decode": 0.0, "steps": [], "control": []}
 
     def timed(fn, key):
         def wrapper(*a, **k):
@@ -136,16 +157,22 @@ def run_diffusers(dpipe, prompt, w, h, steps, device, seed=1) -> dict:
             t = time.perf_counter()
             out = fn(*a, **k)
             sync(device)
-            if key == "steps":
-                marks["steps"].append((time.perf_counter() - t) * 1000)
+            if isinstance(marks[key], list):
+                marks[key].append((time.perf_counter() - t) * 1000)
             else:
                 marks[key] += (time.perf_counter() - t) * 1000
             return out
         return wrapper
 
+    controlnet = getattr(dpipe, "controlnet", None)
     dpipe.text_encoder.forward = timed(dpipe.text_encoder.forward, "text")
     dpipe.transformer.forward = timed(dpipe.transformer.forward, "steps")
+    dpipe.vae.encode = timed(dpipe.vae.encode, "encode")
     dpipe.vae.decode = timed(dpipe.vae.decode, "decode")
+    if controlnet is not None:
+        controlnet.forward = timed(controlnet.forward, "control")
+    kwargs = {k: Image.fromarray(v) if isinstance(v, np.ndarray) else v
+              for k, v in kwargs.items()}
     try:
         gpu_reset(device)
         sync(device)
@@ -153,14 +180,20 @@ def run_diffusers(dpipe, prompt, w, h, steps, device, seed=1) -> dict:
         gen = torch.Generator("cpu").manual_seed(seed)
         with torch.no_grad():
             out = dpipe(prompt=prompt, width=w, height=h, num_inference_steps=steps,
-                        guidance_scale=0.0, generator=gen, output_type="np")
+                        guidance_scale=0.0, generator=gen, output_type="np", **kwargs)
         sync(device)
         total = (time.perf_counter() - t0) * 1000
     finally:
-        del dpipe.text_encoder.forward, dpipe.transformer.forward, dpipe.vae.decode
+        del dpipe.text_encoder.forward, dpipe.transformer.forward
+        del dpipe.vae.encode, dpipe.vae.decode
+        if controlnet is not None:
+            del controlnet.forward
+    steps_ms = marks["steps"]
+    if marks["control"]:
+        steps_ms = [a + b for a, b in zip(steps_ms, marks["control"])]
     image = (np.asarray(out.images[0]) * 255).round().astype("uint8")
-    return {"text": marks["text"], "steps": marks["steps"], "decode": marks["decode"],
-            "total": total, "gpu": gpu_peak(device), "image": image}
+    return {"text": marks["text"], "encode": marks["encode"], "steps": steps_ms,
+            "decode": marks["decode"], "total": total, "gpu": gpu_peak(device), "image": image}
 
 
 def fmt(ms: float) -> str:
@@ -194,6 +227,15 @@ def configs(preset: str, tokenizer_dir: Path) -> tuple[dict, dict, dict]:
             tiny_mod.tiny_vae_config())
 
 
+def params(cls, cfg: dict):
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(cfg, f)
+    try:
+        return cls.from_json(f.name)
+    finally:
+        os.unlink(f.name)
+
+
 def build_random(t_cfg, te_cfg, v_cfg, device, dtype):
     """Our transformer and VAE and transformers' Qwen3Model, random, built on `device` in dtype."""
     from transformers import Qwen3Config, Qwen3Model
@@ -201,14 +243,6 @@ def build_random(t_cfg, te_cfg, v_cfg, device, dtype):
     from engine.config import TransformerParams, VaeParams
     from engine.model.transformer import ZImageTransformer
     from engine.model.vae import AutoEncoder
-
-    def params(cls, cfg):
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-            json.dump(cfg, f)
-        try:
-            return cls.from_json(f.name)
-        finally:
-            os.unlink(f.name)
 
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -272,6 +306,165 @@ def diffusers_from_modules(transformer, text_model, vae, tokenizer, t_cfg, v_cfg
     return pipe
 
 
+# Z-Image-Turbo-Fun-Controlnet-Union-2.1 (the full one): 15 control layers on main layers
+# 0, 2, ..., 28, a control block per refiner layer (2), 33 input channels (control latent, mask,
+# masked-image latent); the block dims are the base transformer's.
+CONTROL_LAYERS_21 = 15
+CONTROL_IN_DIM = 33
+
+
+def random_controlnet(t_cfg, device, dtype, n_control_layers=CONTROL_LAYERS_21):
+    """Our 2.1-layout ZImageControlNet with the base model's dims, random, built on `device`
+    (no file; library init: the projections are not zero, unlike a fresh diffusers model)."""
+    from engine.config import TransformerParams
+    from engine.model.controlnet import ZImageControlNet
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            cn = ZImageControlNet(params(TransformerParams, t_cfg), control_in_dim=CONTROL_IN_DIM,
+                                  n_control_layers=n_control_layers, version="2.1")
+    finally:
+        torch.set_default_dtype(old)
+    return cn.eval().requires_grad_(False)
+
+
+def diffusers_controlnet(cn, t_cfg):
+    """diffusers' ZImageControlNetModel sharing `cn`'s (unfused) tensors: a strict key check of
+    the released 2.1 layout against diffusers' class."""
+    from diffusers import ZImageControlNetModel
+
+    with torch.device("meta"):
+        d = ZImageControlNetModel(
+            control_layers_places=cn.layers_places,
+            control_refiner_layers_places=cn.refiner_places, control_in_dim=cn.control_in_dim,
+            add_control_noise_refiner="control_noise_refiner",
+            all_patch_size=tuple(t_cfg["all_patch_size"]),
+            all_f_patch_size=tuple(t_cfg["all_f_patch_size"]), dim=t_cfg["dim"],
+            n_refiner_layers=t_cfg["n_refiner_layers"], n_heads=t_cfg["n_heads"],
+            n_kv_heads=t_cfg["n_kv_heads"], norm_eps=t_cfg["norm_eps"], qk_norm=t_cfg["qk_norm"])
+    d.load_state_dict(cn.state_dict(), strict=True, assign=True)
+    return d.eval().requires_grad_(False)
+
+
+def attach_controlnet(pipe, t_cfg, dims, work, use_diffusers):
+    """Give `pipe` a random 2.1 ControlNet; return diffusers' model on the same weights (or None).
+
+    full: real dims, built directly on the device. tiny: a single safetensors file in the
+    released key layout, written by the tests' builder (tests/engine/conditioning_refs.py: a
+    re-randomised diffusers ZImageControlNetModel, every main layer controlled, like 2.1's 15 of
+    30) and loaded through our loader (load_controlnet: version detection, strict keys)."""
+    from engine.model.controlnet import load_controlnet
+
+    device, dtype = pipe.device, pipe.dtype
+    dcn = None
+    if dims == "full":
+        cn = random_controlnet(t_cfg, device, dtype)
+        if use_diffusers:
+            dcn = diffusers_controlnet(cn, t_cfg)
+    else:
+        path = work / "controlnet-2.1.safetensors"
+        if have("diffusers"):
+            from tests.engine.conditioning_refs import make_controlnet_file
+
+            dcn = make_controlnet_file(
+                path, n_control_layers=t_cfg["n_layers"], dim=t_cfg["dim"],
+                n_heads=t_cfg["n_heads"], n_refiner_layers=t_cfg["n_refiner_layers"],
+                control_in_dim=CONTROL_IN_DIM)
+            first = next(dcn.parameters())
+            if not use_diffusers:
+                dcn = None
+            elif (first.device, first.dtype) != (device, dtype):
+                dcn = dcn.to(device, dtype)
+        else:  # same key layout from our own module
+            from safetensors.torch import save_file
+
+            cn = tiny_mod.randomize_(random_controlnet(t_cfg, "cpu", torch.float32,
+                                                       t_cfg["n_layers"]), 99)
+            save_file({k: v.contiguous() for k, v in cn.state_dict().items()}, str(path))
+        cn = load_controlnet(path, pipe.transformer, dtype=dtype, device=device)
+        assert cn.version == "2.1", cn.version
+    cn.fuse_projections()  # after diffusers took the unfused tensors
+    pipe.controlnet = cn
+    return dcn
+
+
+def cond_row(name: str, runs: list[dict]) -> list:
+    med = statistics.median
+    steps = [statistics.mean(r["steps"]) if r["steps"] else 0.0 for r in runs]
+    return [name, len(runs[-1]["steps"]), fmt(med([r["text"] for r in runs])),
+            fmt(med([r["encode"] for r in runs])), fmt(med(steps)),
+            fmt(med([sum(r["steps"]) for r in runs])), fmt(med([r["decode"] for r in runs])),
+            fmt(med([r["total"] for r in runs])), runs[-1]["gpu"]]
+
+
+def bench_conditioning(pipe, dpipe, tasks, args, w, h, t_cfg, dims, work) -> None:
+    """img2img (strength 0.6: 8 steps -> 5 run) and ControlNet (2.1, depth, scale 0.75) at the
+    main size, ours vs diffusers' ZImageImg2ImgPipeline / ZImageControlNetPipeline on the same
+    weights, alternating, warm medians. The ControlNet is dropped again afterwards."""
+    from tests.engine.conditioning_refs import sample_image
+
+    device = pipe.device
+    image, ctrl = sample_image(w, h, seed=1), sample_image(w, h, seed=2)  # deterministic inputs
+    cases = []
+    if "img2img" in tasks:
+        ref = None
+        if dpipe is not None:
+            from diffusers import ZImageImg2ImgPipeline
+
+            ref = ZImageImg2ImgPipeline(**dpipe.components)
+            ref.set_progress_bar_config(disable=True)
+        kw = {"image": image, "strength": 0.6}
+        cases.append(("img2img, strength 0.6", kw, ref, kw))
+    if "control" in tasks:
+        t0 = time.perf_counter()
+        dcn = attach_controlnet(pipe, t_cfg, dims, work, dpipe is not None)
+        sync(device)
+        n = sum(t.numel() for t in pipe.controlnet.state_dict().values())
+        say(f"random ControlNet 2.1 ({len(pipe.controlnet.layers_places)} control layers + "
+            f"{len(pipe.controlnet.refiner_places)} refiner control blocks, "
+            f"{f'{n / 1e9:.2f} B' if n >= 1e9 else f'{n / 1e6:.2f} M'} params) built on "
+            f"{device} in {time.perf_counter() - t0:.1f} s")
+        ref = None
+        if dcn is not None:
+            from diffusers import ZImageControlNetPipeline
+
+            ref = ZImageControlNetPipeline(**dpipe.components, controlnet=dcn)
+            ref.set_progress_bar_config(disable=True)
+        cases.append(("ControlNet 2.1, depth, scale 0.75",
+                      {"control_image": ctrl, "control_type": "depth", "control_scale": 0.75},
+                      ref, {"control_image": ctrl, "controlnet_conditioning_scale": 0.75}))
+    rows, lines = [], []
+    for name, ours_kw, ref, ref_kw in cases:
+        first = run_ours(pipe, PROMPT, w, h, args.steps, **ours_kw)  # encoder / compile warm-up
+        rows.append(cond_row(f"{name}: ours, first call", [first]))
+        if ref is not None:
+            run_diffusers(ref, PROMPT, w, h, args.steps, device, **ref_kw)  # warm-up
+        ours, theirs = [], []
+        for _ in range(args.runs):
+            ours.append(run_ours(pipe, PROMPT, w, h, args.steps, **ours_kw))
+            if ref is not None:
+                theirs.append(run_diffusers(ref, PROMPT, w, h, args.steps, device, **ref_kw))
+        rows.append(cond_row(f"{name}: ours, warm", ours))
+        if theirs:
+            rows.append(cond_row(f"{name}: diffusers {type(ref).__name__}, warm", theirs))
+            ratio = statistics.median(r["total"] for r in theirs) / statistics.median(
+                r["total"] for r in ours)
+            diff = abs(ours[-1]["image"].astype(int) - theirs[-1]["image"].astype(int))
+            lines.append(f"{name}: speed-up over diffusers (warm total) {ratio:.2f}x; same "
+                         f"seed, mean |Δ| {diff.mean():.2f} / max {diff.max()} (0-255)")
+    say(f"### image conditioning at {w}x{h}, {args.steps} steps requested, median of "
+        f"{args.runs} (ms; encode = VAE encode of the input or control image)")
+    table(["pipeline", "steps run", "text", "image encode", "per step", "denoise",
+           "VAE decode", "total", "GPU peak GiB"], rows)
+    for line in lines:
+        say(f"- {line}")
+    if lines:
+        say()
+    pipe.controlnet = None  # the later rows and the memory plans are for the plain model
+
+
 def have(module: str) -> bool:
     import importlib.util
 
@@ -296,6 +489,15 @@ def check_full_on_meta() -> None:
             diffusers_from_modules(transformer, text_model, vae,
                                    AutoTokenizer.from_pretrained(str(tok_dir)), t_cfg, v_cfg)
         say("diffusers' ZImagePipeline accepts our state dicts (strict, real dims)")
+    cn = random_controlnet(t_cfg, "meta", torch.bfloat16)
+    n = sum(t.numel() for t in cn.state_dict().values())
+    say(f"ControlNet 2.1 at real dims on meta: {len(cn.layers_places)} control layers on "
+        f"{cn.layers_places[:3]}...{cn.layers_places[-1]}, {len(cn.refiner_places)} refiner "
+        f"control blocks, {n / 1e9:.2f} B params, {2 * n / GiB:.2f} GiB bf16")
+    if have("diffusers"):
+        diffusers_controlnet(cn, t_cfg)
+        say("diffusers' ZImageControlNetModel accepts our ControlNet state dict (strict, real "
+            "dims, released 2.1 key layout)")
     transformer.fuse_projections()
     rows = [[p.mode, "fp8" if p.dit_fp8 else "bf16", p.dit_streamed, p.text_encoder,
              f"{p.peak_gib():.1f}"]
@@ -314,7 +516,11 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="timed warm runs per pipeline")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--sizes", default=None, help="WxH,... for images/s (default per preset)")
-    ap.add_argument("--modes", default="max,16gb,12gb,8gb")
+    ap.add_argument("--modes", default="max,16gb,12gb,8gb", help="memory modes")
+    ap.add_argument("--tasks", default="txt2img,img2img,control",
+                    help="what to time besides the txt2img stage table at the main size (always "
+                         "run): txt2img = images/s per size + memory modes; img2img; control "
+                         "(builds a random 2.1 ControlNet: ~6.7 GB bf16 at full size)")
     ap.add_argument("--cold", action=argparse.BooleanOptionalAction, default=None,
                     help="write local safetensors and time both cold starts (full default: on)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
@@ -326,6 +532,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (1 gives steadier numbers on a shared CPU)")
     args = ap.parse_args(argv)
+    tasks = set(args.tasks.split(","))
+    unknown = tasks - {"txt2img", "img2img", "control"}
+    if unknown:
+        ap.error(f"unknown --tasks {sorted(unknown)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.out:
@@ -454,6 +664,15 @@ def main(argv=None) -> int:
             r["total"] for r in ours)
         say(f"speed-up over diffusers (warm total): {ratio:.2f}x")
         say()
+
+    # --- image conditioning: img2img and ControlNet, ours vs diffusers -------------------------
+    if tasks & {"img2img", "control"}:
+        bench_conditioning(pipe, dpipe, tasks, args, main_w, main_h, t_cfg, dims, work)
+        gpu_reset(device)  # frees the ControlNets
+    if "txt2img" not in tasks:
+        for n in notes:
+            say(f"- {n}")
+        return 0
 
     # --- images/s per size ----------------------------------------------------------------------
     rows = []
