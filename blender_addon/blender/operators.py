@@ -359,8 +359,7 @@ class ZIMAGE_OT_free_vram(bpy.types.Operator):
     def poll(cls, context):
         rt = runtime.get()
         return (rt is not None and rt.client is not None
-                and rq.can_free_vram(rq.capabilities(rt.board.welcome))
-                and hasattr(rt.client, "unload"))
+                and rq.can_free_vram(rq.capabilities(rt.board.welcome)))
 
     def execute(self, context):
         runtime.get().client.unload()

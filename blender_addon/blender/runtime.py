@@ -10,6 +10,7 @@ import tempfile
 import bpy
 
 from ..core.engine_process import EXITED, STARTING, EngineProcess
+from ..core import requests as rq
 from ..core.jobs import JobBoard
 from . import ADDON_ID
 
@@ -151,6 +152,8 @@ class Runtime:
                     log.exception("handling %r", ev)
                 if ev.kind == "welcome" and self.engine is not None:
                     self.engine.mark_running()
+                elif ev.kind == "unloaded":
+                    self.notice = rq.unloaded_notice(ev.data.get("freed_bytes"))
         effects.extend(self.board.tick())
         effects = self._encode_results(effects)
         if self.engine is not None and self.engine.poll() == EXITED:

@@ -87,7 +87,14 @@ def can_img2img(caps: set[str]) -> bool:
 
 
 def can_free_vram(caps: set[str]) -> bool:
-    return bool(caps & {"unload", "free_vram", "free"})
+    return "unload" in caps
+
+
+def unloaded_notice(freed_bytes) -> str:
+    """The panel's line after "Free VRAM"; the next job loads the models back."""
+    gib = (freed_bytes or 0) / 1024**3
+    freed = f"{gib:.1f} GB of GPU memory freed" if gib >= 0.05 else "GPU memory freed"
+    return f"{freed}; the next job reloads the model"
 
 
 def snap(value: float, multiple: int = SIDE_MULTIPLE) -> int:

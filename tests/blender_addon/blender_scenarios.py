@@ -413,6 +413,17 @@ def unsupported_size(out):
 
 
 @scenario
+def free_vram(out):
+    connect(ARGS.engine)
+    r = rt()
+    out["caps_have_unload"] = "unload" in (r.board.welcome or {}).get("caps", [])
+    out["poll"] = bpy.ops.zimage.free_vram.poll()
+    out["result"] = sorted(bpy.ops.zimage.free_vram())
+    out["noticed"] = tick_until(lambda: "freed" in r.notice, 10)
+    out["notice"] = r.notice
+
+
+@scenario
 def engine_not_running(out):
     prefs = bpy.context.preferences.addons[MOD].preferences
     prefs.address = ARGS.dead
@@ -663,7 +674,8 @@ def main() -> int:
                                      image_node_target, preview_updates, cancel,
                                      encode_off_thread,
                                      concept_img2img, concept_depth, unsupported_size,
-                                     engine_not_running, engine_killed, local_engine, panels_draw,
+                                     free_vram, engine_not_running, engine_killed, local_engine,
+                                     panels_draw,
                                      undo, readme_walkthrough)}
     for name in names:
         table[name]()

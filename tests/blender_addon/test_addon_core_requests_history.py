@@ -115,3 +115,9 @@ def test_error_texts_say_what_to_do():
         err = explain(code)
         assert err.message.endswith(".") and err.hint
     assert "Unsupported size 100 x 64" in explain("unsupported_size", "100 x 64").message
+
+
+def test_free_vram_needs_the_unload_cap_and_reports_what_it_freed():
+    assert rq.can_free_vram({"unload", "txt2img"}) and not rq.can_free_vram({"txt2img"})
+    assert rq.unloaded_notice(12 * 1024**3).startswith("12.0 GB of GPU memory freed")
+    assert rq.unloaded_notice(0) == "GPU memory freed; the next job reloads the model"

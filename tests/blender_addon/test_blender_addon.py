@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.blender,
 
 SCENARIOS = ["install", "disable_enable", "texture", "history_recall", "image_node_target",
              "preview_updates", "cancel", "encode_off_thread", "concept_img2img", "concept_depth",
-             "panels_draw", "unsupported_size", "engine_not_running", "engine_killed",
+             "panels_draw", "free_vram", "unsupported_size", "engine_not_running", "engine_killed",
              "local_engine", "undo"]
 
 
@@ -155,6 +155,12 @@ def test_applying_a_result_is_one_undo_step(results):
     if not r["undo_available"]:
         pytest.skip("ed.undo needs a window; background Blender has none")
     assert r["undone"], (r["before"], r["after_undo"])
+
+
+def test_free_vram_asks_the_engine_and_says_so(results):
+    r = check(results, "free_vram")
+    assert r["caps_have_unload"] and r["poll"] and r["result"] == ["FINISHED"]
+    assert r["noticed"], r["notice"]
 
 
 def test_unsupported_size_is_refused_before_sending(results):
