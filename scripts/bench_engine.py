@@ -8,9 +8,11 @@
 download). With --cold (default on for full) it first writes them as local safetensors in the
 official layout and measures the cold start of both pipelines from those files (host RAM peak too).
 Runs alternate ours / diffusers; each stage is timed with a device sync: text encoding, each step,
-VAE decode, total. Then images/s per size, peak GPU memory per memory mode at 1024x1024, and the
-fp8 vs bf16 difference. Results are printed as markdown tables as they come (paste into
-docs/benchmarks.md) and written to OUT/bench_engine.md with --out.
+VAE decode, total. Then (--tasks) image-to-image (strength 0.6) and ControlNet (2.1 layout, depth,
+scale 0.75) against diffusers' ZImageImg2ImgPipeline / ZImageControlNetPipeline on the same weights,
+images/s per size, peak GPU memory per memory mode at 1024x1024, and the fp8 vs bf16 difference.
+Results are printed as markdown tables as they come (paste into docs/benchmarks.md) and written to
+OUT/bench_engine.md with --out.
 
 Random weights draw noise: the images mean nothing, the timings and memory do. diffusers and
 (for fp8) torchao must be importable; without them those rows are skipped and say so.
