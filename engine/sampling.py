@@ -18,11 +18,13 @@ VAE_SCALE = 8  # pixels per latent cell
 PATCH = 2  # latent cells per DiT token side, so image sides are multiples of 16
 
 
+# (x float32, t [B]) -> the transformer's output for those latents
+Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def get_noise(seed: int, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """[1, 16, H/8, W/8] float32 noise from a CPU generator: one seed, one image, on every device."""
-    generator = torch.Generator("cpu").manual_seed(seed)
-    shape = (1, LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE)
-    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+    return get_noises(seed, height, width, 1, device)[0]
 
 
 def get_noises(seed: int, height: int, width: int, count: int,
@@ -104,9 +106,6 @@ def model_time(sigma: float) -> torch.Tensor:
     """The transformer's timestep for a sigma: 1 - sigma, via the 1000-step grid like diffusers."""
     timestep = torch.tensor(sigma, dtype=torch.float32) * 1000
     return (1000 - timestep) / 1000
-
-
-Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x float32, t [B]) -> model out
 
 
 def denoise(
