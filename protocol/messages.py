@@ -264,7 +264,9 @@ def validate_params(params: Any, blob_descs: list[dict], limits: Limits,
     if out["mask"] is not None and out["init_image"] is None:
         raise _fail(f"{path}.mask", "needs init_image")
     out["control_image"] = blob_ref("control_image")
-    if out["control_image"] is not None:
+    # Inpainting through the ControlNet needs no control map: image + mask are its inputs.
+    control_inpaint = p.get("control_type") == "inpaint" and out["mask"] is not None
+    if out["control_image"] is not None or control_inpaint:
         out["control_type"] = _str(_get(p, "control_type", f"{path}.control_type"),
                                    f"{path}.control_type", 1, 32, _NAME_RE)
         if p.get("control_scale") is not None:
@@ -272,7 +274,8 @@ def validate_params(params: Any, blob_descs: list[dict], limits: Limits,
     else:
         for key in ("control_type", "control_scale"):
             if p.get(key) is not None:
-                raise _fail(f"{path}.{key}", "needs control_image")
+                raise _fail(f"{path}.{key}", "needs control_image (or, for control_type "
+                            "inpaint, init_image and mask)")
     out["tile"] = None if p.get("tile") is None else _enum(p["tile"], f"{path}.tile",
                                                            TILE_MODES)
     return {k: v for k, v in out.items() if v is not None or k == "seed"}
@@ -281,14 +284,11 @@ def validate_params(params: Any, blob_descs: list[dict], limits: Limits,
 def required_capabilities(params: dict) -> list[tuple[str, tuple[str, ...]]]:
     """(param, acceptable capability names) for each image mode a validated params dict uses.
     A control image needs `control.<control_type>` (or a blanket `control`)."""
-    out = []
-    for key, cap in PARAM_CAPABILITY.items():
-        if params.get(key) is None:
-            continue
-        if key == "control_image":
-            out.append((key, (f"control.{params.get('control_type')}", "control")))
-        else:
-            out.append((key, (cap,)))
+    out = [(key, (cap,)) for key, cap in PARAM_CAPABILITY.items()
+           if key != "control_image" and params.get(key) is not None]
+    if params.get("control_type") is not None:
+        key = "control_image" if params.get("control_image") is not None else "control_type"
+        out.append((key, (f"control.{params['control_type']}", "control")))
     return out
 
 

@@ -206,3 +206,18 @@ def test_png_encoder_round_trip():
     assert read_text(again) == {"k": "v"} and Image.open(io.BytesIO(again)).tobytes() == rgb
     # chunks carry valid CRCs (Pillow verifies them on load, zlib here explicitly)
     assert zlib.crc32(data[12:29]) == int.from_bytes(data[29:33], "big")
+
+
+def test_control_inpaint_needs_no_control_map_but_other_types_do():
+    png = b"\x89PNG fake"
+    blobs = [{"name": "img", "mime": "image/png", "bytes": len(png)},
+             {"name": "m", "mime": "image/png", "bytes": len(png)}]
+    base = {"prompt": "a door", "width": 64, "height": 64, "init_image": "img", "mask": "m"}
+    lim = Limits(min_side=64)
+    out = validate_params({**base, "control_type": "inpaint", "control_scale": 0.5}, blobs, lim)
+    assert out["control_type"] == "inpaint" and out["control_scale"] == 0.5
+    from protocol.messages import required_capabilities
+    assert ("control_type", ("control.inpaint", "control")) in required_capabilities(out)
+    with pytest.raises(ProtocolError) as e:
+        validate_params({**base, "control_type": "depth"}, blobs, lim)
+    assert e.value.field == "params.control_type"
