@@ -9,8 +9,8 @@ import tempfile
 
 import bpy
 
-from ..core.engine_process import EXITED, STARTING, EngineProcess
 from ..core import requests as rq
+from ..core.engine_process import EXITED, STARTING, EngineProcess
 from ..core.jobs import JobBoard
 from . import ADDON_ID
 
@@ -126,11 +126,7 @@ class Runtime:
     def stop_engine(self) -> None:
         engine, self.engine = self.engine, None
         if engine is not None:
-            if self.client is not None:
-                try:
-                    self.client.cancel_all()
-                except Exception:
-                    pass
+            self._cancel_all_quietly()
             self.disconnect()
             engine.stop()
 
@@ -206,12 +202,16 @@ class Runtime:
         return (self.board.busy or bool(self._encoding)
                 or (self.engine is not None and self.engine.state == STARTING))
 
-    def shutdown(self) -> None:
+    def _cancel_all_quietly(self) -> None:
+        """Best effort on the way out: the engine may already be gone."""
         if self.client is not None:
             try:
                 self.client.cancel_all()
             except Exception:
                 pass
+
+    def shutdown(self) -> None:
+        self._cancel_all_quietly()
         self.disconnect()
         self._encoding.clear()
         if self._encoder is not None:

@@ -7,6 +7,7 @@ import torch
 
 from engine.config import VaeParams
 from engine.model.vae import AutoEncoder
+from engine.tiny import randomize_  # the one randomiser: nothing left at zero
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -19,19 +20,6 @@ ODD = dict(block_out_channels=[16, 32, 48], layers_per_block=2, latent_channels=
            mid_block_add_attention=False, scaling_factor=0.5, shift_factor=-0.2)
 
 
-def _randomise(model: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, prm in model.named_parameters():
-            noise = torch.randn(prm.shape, generator=g)
-            if "norm" in name and prm.ndim == 1 and name.endswith("weight"):
-                prm.copy_(1.0 + 0.2 * noise)
-            elif prm.ndim == 1:
-                prm.copy_(0.1 * noise)
-            else:
-                prm.copy_(noise / prm[0].numel() ** 0.5)  # fan-in: in_ch * kh * kw
-
-
 def _pair(cfg: dict, seed: int = 0):
     from diffusers import AutoencoderKL
 
@@ -40,7 +28,7 @@ def _pair(cfg: dict, seed: int = 0):
         in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * n,
         up_block_types=["UpDecoderBlock2D"] * n, **cfg,
     ).float().eval()
-    _randomise(ref, seed)
+    randomize_(ref, seed)
     params = VaeParams.from_dict(dict(ref.config))
     with torch.device("meta"):
         ours = AutoEncoder(params)
