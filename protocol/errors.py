@@ -27,6 +27,11 @@ CODES: dict[str, bool] = {
     "engine_crashed": True,
     "shutting_down": True,
     "internal_error": False,
+    # LoRA files (the engine's --lora / --lora-dir): each names the file and what is wrong
+    "lora_corrupt": False,
+    "lora_unsupported": False,
+    "lora_invalid": False,
+    "lora_incompatible": False,
     # client-local only, never sent by the engine
     "engine_unreachable": True,
     "engine_unresponsive": True,
