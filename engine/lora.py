@@ -361,3 +361,67 @@ class LoraSet:
             mod.lora_up = up.to(device=device, dtype=dtype)
             self._hooks.append((mod.register_forward_hook(_add_low_rank), mod))
         self.active = key
+
+
+class LoraLibrary:
+    """The LoRAs an engine may use, by name: the .safetensors files in its --lora-dir (looked at
+    again whenever the folder changes, so new files show up without a restart) plus files named on
+    the command line. Clients only ever send names. Read files are cached by (path, mtime, size)."""
+
+    CACHE = 8  # read LoRAs kept in host memory (a rank-32 LoRA of the full model is ~0.3 GB)
+
+    def __init__(self, directory: str | Path | None = None, files: Iterable[str | Path] = ()):
+        self.directory = Path(directory) if directory else None
+        self.files = {Path(f).stem: Path(f) for f in files}
+        self._dir_stamp: float | None = None
+        self._dir_files: dict[str, Path] = {}
+        self._infos: dict[Path, tuple[tuple, LoraInfo]] = {}
+        self._read: dict[Path, tuple[tuple, Lora]] = {}
+
+    def paths(self) -> dict[str, Path]:
+        if self.directory is not None:
+            try:
+                stamp = self.directory.stat().st_mtime_ns
+            except OSError:
+                stamp = None
+            if stamp != self._dir_stamp:
+                self._dir_stamp, self._dir_files = stamp, scan_lora_dir(self.directory)
+        return {**self._dir_files, **self.files}
+
+    def infos(self) -> list[LoraInfo]:
+        """What the welcome lists; a file that cannot be read is left out (and logged once)."""
+        out = []
+        for path in self.paths().values():
+            stamp = _stamp(path)
+            cached = self._infos.get(path)
+            if cached is None or cached[0] != stamp:
+                try:
+                    cached = (stamp, lora_info(path))
+                except EngineError:
+                    cached = (stamp, None)
+                self._infos[path] = cached
+            if cached[1] is not None:
+                out.append(cached[1])
+        return out
+
+    def read(self, name: str, module_names: Iterable[str]) -> Lora:
+        path = self.paths().get(name)
+        if path is None:
+            raise EngineError("invalid_params", f"No LoRA named {name!r} is available on this "
+                                                "engine.", field="loras")
+        stamp = _stamp(path)
+        cached = self._read.get(path)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, read_lora(path, module_names))
+            self._read[path] = cached
+            while len(self._read) > self.CACHE:
+                self._read.pop(next(iter(self._read)))
+        return cached[1]
+
+
+def _stamp(path: Path) -> tuple:
+    try:
+        st = path.stat()
+    except OSError:
+        return ()
+    return (st.st_mtime_ns, st.st_size)
