@@ -283,3 +283,20 @@ def test_rank_mismatch_non_finite_and_corrupt(pipe, tmp_path, tiny_model_dir):
         with pytest.raises(EngineError) as e:
             fn()
         assert e.value.code == "lora_corrupt"
+
+
+def test_library_sees_new_files_and_refuses_unknown_names(pipe, lora_files, tmp_path):
+    import shutil
+
+    from engine.lora import LoraLibrary
+
+    lib = LoraLibrary(tmp_path)
+    assert lib.infos() == []
+    shutil.copy(lora_files["kohya"], tmp_path / "brick.safetensors")
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    assert [i.name for i in lib.infos()] == ["brick"]  # the broken file is left out
+    lora = lib.read("brick", _names(pipe))
+    assert lib.read("brick", _names(pipe)) is lora  # cached while the file is unchanged
+    with pytest.raises(EngineError) as e:
+        lib.read("../brick", _names(pipe))
+    assert (e.value.code, e.value.field) == ("invalid_params", "loras")
