@@ -1,15 +1,17 @@
 """Capture the current view or the camera: colour (PNG) and depth (PNG, normalised to the
 visible range). Every render setting that is changed is restored afterwards.
 
-Colour: with a 3D viewport at hand (source "VIEW"), an OpenGL viewport render with overlays
-and gizmos off; otherwise (source "CAMERA", or Blender without a window) a Workbench render
-through the scene camera. Depth: rays cast from the same viewpoint (on a grid of at most
-DEPTH_GRID pixels a side, then scaled), so it works without a GPU context too.
+Colour: with a 3D viewport at hand (source "VIEW"), an OpenGL viewport render with overlays and
+gizmos off; "RENDER": the scene's own render engine (EEVEE, Cycles) through the scene camera,
+its Render Result saved as PNG; otherwise (source "CAMERA", or Blender without a window) a
+Workbench render through the scene camera. Depth: rays cast from the same viewpoint (on a grid
+of at most DEPTH_GRID pixels a side, then scaled), so it works without a GPU context too.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import bpy
@@ -21,19 +23,29 @@ DEPTH_GRID = 192
 
 
 class Snapshot:
-    """Remembers attributes and puts them back, in reverse order."""
+    """Remembers attributes' first values and puts them back in the order first saved.
+
+    Some settings depend on others: a new file format resets the colour depth, a new view
+    transform resets the look. So dependants are saved (with save()) before anything changes,
+    parents first, and restored parents first."""
 
     def __init__(self):
-        self._saved: list = []
+        self._saved: dict = {}
+
+    def save(self, obj, *attrs: str) -> None:
+        for attr in attrs:
+            if hasattr(obj, attr):
+                self._saved.setdefault((obj.as_pointer(), attr), (obj, attr, getattr(obj, attr)))
 
     def set(self, obj, attr: str, value) -> None:
-        self._saved.append((obj, attr, getattr(obj, attr)))
+        self.save(obj, attr)
         setattr(obj, attr, value)
 
     def restore(self) -> None:
-        for obj, attr, value in reversed(self._saved):
+        for obj, attr, value in self._saved.values():
             try:
-                setattr(obj, attr, value)
+                if getattr(obj, attr) != value:
+                    setattr(obj, attr, value)
             except Exception:
                 pass
         self._saved.clear()
@@ -60,6 +72,9 @@ def find_view3d(context):
 
 def _render_settings(snap: Snapshot, scene, width: int, height: int, path: str) -> None:
     r = scene.render
+    # parents before dependants (see Snapshot), all before anything changes
+    snap.save(r.image_settings, "media_type", "file_format", "color_mode", "color_depth")
+    snap.save(scene.view_settings, "view_transform", "look", "exposure", "gamma")
     snap.set(r, "resolution_x", width)
     snap.set(r, "resolution_y", height)
     snap.set(r, "resolution_percentage", 100)
@@ -83,7 +98,8 @@ def _render_settings(snap: Snapshot, scene, width: int, height: int, path: str) 
 
 def capture_color(context, scene, source: str, width: int, height: int) -> bytes:
     """PNG bytes of the view at width x height."""
-    path = os.path.join(tempfile.mkdtemp(prefix="zimage_capture_"), "capture.png")
+    folder = tempfile.mkdtemp(prefix="zimage_capture_")
+    path = os.path.join(folder, "capture.png")
     snap = Snapshot()
     try:
         _render_settings(snap, scene, width, height, path)
@@ -99,21 +115,18 @@ def capture_color(context, scene, source: str, width: int, height: int) -> bytes
         else:
             if scene.camera is None:
                 raise RuntimeError("the scene has no camera to capture through")
-            snap.set(scene.render, "engine", "BLENDER_WORKBENCH")
-            shading = scene.display.shading
-            snap.set(shading, "light", "STUDIO")
-            snap.set(shading, "color_type", "MATERIAL")
+            if source != "RENDER":      # a quick Workbench render; RENDER: the scene's own
+                snap.set(scene.render, "engine", "BLENDER_WORKBENCH")
+                shading = scene.display.shading
+                snap.set(shading, "light", "STUDIO")
+                snap.set(shading, "color_type", "MATERIAL")
             with context.temp_override(scene=scene):
                 bpy.ops.render.render(write_still=True, scene=scene.name)
         with open(path, "rb") as fh:
             return fh.read()
     finally:
         snap.restore()
-        try:
-            os.remove(path)
-            os.rmdir(os.path.dirname(path))
-        except OSError:
-            pass
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _camera_rays(scene, camera, gw: int, gh: int):
