@@ -265,6 +265,10 @@ class ZIMAGE_OT_generate_texture(bpy.types.Operator):
             info.update(objects=[o.name for o in objs], objects_mode=s.texture_objects)
             if s.texture_objects == "SELECTED_EACH":
                 num_images = len(objs)
+                most = engine_limits_caps(runtime.get())[0].max_images
+                if num_images > most:
+                    return refuse(self, "invalid_params", f"{num_images} objects selected; one "
+                                  f"image each works for up to {most} (or share one material)")
         return submit(self, context, "texture", info, num_images=num_images,
                       extra=lambda req, caps: rq.add_tile(req, s.seamless, caps))
 

@@ -169,7 +169,11 @@ class TexturePanel(_Base):
         layout.prop(s, "texture_target")
         if s.texture_target == "NEW_MATERIAL":
             layout.prop(s, "texture_objects")
-        layout.prop(s, "seamless")
+        rt = runtime.get()
+        known = rt.board.welcome is not None
+        row = layout.row()
+        row.enabled = not known or rq.can_tile(rq.capabilities(rt.board.welcome))
+        row.prop(s, "seamless")
         obj = context.active_object
         if s.texture_target == "NEW_MATERIAL" and s.texture_objects != "ACTIVE":
             n = sum(1 for o in context.selected_objects if o.type == "MESH")
@@ -178,7 +182,6 @@ class TexturePanel(_Base):
             layout.label(text=f"Object: {obj.name}" if obj else "No active object",
                          icon="OBJECT_DATA" if obj else "INFO")
         from .apply import can_hold_texture
-        rt = runtime.get()
         err = rt.board.last_error
         if err is not None and err.code == "cannot_hold_material" and (
                 obj is not None and can_hold_texture(obj) is None):
@@ -282,7 +285,13 @@ class TouchUpPanel(_Base):
             layout.template_ID(s, "touchup_mask_image", open="image.open")
         else:
             layout.label(text="Erase alpha where to repaint (Paint mode)", icon="BRUSH_DATA")
-        draw_job(layout, "touchup", "Touch Up Region", "zimage.touch_up")
+        rt = runtime.get()
+        col = layout.column()
+        if rt.board.welcome is not None and not rq.can_inpaint(
+                rq.capabilities(rt.board.welcome)):
+            col.enabled = False
+            layout.label(text="This engine has no inpainting", icon="INFO")
+        draw_job(col, "touchup", "Touch Up Region", "zimage.touch_up")
 
 
 class _ShaderEditor:
