@@ -4,8 +4,9 @@ visible range). Every render setting that is changed is restored afterwards.
 Colour: with a 3D viewport at hand (source "VIEW"), an OpenGL viewport render with overlays and
 gizmos off; "RENDER": the scene's own render engine (EEVEE, Cycles) through the scene camera,
 its Render Result saved as PNG; otherwise (source "CAMERA", or Blender without a window) a
-Workbench render through the scene camera. Depth: rays cast from the same viewpoint (on a grid
-of at most DEPTH_GRID pixels a side, then scaled), so it works without a GPU context too.
+Workbench render through the scene camera. Depth: for "RENDER" the render's own Depth pass;
+otherwise rays cast from the same viewpoint (on a grid of at most DEPTH_GRID pixels a side,
+then scaled), so it works without a GPU context too.
 """
 
 from __future__ import annotations
@@ -127,6 +128,47 @@ def capture_color(context, scene, source: str, width: int, height: int) -> bytes
     finally:
         snap.restore()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def capture_render_depth(context, scene, width: int, height: int) -> bytes:
+    """Depth from the scene's own render engine: its Depth pass, written by a render as an
+    uncompressed multilayer OpenEXR (Blender's Python cannot read a Render Result's passes),
+    normalised like capture_depth (nearest white, background black)."""
+    from ..core.exr import read_channel
+    if scene.camera is None:
+        raise RuntimeError("the scene has no camera to capture through")
+    folder = tempfile.mkdtemp(prefix="zimage_capture_")
+    path = os.path.join(folder, "depth.exr")
+    view_layer = context.view_layer
+    snap = Snapshot()
+    try:
+        _render_settings(snap, scene, width, height, path)
+        fmt = scene.render.image_settings
+        snap.save(fmt, "exr_codec")
+        if hasattr(fmt, "media_type"):          # Blender 5.0+: the media type picks the format
+            snap.set(fmt, "media_type", "MULTI_LAYER_IMAGE")
+        snap.set(fmt, "file_format", "OPEN_EXR_MULTILAYER")
+        snap.set(fmt, "color_depth", "32")
+        snap.set(fmt, "exr_codec", "NONE")
+        snap.set(view_layer, "use_pass_z", True)
+        with context.temp_override(scene=scene):
+            bpy.ops.render.render(write_still=True, scene=scene.name)
+        with open(path, "rb") as fh:
+            data = fh.read()
+    finally:
+        snap.restore()
+        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        w, h, z = read_channel(data, f"{view_layer.name}.Depth.Z")
+    except ValueError:
+        w, h, z = read_channel(data, ".Depth.Z")
+    far = scene.camera.data.clip_end
+    grey = pixels.normalise_depth([v if 0.0 <= v < far else None for v in z])
+    if (w, h) != (width, height):
+        grey = pixels.resize_nearest(grey, w, h, 1, width, height)
+    rgb = bytearray(width * height * 3)
+    rgb[0::3] = rgb[1::3] = rgb[2::3] = grey
+    return pixels.encode_png(bytes(rgb), width, height, 3)
 
 
 def _camera_rays(scene, camera, gw: int, gh: int):

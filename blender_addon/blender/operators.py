@@ -304,6 +304,8 @@ class ZIMAGE_OT_generate_concept(bpy.types.Operator):
         try:
             if mode == "img2img":
                 init_png = capture.capture_color(context, scene, s.concept_source, w, h)
+            elif mode == "depth" and s.concept_source == "RENDER":
+                depth_png = capture.capture_render_depth(context, scene, w, h)
             elif mode == "depth":
                 depth_png = capture.capture_depth(context, scene, s.concept_source, w, h)
         except Exception as exc:

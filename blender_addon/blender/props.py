@@ -89,7 +89,7 @@ class ZIMAGE_PG_settings(bpy.types.PropertyGroup):
                 "render)"),
                ("VIEW", "Current View", "Capture the 3D viewport as it is seen"),
                ("RENDER", "Render", "Render through the scene camera with the scene's own "
-                "render engine (EEVEE, Cycles); depth comes from the same camera")])
+                "render engine (EEVEE, Cycles); depth from the render's Depth pass")])
     concept_match_camera: BoolProperty(
         name="Match Camera Aspect", default=True,
         description="Concept images take the camera's aspect ratio, with about as many "

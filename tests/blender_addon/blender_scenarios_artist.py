@@ -74,6 +74,7 @@ def render_dump(scene) -> dict:
         out.update(rna_dump(struct, name))
     if hasattr(scene, "cycles"):
         out.update(rna_dump(scene.cycles, "cycles"))
+    out.update(rna_dump(bpy.context.view_layer, "view_layer"))
     out.pop("scene.frame_current_final", None)
     return out
 
@@ -675,6 +676,12 @@ def render_capture(out):
     out["depth"] = generate("generate_concept")
     w, h, c, rows = core_pixels.decode_png(rt().last_capture)
     out["depth_capture"] = [w, h, max(rows), min(rows)]
+    grey = rows[0::3]
+    out["depth_centre"], out["depth_corner"] = grey[(h // 2) * w + w // 2], grey[0]
+    # the same camera by ray casting: the render's Depth pass should agree
+    cast = addon("blender.capture").capture_depth(bpy.context, scene, "CAMERA", w, h)
+    cast_grey = core_pixels.decode_png(cast)[3][0::3]
+    out["depth_vs_raycast"] = sum(abs(a - b) for a, b in zip(grey, cast_grey)) / len(grey)
     after = render_dump(scene)
     out["differences"] = {k: (before[k], after.get(k)) for k in before if before[k] != after.get(k)}
     out["engine_after"] = scene.render.engine

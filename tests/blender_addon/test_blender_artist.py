@@ -234,6 +234,8 @@ def test_from_the_render_restores_settings(results):
     assert r["capture"][:3] == [64, 64, 3] and r["capture"][3] > 1
     done(r["depth"])
     assert r["depth_capture"][2] == 255 and r["depth_capture"][3] == 0
+    assert r["depth_centre"] > 0 and r["depth_corner"] == 0     # the cube near, sky far
+    assert r["depth_vs_raycast"] < 12, r["depth_vs_raycast"]    # the render's own Depth pass
     assert r["differences"] == {} and r["engine_after"] == "CYCLES"
 
 
