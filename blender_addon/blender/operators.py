@@ -163,9 +163,16 @@ def apply_job(context, job) -> bool:
         return False
     job.context["result_images"] = [im.name for im in images]
     rt.board.complete(job)
-    seeds = ", ".join(str(r.seed) for r in records)
-    job.message = f"{where} (seed {seeds})"
+    job.message = with_seeds(where, records)
     return True
+
+
+def with_seeds(where: str, records) -> str:
+    """The apply message, naming each seed once: image names already end in "(seed)"."""
+    missing = [str(r.seed) for r in records if f"({r.seed})" not in where]
+    if not missing:
+        return where
+    return f"{where} (seed{'s' if len(missing) > 1 else ''} {', '.join(missing)})"
 
 
 def apply_touchup(context, job) -> bool:
@@ -210,7 +217,7 @@ def apply_touchup(context, job) -> bool:
         job.context.pop(key, None)
     job.context["result_images"] = [image.name]
     rt.board.complete(job)
-    job.message = f"Touched up {image.name} (seed {rec.seed})"
+    job.message = with_seeds(f"Touched up {image.name}", [rec])
     return True
 
 
@@ -462,7 +469,12 @@ class ZIMAGE_OT_connect(bpy.types.Operator):
     def execute(self, context):
         rt = runtime.get()
         rt.disconnect()
-        rt.connect()
+        try:
+            rt.connect()
+        except runtime.KeyFileError as exc:
+            rt.board.last_error = exc.error
+            self.report({"ERROR"}, exc.error.text)
+            return {"CANCELLED"}
         pump.start()
         return {"FINISHED"}
 

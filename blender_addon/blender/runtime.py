@@ -281,7 +281,8 @@ class Runtime:
             job = self.board.jobs.get(slot)
             if job_id and job is not None:
                 job.message = f"Cancelled: {why}"
-                for key in ("original", "mask", "encoded"):
+            if job is not None:         # its image names mean nothing in the next file
+                for key in ("original", "mask", "encoded", "result_images"):
                     job.context.pop(key, None)
         self._encoding.clear()
 

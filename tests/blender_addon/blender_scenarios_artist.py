@@ -635,6 +635,45 @@ def touch_up(out):
 
 
 @scenario
+def touch_up_alpha(out):
+    """The mask as erased alpha in the texture itself (Erase Alpha brush in Paint mode)."""
+    connect(args().tiling)
+    obj = cube()
+    settings(prompt="alpha base", seed=35)
+    out["base"] = generate()
+    image = active_slot_image(obj).image
+    w, h = image.size
+    original = image_rgb8(image)
+    floats = list(image.pixels)
+    x0, x1, y0, y1 = w // 2, w, h // 2, h          # the bottom-right quarter, top-down
+    for y_top in range(y0, y1):
+        row = h - 1 - y_top
+        for x in range(x0, x1):
+            floats[(row * w + x) * 4 + 3] = 0.0
+    image.pixels.foreach_set(floats)
+    out["alpha_kept"] = min(image.pixels[:][3::4]) == 0.0
+    s = bpy.context.scene.zimage
+    s.touchup_mask = "ALPHA"
+    settings(prompt="alpha patch", seed=36)
+    out["touch"] = generate("touch_up", image=image.name)
+    rgb = image_rgb8(active_slot_image(obj).image)
+    sys.path.insert(0, args().repo)
+    from engine.standin import pattern_image
+    want = [int(v) for v in pattern_image(36, w, h).reshape(-1)]
+    inside_ok = outside_ok = True
+    for y in range(h):
+        for x in range(w):
+            i = (y * w + x) * 3
+            inside = x0 <= x < x1 and y0 <= y < y1
+            if inside and rgb[i:i + 3] != want[i:i + 3]:
+                inside_ok = False
+            if not inside and rgb[i:i + 3] != original[i:i + 3]:
+                outside_ok = False
+    out["inside_engine"], out["outside_same"] = inside_ok, outside_ok
+    s.touchup_mask = "IMAGE"
+
+
+@scenario
 def selected_objects(out):
     """Every selected mesh object: one shared image and material, or one each."""
     connect(args().engine)

@@ -79,7 +79,7 @@ def test_texture_creates_material_with_the_engines_pixels(results):
     assert r["user_material_intact"] and r["faces_on_new_slot"]
     assert r["after"]["cube_slots"] == ["Material", "red brick wall (7)"]
     assert r["history"][-1]["seed"] == 7 and r["history"][-1]["image"] == img["name"]
-    assert "seed 7" in r["message"]
+    assert r["message"] == "New material red brick wall (7) on Cube"   # the seed once
 
 
 def test_history_recall_and_reapply(results):

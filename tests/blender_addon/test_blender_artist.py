@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.blender,
 SCENARIOS = ["install", "undo_step", "capture_restores_settings", "edit_mode_faces",
              "per_face_slots", "refused_targets", "no_uv_map", "prompt_limits",
              "images_kept_on_save", "curve_keys", "notices_and_temp_folders", "refused_fast",
-             "concept_camera_aspect", "tooltips_labels_menus", "seamless", "touch_up",
+             "concept_camera_aspect", "tooltips_labels_menus", "seamless", "touch_up", "touch_up_alpha",
              "selected_objects", "render_capture", "job_belongs_to_file"]
 TILING_CAPS = "txt2img,img2img,inpaint,tile,control,control.depth"
 
@@ -216,6 +216,14 @@ def test_touch_up_repaints_only_the_mask_in_one_undo_step(results):
     assert r["outside_same"] and r["inside_engine"] and r["inside_differs_from_before"]
     assert r["one_step"], r["steps_added"]
     assert r["same_name"] and r["old_kept"]
+
+
+def test_touch_up_with_erased_alpha_as_the_mask(results):
+    r = check(results, "touch_up_alpha")
+    done(r["base"])
+    assert r["alpha_kept"]
+    done(r["touch"])
+    assert r["inside_engine"] and r["outside_same"]
 
 
 def test_every_selected_object(results):
