@@ -198,16 +198,20 @@ def apply_touchup(context, job) -> bool:
                                       text={"parameters": rec.parameters_json()})
         image = apply.create_result_image(tx, job.images[0], rec, (png, w, h))
         name = old.name
+        rec.image_name = name
+        apply.add_history(context.scene, [rec])
         old_fake = old.use_fake_user
         tx.changed(lambda: setattr(old, "use_fake_user", old_fake))
         old.use_fake_user = True                # the version before stays in the file
         old.user_remap(image)
         tx.changed(lambda: image.user_remap(old))
-        old.name = (name[:40] + " before touch-up")
-        tx.changed(lambda: setattr(old, "name", name))
+        # the texture keeps its name; the version before is kept as "... before touch-up"
+        old.name = name[:40] + " before touch-up"
         image.name = name
-        rec.image_name = image.name
-        apply.add_history(context.scene, [rec])
+        history = context.scene.zimage.history
+        for item in list(history)[:-1]:         # earlier entries follow the old image
+            if item.image_name == name:
+                item.image_name = old.name
     except Exception as exc:
         log.exception("Z-Image: applying the touch-up failed")
         tx.rollback()
@@ -351,7 +355,7 @@ class ZIMAGE_OT_touch_up(bpy.types.Operator):
         rt = runtime.get()
         s = context.scene.zimage
         image = bpy.data.images.get(self.image) if self.image else touchup_image(context)
-        if image is None or not image.has_data and image.size[0] == 0:
+        if image is None or image.size[0] == 0:
             return refuse(self, "nothing_to_touch_up", "no image is open")
         limits, caps, known = engine_limits_caps(rt)
         if known and not rq.can_inpaint(caps):

@@ -14,7 +14,7 @@ import bpy
 
 from ..core import requests as rq
 from ..core.engine_process import EXITED, STARTING, EngineProcess
-from ..core.errors import UserError, explain
+from ..core.errors import UserError
 from ..core.jobs import SENDING, JobBoard
 from . import ADDON_ID
 
