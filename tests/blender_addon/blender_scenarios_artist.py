@@ -207,10 +207,26 @@ def edit_mode_faces(out):
         f.select_set(i in (1, 4))
     bmesh.update_edit_mesh(obj.data)
     settings(prompt="edit mode", seed=12)
+    bpy.ops.ed.undo_push(message="faces selected")
+    steps_before = undo_steps()
     out.update(generate())
+    # in Edit Mode Blender adds an internal memfile step before the edit-mesh step
+    out["steps_added"] = [n for n in undo_steps()[len(steps_before):]
+                          if not n.startswith("MemFile Internal")]
     bpy.ops.object.mode_set(mode="OBJECT")
     out["faces"] = [p.material_index for p in obj.data.polygons]
     out["slots"] = [s.material.name if s.material else None for s in obj.material_slots]
+    # one Ctrl+Z in Edit Mode takes back the material, its slot and the face assignment
+    bpy.ops.object.mode_set(mode="EDIT")
+    bpy.ops.ed.undo_push(message="back in edit mode")
+    bpy.ops.ed.undo()
+    bpy.ops.ed.undo()
+    obj = bpy.data.objects["EditBox"]
+    out["undo_mode"] = obj.mode
+    bpy.ops.object.mode_set(mode="OBJECT")
+    out["faces_after_undo"] = [p.material_index for p in obj.data.polygons]
+    out["slots_after_undo"] = [s.material.name if s.material else None
+                               for s in obj.material_slots]
 
 
 @scenario

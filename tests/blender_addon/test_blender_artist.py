@@ -81,6 +81,8 @@ def test_edit_mode_assigns_the_selected_faces(results):
     done(r)
     assert r["faces"] == [1 if i in (1, 4) else 0 for i in range(6)], r["faces"]
     assert len(r["slots"]) == 2
+    assert r["steps_added"] == ["Apply Z-Image Result"]
+    assert r["faces_after_undo"] == [0] * 6 and r["slots_after_undo"] == ["EditBox user 0"]
 
 
 def test_per_face_assignment_survives(results):
