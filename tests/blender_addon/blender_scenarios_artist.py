@@ -522,6 +522,7 @@ def tooltips_labels_menus(out):
     out["missing"], out["multiline"] = missing, multiline
     props = settings_rna.properties
     out["control_label"] = props["control_scale"].name
+    out["defaults"] = [props["prompt"].default, props["seamless"].default]
     # the preferences: Stand-in Pipeline below a "Developer" label
     log = []
     prefs = bpy.context.preferences.addons[MOD].preferences

@@ -131,6 +131,8 @@ def test_images_without_users_are_kept(results):
     done(r["two"]), done(r["concept"]), done(r["node"])
     assert len(r["names"]) == 4
     assert r["missing"] == [] and r["history_missing"] == []
+    # no Image Editor is open (background Blender): the message does not claim one is
+    assert r["concept"]["message"].startswith("Image kept in the file")
 
 
 def test_curve_keys_in_preferences_and_auth_failures_reported(results):
@@ -185,6 +187,8 @@ def test_tooltips_labels_menus_and_shader_editor_panel(results):
     r = check(results, "tooltips_labels_menus")
     assert r["checked"] > 20 and r["missing"] == [] and r["multiline"] == []
     assert r["control_label"] == "Depth Strength"
+    prompt, seamless = r["defaults"]      # the default prompt and Seamless agree
+    assert ("seamless" in prompt) == (seamless != "NONE")
     assert r["developer_before_standin"]
     assert r["prefs_key_props"] == ["curve_server_key", "curve_client_key"]
     assert r["image_menu"] and r["object_menu"]
