@@ -28,6 +28,7 @@ from engine.conditioning import (
     resolve_strength,
 )
 from engine.errors import Cancelled, EngineError
+from engine.model.transformer import Control
 from protocol.messages import Limits  # one definition of what requests an engine accepts
 from engine.sampling import (
     LATENT_CHANNELS,
@@ -307,11 +308,11 @@ class ZImagePipeline:
             control = control.to(self.dtype)
 
         def model(x_: torch.Tensor, t: torch.Tensor, shift=(0, 0)) -> torch.Tensor:
-            hook = None
+            ctrl = None
             if control is not None:
                 c = torch.roll(control, shift, dims=(-2, -1)) if any(shift) else control
-                hook = lambda s: cn(self.transformer, s, c, req.control_scale)  # noqa: E731
-            return self.transformer(x_.to(self.dtype), t, caps, control=hook)
+                ctrl = Control(cn, c, req.control_scale)
+            return self.transformer(x_.to(self.dtype), t, caps, control=ctrl)
 
         velocity = seamless(model, len(sigmas) - 1, req.tile) if req.tile else model
         return x, sigmas, velocity, after_step

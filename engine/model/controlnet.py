@@ -8,19 +8,20 @@ Module names equal the keys of the released single safetensors file:
                                        control_layers_places[K]
   control_noise_refiner.N              2.1: control blocks of the refiner stage (before_proj on 0)
 
-It owns no embeddings: the base transformer's timestep/caption/patch embedders, pad tokens, noise
-and context refiners and RoPE are shared, through `ZImageTransformer.forward(control=...)`, which
-hands over the embedded streams once per forward.
+It owns no embeddings: the base transformer's timestep embedding, pad token, refined streams and
+RoPE tables are handed over by `ZImageTransformer.forward(control=Control(net, latents, scale))`,
+which calls `embed`, `refine` and `layer_hints` at the points the trainer does.
 
 Versions, told apart by the file's structure (diffusers' single-file rule for 2.0 vs 2.1):
   "2.1"  control_noise_refiner.0.before_proj present and non-zero: the refiner-stage hints come
-         from control_noise_refiner (2.1 full: 15 control layers; 2.1 lite: 3 control layers)
+         from control_noise_refiner (2.1 full: 15 control layers; lite: 3; tile as 2.1)
   "2.0"  control_noise_refiner.0.before_proj absent or all zero: the refiner-stage hints come
-         from a first pass of control_layers (the released 2.0 bug, kept for parity); the file's
-         control_noise_refiner tensors are unused and dropped
+         from a first pass of control_layers (the trainer's `add_control_noise_refiner_correctly:
+         false`, how 2.0 was trained); the file's control_noise_refiner tensors are unused
   "1.0"  control_noise_refiner blocks without projections: plain blocks, no refiner-stage hints
-As in diffusers, refiner-stage hints only shape the ControlNet's own copy of the image stream
-(the input of its control layers); the main transformer gets hints after its main layers only.
+As the trainer (VideoX-Fun's ZImageControlTransformer2DModel, and ComfyUI) runs them, and unlike
+diffusers 0.42.1, refiner-stage hints are added to the MAIN transformer's noise-refiner output, so
+the main layers and the control layers both see them (shared/reference: controlnet-trainer.md).
 
 Control layer placement is not stored in the file: the K control layers sit on main layers
 0, s, 2s, ... with s = n_layers // K (15 of 30 -> 0, 2, ..., 28; lite 3 of 30 -> 0, 10, 20;
@@ -37,7 +38,8 @@ from torch import Tensor, nn
 
 from engine.config import TransformerParams
 from engine.errors import EngineError
-from engine.model.transformer import Streams, TransformerBlock, ZImageTransformer, _pad_with
+from engine.model.layers import patchify
+from engine.model.transformer import TransformerBlock, ZImageTransformer
 
 
 class ControlBlock(TransformerBlock):
@@ -101,38 +103,31 @@ class ZImageControlNet(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.control_all_x_embedder[self.params.patch_key].weight.dtype
 
-    def forward(self, base: ZImageTransformer, s: Streams, control: Tensor,
-                scale: float = 1.0) -> dict[int, Tensor]:
-        """control: [B or 1, control_in_dim, H, W] latents (H, W = the image latents').
-        Returns {main layer index: hint * scale} for `ZImageTransformer.forward`."""
-        p = self.params
-        B = s.img_embedded.shape[0]
-        _, C, H, W = control.shape
-        ps = p.patch_size
-        h_tok, w_tok = H // ps, W // ps
-        patches = control.to(self.dtype).view(-1, C, h_tok, ps, w_tok, ps)
-        patches = patches.permute(0, 2, 4, 3, 5, 1).reshape(-1, h_tok * w_tok, ps * ps * C)
-        c = self.control_all_x_embedder[p.patch_key](patches).expand(B, -1, -1)
-        c = _pad_with(c, base.x_pad_token)
+    def embed(self, latents: Tensor, batch: int) -> Tensor:
+        """Control latents [1 or B, control_in_dim, H, W] -> tokens [B, N_img, dim] (unpadded)."""
+        tokens = patchify(latents.to(self.dtype), self.params.patch_size)
+        return self.control_all_x_embedder[self.params.patch_key](tokens).expand(batch, -1, -1)
 
+    def refine(self, c: Tensor, x: Tensor, rope_img: tuple[Tensor, Tensor],
+               t_emb: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
+        """The refiner stage on the padded control tokens c, with x = the main image stream after
+        embedding and padding (before the main noise refiner). Returns the control stream for
+        `layer_hints` and {main refiner layer: hint} (unscaled)."""
         if self.version == "1.0":
-            x = s.img_refined
             for block in self.control_noise_refiner:
-                c = block(c, *s.rope_img, s.t_emb)
-        else:
-            blocks = self.control_noise_refiner if self.version == "2.1" else self.control_layers
-            c, hints = _run_control(blocks, c, s.img_embedded, s.rope_img, s.t_emb)
-            refiner_hints = {i: hints[k] * scale for k, i in enumerate(self.refiner_places)}
-            x = s.img_embedded
-            for i, block in enumerate(base.noise_refiner):
-                x = block(x, *s.rope_img, s.t_emb)
-                if i in refiner_hints:
-                    x = x + refiner_hints[i]
+                c = block(c, *rope_img, t_emb)
+            return c, {}
+        blocks = self.control_noise_refiner if self.version == "2.1" else self.control_layers
+        c, hints = _run_control(blocks, c, x, rope_img, t_emb)
+        return c, {i: hints[k] for k, i in enumerate(self.refiner_places)}
 
-        unified = torch.cat([x, s.cap], dim=1)
-        c = torch.cat([c, s.cap], dim=1)
-        _, hints = _run_control(self.control_layers, c, unified, s.rope_unified, s.t_emb)
-        return {i: hints[k] * scale for k, i in enumerate(self.layers_places)}
+    def layer_hints(self, c: Tensor, cap: Tensor, unified: Tensor,
+                    rope_unified: tuple[Tensor, Tensor], t_emb: Tensor) -> dict[int, Tensor]:
+        """The control layers on [control tokens, refined caption] with x = the main unified
+        sequence; returns {main layer: hint} (unscaled)."""
+        c = torch.cat([c, cap], dim=1)
+        _, hints = _run_control(self.control_layers, c, unified, rope_unified, t_emb)
+        return {i: hints[k] for k, i in enumerate(self.layers_places)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -113,3 +113,18 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
+
+
+def patchify(x: Tensor, ps: int) -> Tensor:
+    """[B, C, H, W] -> tokens [B, (H/ps)(W/ps), ps*ps*C], row-major over the patch grid; each
+    token's values ordered (ph, pw, c), channels fastest (unlike Flux's (c, ph, pw))."""
+    B, C, H, W = x.shape
+    patches = x.view(B, C, H // ps, ps, W // ps, ps).permute(0, 2, 4, 3, 5, 1)
+    return patches.reshape(B, (H // ps) * (W // ps), ps * ps * C)
+
+
+def unpatchify(tokens: Tensor, h_tok: int, w_tok: int, ps: int) -> Tensor:
+    """The inverse of `patchify`: [B, h_tok * w_tok, ps*ps*C] -> [B, C, h_tok*ps, w_tok*ps]."""
+    B = tokens.shape[0]
+    x = tokens.view(B, h_tok, w_tok, ps, ps, -1).permute(0, 5, 1, 3, 2, 4)
+    return x.reshape(B, -1, h_tok * ps, w_tok * ps)
