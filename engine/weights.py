@@ -14,7 +14,9 @@ raises one naming the file.
 Key maps translate other checkpoint namings to ours (diffusers naming = engine.model module names):
 `comfyui_transformer_key_map` (ComfyUI / original single-file DiT), `bfl_vae_key_map` (BFL/LDM
 `ae.safetensors`) and `qwen3_key_map` (Qwen3 `model.`-prefixed files such as ComfyUI's
-`qwen_3_4b.safetensors`, for a transformers `Qwen3Model`). A key map is a function
+`qwen_3_4b.safetensors`, for a transformers `Qwen3Model`); `checkpoint_key_map` takes one part
+out of a ComfyUI all-in-one checkpoint (`model.diffusion_model.`, `text_encoders.<name>.transformer.`
+and `vae.` prefixes) and drops the rest. A key map is a function
 `(source_key, source_shape) -> list[Target]`; an empty list drops the source tensor.
 """
 
@@ -465,6 +467,35 @@ def qwen3_key_map(key: str, shape: tuple[int, ...]) -> list[Target]:
     return [Target(key[len("model."):] if key.startswith("model.") else key)]
 
 
+# ComfyUI all-in-one checkpoints (models/checkpoints/*.safetensors) hold the three parts under
+# these prefixes, each in ComfyUI's own naming (fused-qkv DiT, Qwen3 causal LM, BFL VAE).
+CHECKPOINT_PREFIXES = {"transformer": COMFY_PREFIX,
+                       "text_encoder": re.compile(r"^text_encoders\.[^.]+\.transformer\."),
+                       "vae": "vae."}
+
+
+def checkpoint_prefix(component: str, key: str) -> str | None:
+    """The all-in-one prefix of `key` if it belongs to `component`, else None."""
+    prefix = CHECKPOINT_PREFIXES[component]
+    if isinstance(prefix, str):
+        return prefix if key.startswith(prefix) else None
+    m = prefix.match(key)
+    return m.group(0) if m else None
+
+
+def checkpoint_key_map(component: str, inner: KeyMap) -> KeyMap:
+    """One part of an all-in-one checkpoint: its tensors (prefix stripped) through `inner`, every
+    other part's tensors dropped."""
+
+    def key_map(key: str, shape: tuple[int, ...]) -> list[Target]:
+        prefix = checkpoint_prefix(component, key)
+        if prefix is None:
+            return []
+        return list(inner(key[len(prefix):], shape))
+
+    return key_map
+
+
 def _count_up_blocks(module: torch.nn.Module) -> int:
     ids = {int(m.group(1)) for k in module.state_dict()
            if (m := re.match(r"^decoder\.up_blocks\.(\d+)\.", k))}
@@ -481,7 +512,12 @@ def key_map_for(name: str, module: torch.nn.Module | None = None) -> KeyMap:
         return qwen3_key_map
     if name in ("", "diffusers", "identity"):
         return identity_key_map
+    if name.startswith("checkpoint:"):  # "checkpoint:<component>:<key map of that part>"
+        _, component, inner = name.split(":", 2)
+        if component in CHECKPOINT_PREFIXES:
+            return checkpoint_key_map(component, key_map_for(inner, module))
     raise ValueError(f"unknown key map {name!r}; known: {sorted(KEY_MAPS)}")
 
 
-KEY_MAPS = ("comfyui-transformer", "bfl-vae", "qwen3", "identity")
+KEY_MAPS = ("comfyui-transformer", "bfl-vae", "qwen3", "identity",
+            "checkpoint:<transformer|text_encoder|vae>:<one of the above>")
