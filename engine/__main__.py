@@ -93,7 +93,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                    **memory_kwargs(args))
     print(f"loaded {pipe.info['model']} on {pipe.info['device']} ({pipe.info['dtype']}) in "
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    if getattr(pipe, "compile_seconds", None) is not None:
+    if pipe.compile_seconds is not None:
         print(f"compiled and warmed up in {pipe.compile_seconds:.1f}s", file=sys.stderr)
     result = pipe.generate(req, on_progress=lambda p: _progress_bar(p.stage, p.step, p.steps))
     for i, (image, seed) in enumerate(zip(result.images, result.seeds)):

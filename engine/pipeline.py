@@ -158,6 +158,9 @@ class ZImagePipeline:
         self.dtype = dtype
         self.model_id = model_id
         self.limits = limits
+        self.memory = memory.MemoryState()  # where the weights are (engine/memory.py changes it)
+        self.compiled: list[str] = []  # parts wrapped in torch.compile (engine/compile.py)
+        self.compile_seconds: float | None = None  # compile + warm-up time at load, if compiled
 
     @classmethod
     def load(cls, model: str, *, device: str = "auto", dtype: str = "auto",
@@ -228,8 +231,6 @@ class ZImagePipeline:
             timings["text_ms"] = _ms_since(t0, self.device)
 
             t0 = time.perf_counter()
-            if req.tile:
-                self.vae.set_padding_mode("circular", axes=req.tile)
             x, sigmas, velocity, after_step = self._prepare(req, seeds, caps)
             steps = len(sigmas) - 1  # fewer than req.steps for image-to-image (strength < 1)
 
@@ -243,16 +244,13 @@ class ZImagePipeline:
 
             t0 = time.perf_counter()
             report(Progress("decode", 0, 1))
-            images = to_uint8(memory.decode_latents(self, x))  # tiled if the plan says so
+            images = to_uint8(memory.decode_latents(self, x, wrap=req.tile or ""))
             timings["decode_ms"] = _ms_since(t0, self.device)
         except torch.OutOfMemoryError:
             memory.reset_after_error(self)  # streamed layers back to host memory
             devices.empty_cache(self.device)
-            raise memory.oom_error(getattr(self, "plan", None), req.width, req.height,
+            raise memory.oom_error(self.memory.plan, req.width, req.height,
                                    req.num_images, memory.free_bytes(self.device)) from None
-        finally:
-            if req.tile:
-                self.vae.set_padding_mode("zeros")
         return Result(images=images, seeds=seeds, timings=timings)
 
     def run(self, req: GenerateRequest) -> Result:
@@ -264,6 +262,7 @@ class ZImagePipeline:
         after_step). img2img = cut schedule + noised image start; inpaint = a latent blend after
         each step; control = hints through the transformer's control hook; tile = rolls."""
         dev, W, H = self.device, req.width, req.height
+        wrap = req.tile or ""  # seamless: every VAE conv wraps on these axes
         lh, lw = H // VAE_SCALE, W // VAE_SCALE
         strength = resolve_strength(req)
         control_inpaint = req.control_type == "inpaint"
@@ -281,7 +280,7 @@ class ZImagePipeline:
         if req.mask is not None:
             mask = mask_tensor(fit_mask(req.mask, W, H)).to(dev)
         if use_init:
-            init = self.vae.encode(image, noise=torch.cat([d[0] for d in draws]))
+            init = self.vae.encode(image, noise=torch.cat([d[0] for d in draws]), wrap=wrap)
             x = scale_noise(init, sigmas[0], noise) if len(sigmas) > 1 else init
 
         after_step = None
@@ -296,11 +295,13 @@ class ZImagePipeline:
         if req.control_type is not None:
             cn = self.controlnet
             if req.control_image is not None:
-                parts = [self.vae.encode(image_tensor(fit_image(req.control_image, W, H)).to(dev))]
+                ctrl = image_tensor(fit_image(req.control_image, W, H)).to(dev)
+                parts = [self.vae.encode(ctrl, wrap=wrap)]
             else:
                 parts = [torch.zeros(1, LATENT_CHANNELS, lh, lw, device=dev)]
             if control_inpaint:  # [control, 1 - mask, masked image], as ZImageControlNetInpaint
-                parts += [latent_mask(1 - mask, lh, lw), self.vae.encode(image * (mask < 0.5))]
+                parts += [latent_mask(1 - mask, lh, lw),
+                          self.vae.encode(image * (mask < 0.5), wrap=wrap)]
             control = torch.cat(parts, dim=1)
             if control.shape[1] < cn.control_in_dim:  # unused channels are zeros
                 pad = cn.control_in_dim - control.shape[1]

@@ -722,7 +722,7 @@ def main(argv=None) -> int:
     say(f"### memory modes at {main_w}x{main_h} (GPU alloc peak includes a text-encoder run)")
     table(["mode", "DiT", "layers streamed", "text encoder", "est. peak GiB", "measured peak GiB",
            "first call ms", "warm ms", "mean |Δ| vs max (0-255)"], rows)
-    if probe is not None and getattr(pipe.transformer, "_fp8", False):
+    if probe is not None and pipe.memory.dit_fp8:
         x, t, cap, ref = probe
         memory.apply_plan(pipe, memory.Plan("max"), device)
         with torch.no_grad():
