@@ -1,4 +1,5 @@
 """Prompt -> images: text encoding, Euler denoising with the S3-DiT, VAE decode. No sockets here.
+Built by engine.loading.load_pipeline (this module imports no loader: no import circle).
 
 `ZImagePipeline.generate(request, on_progress, should_cancel)` is the one entry point that the CLI
 and the server call; it raises `Cancelled` or `EngineError`, never a bare library exception for
@@ -161,13 +162,6 @@ class ZImagePipeline:
         self.memory = memory.MemoryState()  # where the weights are (engine/memory.py changes it)
         self.compiled: list[str] = []  # parts wrapped in torch.compile (engine/compile.py)
         self.compile_seconds: float | None = None  # compile + warm-up time at load, if compiled
-
-    @classmethod
-    def load(cls, model: str, *, device: str = "auto", dtype: str = "auto",
-             **options) -> ZImagePipeline:
-        from engine.loading import load_pipeline
-
-        return load_pipeline(model, device=device, dtype=dtype, **options)
 
     @property
     def info(self) -> dict:

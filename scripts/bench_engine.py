@@ -357,7 +357,7 @@ def attach_controlnet(pipe, t_cfg, dims, work, use_diffusers):
     released key layout, written by the tests' builder (tests/engine/conditioning_refs.py: a
     re-randomised diffusers ZImageControlNetModel, every main layer controlled, like 2.1's 15 of
     30) and loaded through our loader (load_controlnet: version detection, strict keys)."""
-    from engine.model.controlnet import load_controlnet
+    from engine.loading import load_controlnet
 
     device, dtype = pipe.device, pipe.dtype
     dcn = None

@@ -30,16 +30,12 @@ Control layer placement is not stored in the file: the K control layers sit on m
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 
 from engine.config import TransformerParams
-from engine.errors import EngineError
 from engine.model.layers import patchify
-from engine.model.transformer import TransformerBlock, ZImageTransformer
+from engine.model.transformer import TransformerBlock
 
 
 class ControlBlock(TransformerBlock):
@@ -128,81 +124,3 @@ class ZImageControlNet(nn.Module):
         c = torch.cat([c, cap], dim=1)
         _, hints = _run_control(self.control_layers, c, unified, rope_unified, t_emb)
         return {i: hints[k] for k, i in enumerate(self.layers_places)}
-
-
-# --------------------------------------------------------------------------------------------
-# Loading from the released single file
-
-EMBED_KEY = "control_all_x_embedder.{}.weight"
-
-
-def inspect_controlnet(path: str | Path, p: TransformerParams) -> dict:
-    """Read a ControlNet file's header (and one small tensor) and describe it:
-    {version, control_in_dim, n_control_layers, drop_refiner}. Raises EngineError
-    (model_unavailable, field "controlnet") when the file is not a Z-Image ControlNet Union or
-    does not fit the base model."""
-    from engine.weights import read_header
-
-    path = Path(path)
-
-    def unavailable(message: str) -> EngineError:
-        return EngineError("model_unavailable", f"ControlNet {path}: {message}",
-                           field="controlnet")
-
-    if not path.is_file():
-        raise unavailable("file not found (give the .safetensors file of "
-                          "Z-Image-Turbo-Fun-Controlnet-Union)")
-    header = read_header(path)
-    embed = header.get(EMBED_KEY.format(p.patch_key))
-    if embed is None:
-        raise unavailable("not a Z-Image ControlNet Union file "
-                          f"(no {EMBED_KEY.format(p.patch_key)})")
-    dim, patch_in = embed[1]
-    if dim != p.dim:
-        raise unavailable(f"made for a transformer of width {dim}, but the loaded model has "
-                          f"{p.dim}")
-    per_patch = p.f_patch_size * p.patch_size * p.patch_size
-    control_in_dim = patch_in // per_patch
-    layers = sorted({int(m.group(1)) for k in header
-                     if (m := re.match(r"control_layers\.(\d+)\.", k))})
-    if not layers or layers != list(range(len(layers))) or len(layers) > p.n_layers:
-        raise unavailable(f"unexpected control layers {layers[:8]} for a {p.n_layers}-layer model")
-    refiner = sorted({int(m.group(1)) for k in header
-                      if (m := re.match(r"control_noise_refiner\.(\d+)\.", k))})
-    before = "control_noise_refiner.0.before_proj.weight"
-    if before in header:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            zero = bool(torch.all(f.get_tensor(before) == 0))
-        version = "2.0" if zero else "2.1"
-    elif "control_noise_refiner.0.after_proj.weight" in header or not refiner:
-        version = "2.0"
-    else:
-        version = "1.0"
-    if version != "2.0" and refiner != list(range(p.n_refiner_layers)):
-        raise unavailable(f"{len(refiner)} control refiner blocks, the model has "
-                          f"{p.n_refiner_layers} refiner layers")
-    return {"version": version, "control_in_dim": control_in_dim,
-            "n_control_layers": len(layers), "drop_refiner": version == "2.0" and bool(refiner)}
-
-
-def load_controlnet(path: str | Path, transformer: ZImageTransformer, *, dtype: torch.dtype,
-                    device: torch.device | str,
-                    layers_places: list[int] | None = None) -> ZImageControlNet:
-    from engine.weights import Target, load_safetensors_into
-
-    p = transformer.params
-    info = inspect_controlnet(path, p)
-    with torch.device("meta"):
-        model = ZImageControlNet(p, control_in_dim=info["control_in_dim"],
-                                 n_control_layers=info["n_control_layers"],
-                                 version=info["version"], layers_places=layers_places)
-
-    def key_map(key: str, shape: tuple[int, ...]) -> list[Target]:
-        if info["drop_refiner"] and key.startswith("control_noise_refiner."):
-            return []
-        return [Target(key)]
-
-    load_safetensors_into(model, path, dtype=dtype, device=device, key_map=key_map)
-    return model.eval().requires_grad_(False)

@@ -16,7 +16,7 @@ Output convention (as diffusers): the model predicts x0 - noise; the sampler neg
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +34,6 @@ from engine.model.layers import (
     timestep_embedding,
     unpatchify,
 )
-
-if TYPE_CHECKING:
-    from engine.model.controlnet import ZImageControlNet
 
 SEQ_MULTIPLE = 32  # both streams are padded to this length multiple with learned pad tokens
 T_FREQ_DIM = 256  # sinusoid width fed to the timestep MLP
@@ -140,12 +137,24 @@ class FinalLayer(nn.Module):
         return self.linear(x)
 
 
+class ControlNet(Protocol):
+    """What the forward pass needs of a ControlNet (engine.model.controlnet.ZImageControlNet)."""
+
+    def embed(self, latents: Tensor, batch: int) -> Tensor: ...
+
+    def refine(self, c: Tensor, x: Tensor, rope_img: tuple[Tensor, Tensor],
+               t_emb: Tensor) -> tuple[Tensor, dict[int, Tensor]]: ...
+
+    def layer_hints(self, c: Tensor, cap: Tensor, unified: Tensor,
+                    rope_unified: tuple[Tensor, Tensor], t_emb: Tensor) -> dict[int, Tensor]: ...
+
+
 @dataclass
 class Control:
     """A ControlNet's input for one forward: the net, its control latents [1 or B, C, H, W] (the
     image latents' H, W) and the conditioning scale its hints are multiplied by."""
 
-    net: ZImageControlNet
+    net: ControlNet
     latents: Tensor
     scale: float = 1.0
 
