@@ -188,9 +188,6 @@ def load_pipeline(model: str, *, device: str = "auto", dtype: str = "auto",
     pipe = ZImagePipeline(transformer, vae, TextEncoder(tokenizer, text_model, cache_size),
                           shift=shift, device=dev, dtype=dt, model_id=src.name,
                           controlnet=control_model)
-    transformer.fuse_projections()  # fused QKV and w1/w3 matmuls (same math, fewer launches)
-    if control_model is not None:
-        control_model.fuse_projections()
     try:
         memory_modes.apply_plan(pipe, plan, dev)
     except torch.OutOfMemoryError:

@@ -282,7 +282,14 @@ def load_safetensors_into(
     expected = {k: tuple(v.shape) for k, v in current.items()}
     plans = plan_load(expected, files, key_map, weight_map)
 
-    device = torch.device(device)
+    # No reference to the tensors is kept here: load_state_dict holds the only one, so a module
+    # that fuses tensors on load (model.layers.fuse_on_load) frees each part once fused.
+    module.load_state_dict(_read_tensors(plans, dtype, torch.device(device)), strict=True,
+                           assign=True)
+
+
+def _read_tensors(plans: list[_Plan], dtype: torch.dtype | None,
+                  device: torch.device) -> dict[str, torch.Tensor]:
     open_device = str(device) if device.type in ("cpu", "cuda") else "cpu"
     by_file: dict[Path, list[_Plan]] = {}
     for p in plans:
@@ -305,7 +312,7 @@ def load_safetensors_into(
             raise
         except Exception as e:  # data region unreadable: truncated after the header, I/O error
             raise _corrupt(path, e) from None
-    module.load_state_dict(state, strict=True, assign=True)
+    return state
 
 
 def meta_tensors(module: torch.nn.Module) -> list[str]:

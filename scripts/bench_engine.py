@@ -387,7 +387,6 @@ def attach_controlnet(pipe, t_cfg, dims, work, use_diffusers):
             save_file({k: v.contiguous() for k, v in cn.state_dict().items()}, str(path))
         cn = load_controlnet(path, pipe.transformer, dtype=dtype, device=device)
         assert cn.version == "2.1", cn.version
-    cn.fuse_projections()  # after diffusers took the unfused tensors
     pipe.controlnet = cn
     return dcn
 
@@ -500,7 +499,6 @@ def check_full_on_meta() -> None:
         diffusers_controlnet(cn, t_cfg)
         say("diffusers' ZImageControlNetModel accepts our ControlNet state dict (strict, real "
             "dims, released 2.1 key layout)")
-    transformer.fuse_projections()
     rows = [[p.mode, "fp8" if p.dit_fp8 else "bf16", p.dit_streamed, p.text_encoder,
              f"{p.peak_gib():.1f}"]
             for p in (memory.make_plan(m, fp8=True, sizes=sizes)
@@ -627,7 +625,6 @@ def main(argv=None) -> int:
             dpipe = diffusers_from_modules(transformer, text_model, vae, tokenizer, t_cfg, v_cfg)
         pipe = ZImagePipeline(transformer, vae, TextEncoder(tokenizer, text_model), shift=3.0,
                               device=device, dtype=dtype, model_id=f"random-{dims}")
-        transformer.fuse_projections()
         memory.apply_plan(pipe, memory.Plan("max"), device)
         del transformer, text_model, vae
 

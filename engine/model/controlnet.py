@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.config import TransformerParams
-from engine.model.layers import patchify
+from engine.model.layers import fuse_on_load, patchify
 from engine.model.transformer import TransformerBlock
 
 
@@ -87,13 +87,7 @@ class ZImageControlNet(nn.Module):
                 [TransformerBlock(p, modulation=True) for _ in range(p.n_refiner_layers)])
         else:
             self.control_noise_refiner = None
-
-    def fuse_projections(self) -> None:
-        """As ZImageTransformer.fuse_projections (after loading the weights)."""
-        blocks = [*self.control_layers, *(self.control_noise_refiner or [])]
-        for block in blocks:
-            block.attention.fuse()
-            block.feed_forward.fuse()
+        fuse_on_load(self)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -26,9 +26,9 @@ from engine.config import TransformerParams
 from engine.model.layers import (
     FeedForward,
     RMSNorm,
-    _fused_linear,
     apply_rope,
     attention,
+    fuse_on_load,
     patchify,
     rope_angles,
     timestep_embedding,
@@ -43,30 +43,19 @@ FINAL_NORM_EPS = 1e-6
 
 
 class Attention(nn.Module):
-    """Self-attention with per-head RMSNorm on q and k, then RoPE. Keys: to_q/to_k/to_v/to_out.0."""
+    """Self-attention with per-head RMSNorm on q and k, then RoPE. Keys: to_q/to_k/to_v (held
+    fused as qkv, see layers.fuse_on_load), to_out.0, norm_q, norm_k."""
 
     def __init__(self, dim: int, n_heads: int, qk_norm: bool):
         super().__init__()
         self.n_heads = n_heads
-        self.to_q = nn.Linear(dim, dim, bias=False)
-        self.to_k = nn.Linear(dim, dim, bias=False)
-        self.to_v = nn.Linear(dim, dim, bias=False)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim, bias=False)])  # key "to_out.0"
         self.norm_q = RMSNorm(dim // n_heads, eps=QK_NORM_EPS) if qk_norm else None
         self.norm_k = RMSNorm(dim // n_heads, eps=QK_NORM_EPS) if qk_norm else None
 
-    def fuse(self) -> None:
-        if hasattr(self, "qkv"):
-            return
-        self.qkv = _fused_linear(self.to_q, self.to_k, self.to_v)
-        del self.to_q, self.to_k, self.to_v
-
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        if hasattr(self, "qkv"):
-            q, k, v = self.qkv(x).chunk(3, dim=-1)
-        else:
-            q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
-        q, k, v = (t.unflatten(-1, (self.n_heads, -1)) for t in (q, k, v))  # [B, L, H, D]
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.n_heads, -1)).unbind(-3)  # [B, L, H, D]
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
         # RoPE in float32; cast back to v's dtype (an fp32 RMSNorm weight would otherwise leak).
@@ -185,6 +174,7 @@ class ZImageTransformer(nn.Module):
         # RoPE cos/sin depend only on (caption length, latent grid, device): computed lazily,
         # shared by every block, never part of the state dict. One entry is enough per run.
         self._rope_cache: tuple[tuple, tuple[Tensor, ...]] | None = None
+        fuse_on_load(self)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -193,15 +183,6 @@ class ZImageTransformer(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.x_pad_token.device
-
-    def fuse_projections(self) -> None:
-        """Fuse to_q/to_k/to_v -> qkv and w1/w3 -> w13 in every block (after loading weights).
-
-        Same math, fewer kernel launches. The state dict then no longer has the checkpoint's keys.
-        """
-        for block in [*self.noise_refiner, *self.context_refiner, *self.layers]:
-            block.attention.fuse()
-            block.feed_forward.fuse()
 
     def _rope(
         self, cap_len: int, h_tok: int, w_tok: int, device: torch.device
