@@ -53,8 +53,8 @@ def make_controlnet_file(path: Path, *, n_control_layers: int, seed: int = 99, d
                          version: str = "2.1"):
     """A tiny random diffusers ZImageControlNetModel, saved as one safetensors file in the
     released key layout (the 2.1 and 1.0 single-file conversions are the identity). version
-    "2.1": control_noise_refiner with projections; "1.0": plain refiner blocks (give
-    control_in_dim=16). Returns the diffusers model (the oracle)."""
+    "2.1": control_noise_refiner with projections; "2.0": none (the refiner stage runs the control
+    layers); "1.0": plain refiner blocks (give control_in_dim=16). Returns the diffusers model."""
     from diffusers import ZImageControlNetModel
     from safetensors.torch import save_file
 
@@ -64,7 +64,8 @@ def make_controlnet_file(path: Path, *, n_control_layers: int, seed: int = 99, d
         control_layers_places=list(range(n_control_layers)),
         control_refiner_layers_places=list(range(n_refiner_layers)),
         control_in_dim=control_in_dim,
-        add_control_noise_refiner="control_noise_refiner" if version == "2.1" else None,
+        add_control_noise_refiner={"2.1": "control_noise_refiner",
+                                   "2.0": "control_layers"}.get(version),
         dim=dim, n_refiner_layers=n_refiner_layers, n_heads=n_heads, n_kv_heads=n_heads,
         norm_eps=1e-5, qk_norm=True)
     tiny.randomize_(cn, seed)  # the library zero-initialises the projections: that hides bugs
@@ -90,14 +91,18 @@ def trainer_faithful(pipe):
     while the main transformer runs (a flag set by its pre/post hooks), the shared noise-refiner
     layer k gets hint[k] * scale added to its output. The hooks go when the block ends."""
     cn, transformer = pipe.controlnet, pipe.transformer
-    assert cn.add_control_noise_refiner == "control_noise_refiner", "2.1-layout ControlNets only"
+    # 2.1: the control refiner blocks; 2.0: the first of the two passes of the control layers
+    refiner = {"control_noise_refiner": cn.control_noise_refiner,
+               "control_layers": cn.control_layers}[cn.add_control_noise_refiner]
     state = {"main": False, "hints": None, "scale": None}
 
     def on_controlnet(module, args, kwargs):
         state["scale"] = kwargs.get("conditioning_scale", 1.0)
+        state["hints"] = None
 
     def on_last_refiner(module, args, out):
-        state["hints"] = torch.unbind(out)[:-1]
+        if state["hints"] is None:  # the refiner stage comes first in every ControlNet call
+            state["hints"] = torch.unbind(out)[:-1]
 
     def main_flag(value):
         def hook(module, *_):
@@ -113,7 +118,7 @@ def trainer_faithful(pipe):
         return hook
 
     handles = [cn.register_forward_pre_hook(on_controlnet, with_kwargs=True),
-               cn.control_noise_refiner[-1].register_forward_hook(on_last_refiner),
+               refiner[-1].register_forward_hook(on_last_refiner),
                transformer.register_forward_pre_hook(main_flag(True)),
                transformer.register_forward_hook(main_flag(False))]
     handles += [layer.register_forward_hook(on_refiner(k))

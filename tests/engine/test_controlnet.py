@@ -38,6 +38,8 @@ def nets(tiny_model_dir, tmp_path_factory):
                                                                  n_control_layers=2, seed=99)),
             "lite": (d / "lite.safetensors", make_controlnet_file(d / "lite.safetensors",
                                                                   n_control_layers=1, seed=7)),
+            "2.0": (d / "cn20.safetensors", make_controlnet_file(
+                d / "cn20.safetensors", n_control_layers=2, seed=21, version="2.0")),
             "1.0": (d / "cn10.safetensors", make_controlnet_file(
                 d / "cn10.safetensors", n_control_layers=2, seed=5, control_in_dim=16,
                 version="1.0"))}
@@ -71,18 +73,21 @@ def reference(parts, net, seed, *, width=64, height=64, faithful=True, **kwargs)
         return run_reference(pipe, seed, prompt=PROMPT, width=width, height=height, **kwargs)
 
 
-def test_cli_control_matches_trainer(tiny_model_dir, nets, parts, tmp_path):
-    ctrl = sample_image(64, 64, seed=8)
+@pytest.mark.parametrize("version,scale,size", [("2.1", 0.75, (64, 64)), ("lite", 0.4, (96, 64)),
+                                                ("2.1", 1.0, (64, 96))])
+def test_cli_control_matches_trainer(nets, parts, tmp_path, tiny_model_dir, version, scale, size):
+    w, h = size
+    ctrl = sample_image(w, h, seed=8)
     Image.fromarray(ctrl).save(tmp_path / "depth.png")
     out = tmp_path / "out.png"
-    r = run_cli("generate", "--model", str(tiny_model_dir), "--prompt", PROMPT, "--width", "64",
-                "--height", "64", "--steps", "4", "--seed", "3", "--controlnet",
-                str(nets["2.1"][0]), "--control-image", str(tmp_path / "depth.png"),
-                "--control-type", "depth", "--control-scale", "0.75", "--output", str(out))
+    r = run_cli("generate", "--model", str(tiny_model_dir), "--prompt", PROMPT, "--width", str(w),
+                "--height", str(h), "--steps", "4", "--seed", "3", "--controlnet",
+                str(nets[version][0]), "--control-image", str(tmp_path / "depth.png"),
+                "--control-type", "depth", "--control-scale", str(scale), "--output", str(out))
     assert r.returncode == 0, r.stderr
     ours = np.asarray(Image.open(out).convert("RGB"))
-    theirs = reference(parts, nets["2.1"][1], 3, control_image=ctrl,
-                       controlnet_conditioning_scale=0.75, num_inference_steps=4)
+    theirs = reference(parts, nets[version][1], 3, width=w, height=h, control_image=ctrl,
+                       controlnet_conditioning_scale=scale, num_inference_steps=4)
     assert_within_one_step(ours, theirs)
 
 
@@ -124,6 +129,20 @@ def test_trainer_and_diffusers_really_differ(pipe21, nets, parts):
     plain = reference(parts, nets["2.1"][1], 5, faithful=False, control_image=ctrl,
                       controlnet_conditioning_scale=1.0, num_inference_steps=4)
     assert np.abs(ours.astype(int) - plain.astype(int)).max() > 10
+
+
+@pytest.mark.parametrize("scale", [0.4, 1.0])
+def test_2_0_follows_the_trainer_too(pipes, nets, parts, scale):
+    """2.0 files: the refiner-stage hints come from a first pass of the control layers, added to
+    the main noise refiner as the trainer did (add_control_noise_refiner_correctly: false)."""
+    pipe = pipes["2.0"]
+    assert pipe.controlnet.version == "2.0" and pipe.controlnet.control_noise_refiner is None
+    ctrl = sample_image(96, 64, seed=14)
+    ours = pipe.generate(GenerateRequest(PROMPT, 96, 64, steps=4, seed=7, control_image=ctrl,
+                                         control_type="depth", control_scale=scale))
+    theirs = reference(parts, nets["2.0"][1], 7, width=96, height=64, control_image=ctrl,
+                       controlnet_conditioning_scale=scale, num_inference_steps=4)
+    assert_within_one_step(ours.images[0], theirs)
 
 
 @pytest.mark.parametrize("scale", [0.4, 1.0])
