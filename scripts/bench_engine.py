@@ -453,8 +453,10 @@ def bench_conditioning(pipe, dpipe, tasks, args, w, h, t_cfg, dims, work) -> Non
             ratio = statistics.median(r["total"] for r in theirs) / statistics.median(
                 r["total"] for r in ours)
             diff = abs(ours[-1]["image"].astype(int) - theirs[-1]["image"].astype(int))
+            why = (" (expected: ours adds the refiner hints to the main noise refiner as the "
+                   "trainer did, diffusers does not)" if "ControlNet" in name else "")
             lines.append(f"{name}: speed-up over diffusers (warm total) {ratio:.2f}x; same "
-                         f"seed, mean |Δ| {diff.mean():.2f} / max {diff.max()} (0-255)")
+                         f"seed, mean |Δ| {diff.mean():.2f} / max {diff.max()} (0-255){why}")
     say(f"### image conditioning at {w}x{h}, {args.steps} steps requested, median of "
         f"{args.runs} (ms; encode = VAE encode of the input or control image)")
     table(["pipeline", "steps run", "text", "image encode", "per step", "denoise",
