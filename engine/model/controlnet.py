@@ -1,4 +1,5 @@
-"""Z-Image-Turbo-Fun-ControlNet-Union (alibaba-pai, VACE-style) = diffusers' ZImageControlNetModel.
+"""Z-Image-Turbo-Fun-ControlNet-Union (alibaba-pai, VACE-style): the weights of diffusers'
+ZImageControlNetModel, run the way the trainer ran them.
 
 Module names equal the keys of the released single safetensors file:
   control_all_x_embedder.2-1           Linear(4 * control_in_dim -> dim): 2x2 patches of the
