@@ -88,10 +88,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.controlnet:
         pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype,
-                          controlnet=args.controlnet, **memory_kwargs(args))
+                             controlnet=args.controlnet, **memory_kwargs(args))
     else:
         pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype,
-                          **memory_kwargs(args))
+                             **memory_kwargs(args))
     print(f"loaded {pipe.info['model']} on {pipe.info['device']} ({pipe.info['dtype']}) in "
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     if pipe.compile_seconds is not None:

@@ -449,9 +449,7 @@ def resolve_comfyui(path: Path, *, tokenizer: str | Path | None = None,
         dit = _pick(cands, ("z_image_turbo_bf16", "z_image_turbo", "z_image", "zimage"))
         if len(cands) > 1:
             others = [p.name for p in cands if p != dit]
-            import logging
-            logging.getLogger(__name__).info("using %s (also found: %s)", dit.name,
-                                             ", ".join(others))
+            log.info("using %s (also found: %s)", dit.name, ", ".join(others))
     else:
         dit = path
         models = _comfy_models_dir(dit)
@@ -495,8 +493,10 @@ def resolve_comfyui(path: Path, *, tokenizer: str | Path | None = None,
         cands = [p for p in _find(models, dit.parent, COMFY_VAE_DIRS, "*.safetensors")
                  if p != dit and _looks_like_vae(p)]
         ae, skipped = pick_vae(cands)
-        if ae is not None:
-            log.info("VAE: %s", ae)
+        if ae is not None:  # said louder when other VAEs were there: the pick was not obvious
+            log.log(logging.WARNING if skipped else logging.INFO, "VAE: %s%s", ae,
+                    f" (skipped, not a FLUX VAE: {', '.join(p.name for p in skipped)})"
+                    if skipped else "")
         if ae is None:
             missing.append(f"the FLUX VAE ae.safetensors ({COMFY_VAE_GB:g} GB; looked in "
                            f"{models}/vae and {dit.parent}"

@@ -319,6 +319,11 @@ def test_vae_pick_skips_decoys_and_names_the_file(comfy_models, tiny_engine_mode
     assert src.vae_files == ((vae_dir / flux_name).resolve(),)
     assert src.vae_used == (vae_dir / flux_name).resolve()
     assert f"VAE: {(vae_dir / flux_name).resolve()}" in caplog.text
+    said = [r for r in caplog.records if r.getMessage().startswith("VAE: ")]
+    if flux_name == "my_vae.safetensors":  # a decoy ranked first was checked, skipped, named
+        assert said[0].levelname == "WARNING" and "ace_step_vae" in said[0].getMessage()
+    else:  # the exact name, or a name saying flux, is checked first and fits
+        assert said[0].levelname == "INFO"
 
 
 def test_only_decoy_vaes_is_a_clear_error(comfy_models, tiny_engine_model_dir):
