@@ -1,8 +1,10 @@
-"""Resolve `--model` to files: an official folder, a Hugging Face repo id, or ComfyUI split files.
+"""Resolve `--model` to files: an official folder, a Hugging Face repo id, ComfyUI split files or a
+ComfyUI all-in-one checkpoint (DiT + Qwen3 + VAE in one file, recognised by its key prefixes).
 
     source = resolve_model("Tongyi-MAI/Z-Image-Turbo")      # cache first, then download
     source = resolve_model("/models/Z-Image-Turbo")         # a folder in the official layout
     source = resolve_model("ComfyUI/models/diffusion_models/z_image_turbo_bf16.safetensors")
+    source = resolve_model("ComfyUI/models/checkpoints/z_image_turbo_aio.safetensors")
     load_safetensors_into(dit, source.transformer_files, dtype=..., device=...,
                           key_map=source.key_maps["transformer"])
 
