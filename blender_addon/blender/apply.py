@@ -2,8 +2,10 @@
 
 Every apply is transactional: what it creates is recorded, and on any error it is removed and
 what it changed is put back, so nothing is ever half-applied. It never edits the user's
-materials: a texture gets a new material in a new slot (the faces are assigned to it; undo
-puts them back), or - when asked - only the image of the selected Image Texture node changes.
+materials: a texture gets a new material in a new slot (the faces of the active slot, or in
+Edit Mode the selected faces, are assigned to it; undo puts them back), or - when asked - only
+the image of the selected Image Texture node changes. Result images get a fake user, so they
+stay in the saved file even when nothing uses them.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ def create_result_image(tx: Transaction, img_data, record: Record,
     image.alpha_mode = "NONE"
     for key, value in record.image_props().items():
         image[key] = value
+    image.use_fake_user = True      # kept on save even when no material uses it (history)
     record.image_name = image.name
     return image
 
@@ -156,39 +159,107 @@ def new_texture_material(tx: Transaction, image: bpy.types.Image) -> bpy.types.M
     return mat
 
 
-def assign_material(tx: Transaction, obj, mat) -> None:
-    """Add `mat` in a new slot and show it on every face. The user's materials stay as they
-    are, in their slots; the old face assignment is restored on rollback."""
+def can_hold_texture(obj) -> str | None:
+    """None if a texture can go on `obj`, else why not (checked before sending)."""
+    if obj is None:
+        return None                  # the image goes to the Image Editor
+    if obj.type != "MESH":
+        kind = obj.type.replace("_", " ").lower()
+        hint = " (convert it: Object > Convert > Mesh)" if obj.type in (
+            "CURVE", "SURFACE", "FONT", "META", "CURVES") else ""
+        return f"{obj.name} is a {kind}, not a mesh{hint}"
+    return None
+
+
+def _face_indices_edit(obj):
+    import bmesh
+    bm = bmesh.from_edit_mesh(obj.data)
+    bm.faces.ensure_lookup_table()
+    return bm, [f.material_index for f in bm.faces]
+
+
+def assign_material(tx: Transaction, obj, mat) -> int:
+    """Add `mat` in a new slot. The faces on the active slot move to it - in Edit Mode the
+    selected faces (the active slot's when none is selected) - and every other face keeps
+    its material, so the user's per-face assignment survives. The user's materials stay as
+    they are; the old assignment is restored on rollback. Returns how many faces moved."""
+    problem = can_hold_texture(obj)
+    if problem:
+        raise ValueError(problem)
     data = obj.data
-    if not hasattr(data, "materials"):
-        raise ValueError(f"{obj.name} cannot have materials")
-    polys = getattr(data, "polygons", None)
     old_index = obj.active_material_index
-    old_faces = None
-    if polys is not None and len(polys):
-        from array import array
+    had_slots = len(obj.material_slots) > 0
+    edit = obj.mode == "EDIT"
+    from array import array
+    if edit:
+        bm, old_faces = _face_indices_edit(obj)
+        picked = [i for i, f in enumerate(bm.faces) if f.select]
+    else:
+        polys = data.polygons
         old_faces = array("i", bytes(4 * len(polys)))
         polys.foreach_get("material_index", old_faces)
+        picked = []
+    if not picked:
+        picked = [i for i, m in enumerate(old_faces) if not had_slots or m == old_index]
     data.materials.append(mat)
     slot = len(data.materials) - 1
 
-    def restore():
-        data.materials.pop(index=slot)
-        if old_faces is not None:
-            polys.foreach_set("material_index", old_faces)
+    def set_faces(values):
+        if edit and obj.mode == "EDIT":
+            import bmesh
+            bm2 = bmesh.from_edit_mesh(data)
+            bm2.faces.ensure_lookup_table()
+            for f, m in zip(bm2.faces, values):
+                f.material_index = m
+            bmesh.update_edit_mesh(data)
+        else:
+            data.polygons.foreach_set("material_index", array("i", values))
             data.update()
+
+    def restore():
+        set_faces(list(old_faces))
+        data.materials.pop(index=slot)
         obj.active_material_index = old_index
     tx.changed(restore)
-    if old_faces is not None and slot > 0:
-        from array import array
-        polys.foreach_set("material_index", array("i", [slot]) * len(polys))
-        data.update()
+    new_faces = list(old_faces)
+    for i in picked:
+        new_faces[i] = slot
+    if new_faces != list(old_faces):
+        set_faces(new_faces)
     obj.active_material_index = slot
+    return len(picked)
 
 
-def apply_texture(context_info: dict, image: bpy.types.Image, tx: Transaction) -> str:
-    """Returns a sentence saying where the image went."""
-    obj = bpy.data.objects.get(context_info.get("object") or "")
+def use_box_projection(mat) -> None:
+    """For objects without a UV map: the image texture is box-projected from the object's
+    generated coordinates (no UVs needed, nothing changes on the mesh)."""
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    tex = next(n for n in nodes if n.type == "TEX_IMAGE")
+    coords = nodes.new("ShaderNodeTexCoord")
+    coords.location = (tex.location.x - 240, tex.location.y)
+    tex.projection = "BOX"
+    tex.projection_blend = 0.2
+    links.new(coords.outputs["Generated"], tex.inputs["Vector"])
+
+
+def keep_image(tx: Transaction, image) -> None:
+    """A fake user, so the image survives saving even when nothing else uses it (history
+    lists it; extra images of a job; an image replaced in a node)."""
+    if image is not None and not image.use_fake_user:
+        tx.changed(lambda: setattr(image, "use_fake_user", False))
+        image.use_fake_user = True
+
+
+def _texture_objects(context_info: dict) -> list:
+    names = context_info.get("objects") or ([context_info["object"]]
+                                            if context_info.get("object") else [])
+    return [o for o in (bpy.data.objects.get(n) for n in names) if o is not None]
+
+
+def apply_texture(context_info: dict, image, tx: Transaction, images=None) -> str:
+    """Returns a sentence saying where the image went. `images`: all of the job's images
+    (one per object when each selected object gets its own)."""
+    images = images or [image]
     mode = context_info.get("target", "NEW_MATERIAL")
     if mode == "IMAGE_NODE":
         mat = bpy.data.materials.get(context_info.get("material") or "")
@@ -197,15 +268,42 @@ def apply_texture(context_info: dict, image: bpy.types.Image, tx: Transaction) -
         if node is None or node.type != "TEX_IMAGE":
             raise ValueError("the selected Image Texture node is gone")
         old = node.image
+        keep_image(tx, old)               # the replaced image stays in the file
         tx.changed(lambda: setattr(node, "image", old))
         node.image = image
         return f"Set the image of {mat.name} > {node.name}"
-    if obj is None:
-        show_in_image_editors(image)
-        return "No active object: the image is in the Image Editor"
-    mat = new_texture_material(tx, image)
-    assign_material(tx, obj, mat)
-    return f"New material {mat.name} on {obj.name}"
+    objects = _texture_objects(context_info)
+    if not objects:
+        if show_in_image_editors(image):
+            return "No active object: the image is in the Image Editor"
+        return "No active object: the image is kept in the file (open it in an Image Editor)"
+    for obj in objects:
+        problem = can_hold_texture(obj)
+        if problem:
+            raise ValueError(problem)
+    each = context_info.get("objects_mode") == "SELECTED_EACH"
+    materials, no_uv = [], []
+    for i, obj in enumerate(objects):
+        if each or not materials:
+            mat = new_texture_material(tx, images[i] if each and i < len(images) else image)
+            materials.append(mat)
+            mat_no_uv = False
+        mat = materials[-1]
+        if len(obj.data.uv_layers) == 0:
+            no_uv.append(obj.name)
+            if not mat_no_uv:
+                use_box_projection(mat)
+                mat_no_uv = True
+        assign_material(tx, obj, mat)
+    names = ", ".join(o.name for o in objects)
+    if len(materials) == 1:
+        where = f"New material {materials[0].name} on {names}"
+    else:
+        where = f"New materials on {names}"
+    if no_uv:
+        where += (f"; {', '.join(no_uv)} had no UV map, so the texture is box-projected "
+                  "(add UVs and switch the Image Texture node to UV for more control)")
+    return where
 
 
 # ---- concept images ----------------------------------------------------------------------
@@ -262,7 +360,8 @@ def place_concept(context_info: dict, image, tx: Transaction, scene) -> str:
         empty.empty_display_size = 3.0
         return f"Reference image {empty.name}"
     shown = show_in_image_editors(image)
-    return "Shown in the Image Editor" if shown else "Image created (open an Image Editor)"
+    return "Shown in the Image Editor" if shown else \
+        "Image kept in the file (open it in an Image Editor)"
 
 
 # ---- live preview ------------------------------------------------------------------------

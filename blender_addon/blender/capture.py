@@ -1,15 +1,18 @@
 """Capture the current view or the camera: colour (PNG) and depth (PNG, normalised to the
 visible range). Every render setting that is changed is restored afterwards.
 
-Colour: with a 3D viewport at hand (source "VIEW"), an OpenGL viewport render with overlays
-and gizmos off; otherwise (source "CAMERA", or Blender without a window) a Workbench render
-through the scene camera. Depth: rays cast from the same viewpoint (on a grid of at most
-DEPTH_GRID pixels a side, then scaled), so it works without a GPU context too.
+Colour: with a 3D viewport at hand (source "VIEW"), an OpenGL viewport render with overlays and
+gizmos off; "RENDER": the scene's own render engine (EEVEE, Cycles) through the scene camera,
+its Render Result saved as PNG; otherwise (source "CAMERA", or Blender without a window) a
+Workbench render through the scene camera. Depth: for "RENDER" the render's own Depth pass;
+otherwise rays cast from the same viewpoint (on a grid of at most DEPTH_GRID pixels a side,
+then scaled), so it works without a GPU context too.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import bpy
@@ -21,19 +24,29 @@ DEPTH_GRID = 192
 
 
 class Snapshot:
-    """Remembers attributes and puts them back, in reverse order."""
+    """Remembers attributes' first values and puts them back in the order first saved.
+
+    Some settings depend on others: a new file format resets the colour depth, a new view
+    transform resets the look. So dependants are saved (with save()) before anything changes,
+    parents first, and restored parents first."""
 
     def __init__(self):
-        self._saved: list = []
+        self._saved: dict = {}
+
+    def save(self, obj, *attrs: str) -> None:
+        for attr in attrs:
+            if hasattr(obj, attr):
+                self._saved.setdefault((obj.as_pointer(), attr), (obj, attr, getattr(obj, attr)))
 
     def set(self, obj, attr: str, value) -> None:
-        self._saved.append((obj, attr, getattr(obj, attr)))
+        self.save(obj, attr)
         setattr(obj, attr, value)
 
     def restore(self) -> None:
-        for obj, attr, value in reversed(self._saved):
+        for obj, attr, value in self._saved.values():
             try:
-                setattr(obj, attr, value)
+                if getattr(obj, attr) != value:
+                    setattr(obj, attr, value)
             except Exception:
                 pass
         self._saved.clear()
@@ -60,6 +73,9 @@ def find_view3d(context):
 
 def _render_settings(snap: Snapshot, scene, width: int, height: int, path: str) -> None:
     r = scene.render
+    # parents before dependants (see Snapshot), all before anything changes
+    snap.save(r.image_settings, "media_type", "file_format", "color_mode", "color_depth")
+    snap.save(scene.view_settings, "view_transform", "look", "exposure", "gamma")
     snap.set(r, "resolution_x", width)
     snap.set(r, "resolution_y", height)
     snap.set(r, "resolution_percentage", 100)
@@ -83,7 +99,8 @@ def _render_settings(snap: Snapshot, scene, width: int, height: int, path: str) 
 
 def capture_color(context, scene, source: str, width: int, height: int) -> bytes:
     """PNG bytes of the view at width x height."""
-    path = os.path.join(tempfile.mkdtemp(prefix="zimage_capture_"), "capture.png")
+    folder = tempfile.mkdtemp(prefix="zimage_capture_")
+    path = os.path.join(folder, "capture.png")
     snap = Snapshot()
     try:
         _render_settings(snap, scene, width, height, path)
@@ -99,21 +116,59 @@ def capture_color(context, scene, source: str, width: int, height: int) -> bytes
         else:
             if scene.camera is None:
                 raise RuntimeError("the scene has no camera to capture through")
-            snap.set(scene.render, "engine", "BLENDER_WORKBENCH")
-            shading = scene.display.shading
-            snap.set(shading, "light", "STUDIO")
-            snap.set(shading, "color_type", "MATERIAL")
+            if source != "RENDER":      # a quick Workbench render; RENDER: the scene's own
+                snap.set(scene.render, "engine", "BLENDER_WORKBENCH")
+                shading = scene.display.shading
+                snap.set(shading, "light", "STUDIO")
+                snap.set(shading, "color_type", "MATERIAL")
             with context.temp_override(scene=scene):
                 bpy.ops.render.render(write_still=True, scene=scene.name)
         with open(path, "rb") as fh:
             return fh.read()
     finally:
         snap.restore()
-        try:
-            os.remove(path)
-            os.rmdir(os.path.dirname(path))
-        except OSError:
-            pass
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def capture_render_depth(context, scene, width: int, height: int) -> bytes:
+    """Depth from the scene's own render engine: its Depth pass, written by a render as an
+    uncompressed multilayer OpenEXR (Blender's Python cannot read a Render Result's passes),
+    normalised like capture_depth (nearest white, background black)."""
+    from ..core.exr import read_channel
+    if scene.camera is None:
+        raise RuntimeError("the scene has no camera to capture through")
+    folder = tempfile.mkdtemp(prefix="zimage_capture_")
+    path = os.path.join(folder, "depth.exr")
+    view_layer = context.view_layer
+    snap = Snapshot()
+    try:
+        _render_settings(snap, scene, width, height, path)
+        fmt = scene.render.image_settings
+        snap.save(fmt, "exr_codec")
+        if hasattr(fmt, "media_type"):          # Blender 5.0+: the media type picks the format
+            snap.set(fmt, "media_type", "MULTI_LAYER_IMAGE")
+        snap.set(fmt, "file_format", "OPEN_EXR_MULTILAYER")
+        snap.set(fmt, "color_depth", "32")
+        snap.set(fmt, "exr_codec", "NONE")
+        snap.set(view_layer, "use_pass_z", True)
+        with context.temp_override(scene=scene):
+            bpy.ops.render.render(write_still=True, scene=scene.name)
+        with open(path, "rb") as fh:
+            data = fh.read()
+    finally:
+        snap.restore()
+        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        w, h, z = read_channel(data, f"{view_layer.name}.Depth.Z")
+    except ValueError:
+        w, h, z = read_channel(data, ".Depth.Z")
+    far = scene.camera.data.clip_end
+    grey = pixels.normalise_depth([v if 0.0 <= v < far else None for v in z])
+    if (w, h) != (width, height):
+        grey = pixels.resize_nearest(grey, w, h, 1, width, height)
+    rgb = bytearray(width * height * 3)
+    rgb[0::3] = rgb[1::3] = rgb[2::3] = grey
+    return pixels.encode_png(bytes(rgb), width, height, 3)
 
 
 def _camera_rays(scene, camera, gw: int, gh: int):

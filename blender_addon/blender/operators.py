@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
-from urllib.parse import urlsplit
 
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
@@ -16,7 +14,8 @@ from . import apply, capture, pump, runtime
 
 log = logging.getLogger(__name__)
 
-SLOTS = [("texture", "Texture", ""), ("concept", "Concept", "")]
+SLOTS = [("texture", "Texture", "The texture job"), ("concept", "Concept", "The concept job"),
+         ("touchup", "Touch-up", "The touch-up job")]
 
 
 # ---- helpers -----------------------------------------------------------------------------
@@ -34,9 +33,12 @@ def engine_model(rt) -> str:
     return str(engine.get("model") or "")
 
 
-def effective_size(scene, limits: rq.EngineLimits) -> tuple[int, int]:
+def effective_size(scene, limits: rq.EngineLimits, match_camera: bool = False
+                   ) -> tuple[int, int]:
+    """The size to ask for; `match_camera`: the camera's aspect whatever the preset (concept
+    images, by default)."""
     s = scene.zimage
-    if s.size_preset == "CAMERA":
+    if s.size_preset == "CAMERA" or match_camera:
         r = scene.render
         aspect = (r.resolution_x * r.pixel_aspect_x) / max(1e-6, r.resolution_y * r.pixel_aspect_y)
         return rq.size_for_aspect(aspect, s.width * s.height, limits)
@@ -51,18 +53,7 @@ def read_settings(scene, limits: rq.EngineLimits, context: str = "none") -> rq.S
                        context=context, strength=s.strength, control_scale=s.control_scale)
 
 
-def _port_open(address: str) -> bool | None:
-    """True/False for a loopback tcp address (a refused connect is instant); None if unknown."""
-    try:
-        parts = urlsplit(address)
-        if parts.scheme != "tcp" or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-            return None
-        with socket.create_connection((parts.hostname, parts.port), timeout=0.3):
-            return True
-    except OSError:
-        return False
-    except ValueError:
-        return None
+_port_open = runtime.port_open
 
 
 def ensure_engine(rt) -> None:
@@ -78,8 +69,21 @@ def ensure_engine(rt) -> None:
         rt.connect()
 
 
+def refuse(op, code: str, detail: str | None = None) -> set:
+    """Refuse before sending: the panel's error box, the status bar, nothing sent."""
+    err = explain(code, detail)
+    rt = runtime.get()
+    if rt is not None:
+        rt.board.last_error = err
+    op.report({"ERROR"}, err.text)
+    return {"CANCELLED"}
+
+
 def submit(op, context, slot: str, job_context: dict, *, init_png=None, depth_png=None,
-           mode: str = "none") -> set:
+           mode: str = "none", size: tuple[int, int] | None = None,
+           num_images: int | None = None, extra=None) -> set:
+    """Check everything the engine would refuse (size, prompt length, capabilities), then
+    send. `size`/`num_images` override the panel's; `extra(request, caps)` adds params."""
     rt = runtime.get()
     if rt is None:
         return {"CANCELLED"}
@@ -88,23 +92,35 @@ def submit(op, context, slot: str, job_context: dict, *, init_png=None, depth_pn
         return {"CANCELLED"}
     scene = context.scene
     limits, caps, _known = engine_limits_caps(rt)
+    settings = read_settings(scene, limits, mode)
+    if size is not None:
+        settings.width, settings.height = size
+    if num_images is not None:
+        settings.num_images = num_images
+    problem = rq.prompt_problem(settings.prompt, limits)
+    if problem:
+        return refuse(op, "prompt_too_long", problem)
     try:
-        request = rq.build_request(read_settings(scene, limits, mode), limits, caps,
-                                   init_png=init_png, depth_png=depth_png)
+        request = rq.build_request(settings, limits, caps, init_png=init_png,
+                                   depth_png=depth_png)
+        if extra is not None:
+            extra(request, caps)
     except rq.RequestError as exc:
-        err = explain(exc.code, exc.detail)
-        rt.board.last_error = err
-        op.report({"ERROR"}, err.text)
-        return {"CANCELLED"}
+        return refuse(op, exc.code, exc.detail)
     try:
         ensure_engine(rt)
+    except runtime.KeyFileError as exc:
+        rt.board.last_error = exc.error
+        op.report({"ERROR"}, exc.error.text)
+        return {"CANCELLED"}
     except Exception as exc:
         err = explain("engine_not_started", str(exc))
         err = type(err)(err.code, f"Could not start the engine: {exc}.", err.hint)
         rt.board.last_error = err
         op.report({"ERROR"}, err.text)
         return {"CANCELLED"}
-    job_context = dict(job_context, scene=scene.name, model=engine_model(rt))
+    job_context = dict(job_context, scene=scene.name, model=engine_model(rt),
+                       file=bpy.data.filepath)
     job_id = rt.client.submit(request.params, request.blobs or None, result_format="raw",
                               preview_every=1, preview_max_side=256)
     rt.board.submit(slot, job_id, request.params, job_context)
@@ -118,6 +134,11 @@ def submit(op, context, slot: str, job_context: dict, *, init_png=None, depth_pn
 def apply_job(context, job) -> bool:
     """Turn a finished job into images + material/placement + history, all or nothing."""
     rt = runtime.get()
+    if job.context.get("file", bpy.data.filepath) != bpy.data.filepath:
+        rt.board.fail(job, "apply_failed", "the job was started in another file")
+        return False
+    if job.slot == "touchup":
+        return apply_touchup(context, job)
     scene = bpy.data.scenes.get(job.context.get("scene") or "") or context.scene
     encoded = job.context.pop("encoded", None)      # PNGs the runtime made off-thread
     if encoded is None or len(encoded) != len(job.images):
@@ -131,7 +152,7 @@ def apply_job(context, job) -> bool:
         images = [apply.create_result_image(tx, data, rec, enc)
                   for data, (rec, enc) in zip(job.images, encoded)]
         if job.slot == "texture":
-            where = apply.apply_texture(job.context, images[0], tx)
+            where = apply.apply_texture(job.context, images[0], tx, images)
         else:
             where = apply.place_concept(job.context, images[0], tx, scene)
         apply.add_history(scene, records)
@@ -142,15 +163,90 @@ def apply_job(context, job) -> bool:
         return False
     job.context["result_images"] = [im.name for im in images]
     rt.board.complete(job)
-    seeds = ", ".join(str(r.seed) for r in records)
-    job.message = f"{where} (seed {seeds})"
+    job.message = with_seeds(where, records)
     return True
+
+
+def with_seeds(where: str, records) -> str:
+    """The apply message, naming each seed once: image names already end in "(seed)"."""
+    missing = [str(r.seed) for r in records if f"({r.seed})" not in where]
+    if not missing:
+        return where
+    return f"{where} (seed{'s' if len(missing) > 1 else ''} {', '.join(missing)})"
+
+
+def apply_touchup(context, job) -> bool:
+    """Blend the engine's repaint into the image by the mask (pixels outside it stay exactly
+    as they were) and put the new image wherever the old one was used."""
+    from ..core import touchup
+    rt = runtime.get()
+    old = bpy.data.images.get(job.context.get("image") or "")
+    tx = apply.Transaction()
+    try:
+        if old is None:
+            raise ValueError("the image to touch up is gone")
+        original = job.context["original"]
+        mask = job.context["mask"]
+        w, h = job.context["size"]
+        rgb, rw, rh = apply._rgb_and_size(job.images[0])
+        if (rw, rh) != (w, h):
+            raise ValueError(f"the engine answered {rw} x {rh}, not {w} x {h}")
+        out = touchup.composite(original, bytes(rgb), mask)
+        model = engine_model(rt) or job.context.get("model", "")
+        rec = apply.make_records(job, model, "touchup")[0]
+        png = apply.pixels.encode_png(out, w, h, 3,
+                                      text={"parameters": rec.parameters_json()})
+        image = apply.create_result_image(tx, job.images[0], rec, (png, w, h))
+        name = old.name
+        rec.image_name = name
+        apply.add_history(context.scene, [rec])
+        old_fake = old.use_fake_user
+        tx.changed(lambda: setattr(old, "use_fake_user", old_fake))
+        old.use_fake_user = True                # the version before stays in the file
+        old.user_remap(image)
+        tx.changed(lambda: image.user_remap(old))
+        # the texture keeps its name; the version before is kept as "... before touch-up"
+        old.name = name[:40] + " before touch-up"
+        image.name = name
+        history = context.scene.zimage.history
+        for item in list(history)[:-1]:         # earlier entries follow the old image
+            if item.image_name == name:
+                item.image_name = old.name
+    except Exception as exc:
+        log.exception("Z-Image: applying the touch-up failed")
+        tx.rollback()
+        rt.board.fail(job, "apply_failed", str(exc))
+        return False
+    for key in ("original", "mask", "encoded"):
+        job.context.pop(key, None)
+    job.context["result_images"] = [image.name]
+    rt.board.complete(job)
+    job.message = with_seeds(f"Touched up {image.name}", [rec])
+    return True
+
+
+def texture_targets(context, s) -> tuple[list, str | None]:
+    """The objects a texture goes on, or why it cannot be sent."""
+    obj = context.active_object
+    if s.texture_objects == "ACTIVE":
+        objs = [obj] if obj is not None else []
+    else:
+        objs = [o for o in context.selected_objects if o.type == "MESH"]
+        if obj is not None and obj.type == "MESH" and obj not in objs and obj.select_get():
+            objs.insert(0, obj)
+        if not objs:
+            return [], "select one or more mesh objects"
+    for o in objs:
+        problem = apply.can_hold_texture(o)
+        if problem:
+            return [], problem
+    return objs, None
 
 
 # ---- generate / cancel / apply -----------------------------------------------------------
 
 class ZIMAGE_OT_generate_texture(bpy.types.Operator):
-    """Generate a texture from the prompt and put it on the active object"""
+    """Generate a texture from the prompt and put it on the active (or every selected) object"""
     bl_idname = "zimage.generate_texture"
     bl_label = "Generate Texture"
     bl_options = {"REGISTER"}
@@ -164,6 +260,7 @@ class ZIMAGE_OT_generate_texture(bpy.types.Operator):
         s = context.scene.zimage
         obj = context.active_object
         info = {"target": s.texture_target, "object": obj.name if obj else ""}
+        num_images = None
         if s.texture_target == "IMAGE_NODE":
             mat = obj.active_material if obj else None
             node = apply.find_image_node(mat)
@@ -172,7 +269,19 @@ class ZIMAGE_OT_generate_texture(bpy.types.Operator):
                             "material, or apply to a new material.")
                 return {"CANCELLED"}
             info.update(material=mat.name, node=node.name)
-        return submit(self, context, "texture", info)
+        else:
+            objs, problem = texture_targets(context, s)
+            if problem:
+                return refuse(self, "cannot_hold_material", problem)
+            info.update(objects=[o.name for o in objs], objects_mode=s.texture_objects)
+            if s.texture_objects == "SELECTED_EACH":
+                num_images = len(objs)
+                most = engine_limits_caps(runtime.get())[0].max_images
+                if num_images > most:
+                    return refuse(self, "invalid_params", f"{num_images} objects selected; one "
+                                  f"image each works for up to {most} (or share one material)")
+        return submit(self, context, "texture", info, num_images=num_images,
+                      extra=lambda req, caps: rq.add_tile(req, s.seamless, caps))
 
 
 class ZIMAGE_OT_generate_concept(bpy.types.Operator):
@@ -192,17 +301,22 @@ class ZIMAGE_OT_generate_concept(bpy.types.Operator):
         s = scene.zimage
         limits, caps, known = engine_limits_caps(rt)
         mode = {"NONE": "none", "IMG2IMG": "img2img", "DEPTH": "depth"}[s.concept_context]
+        if scene.camera is None and (s.concept_placement == "CAMERA_BG" or (
+                mode != "none" and s.concept_source in ("CAMERA", "RENDER"))):
+            return refuse(self, "no_camera")
         if known and ((mode == "img2img" and not rq.can_img2img(caps))
                       or (mode == "depth" and not rq.can_depth(caps))):
             err = explain("capability_unavailable",
                           "image to image" if mode == "img2img" else "depth control")
             self.report({"ERROR"}, err.text)
             return {"CANCELLED"}
-        w, h = effective_size(scene, limits)
+        w, h = effective_size(scene, limits, s.concept_match_camera)
         init_png = depth_png = None
         try:
             if mode == "img2img":
                 init_png = capture.capture_color(context, scene, s.concept_source, w, h)
+            elif mode == "depth" and s.concept_source == "RENDER":
+                depth_png = capture.capture_render_depth(context, scene, w, h)
             elif mode == "depth":
                 depth_png = capture.capture_depth(context, scene, s.concept_source, w, h)
         except Exception as exc:
@@ -217,7 +331,63 @@ class ZIMAGE_OT_generate_concept(bpy.types.Operator):
                 if s.concept_source == "VIEW" else None}
         rt.last_capture = init_png or depth_png
         return submit(self, context, "concept", info, init_png=init_png, depth_png=depth_png,
-                      mode=mode)
+                      mode=mode, size=(w, h))
+
+
+class ZIMAGE_OT_touch_up(bpy.types.Operator):
+    """Repaint the masked part of the image in the Image Editor"""
+    bl_description = ("Repaint the masked part of the image in the Image Editor (erased alpha "
+                      "or a mask image); the rest stays as it is")
+    bl_idname = "zimage.touch_up"
+    bl_label = "Touch Up Region"
+    bl_options = {"REGISTER"}
+
+    image: StringProperty(name="Image", description="The image to touch up (default: the "
+                          "Image Editor's)", options={"SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, context):
+        rt = runtime.get()
+        return rt is not None and rt.board.can_submit("touchup")
+
+    def execute(self, context):
+        from ..core import touchup
+        rt = runtime.get()
+        s = context.scene.zimage
+        image = bpy.data.images.get(self.image) if self.image else touchup_image(context)
+        if image is None or image.size[0] == 0:
+            return refuse(self, "nothing_to_touch_up", "no image is open")
+        limits, caps, known = engine_limits_caps(rt)
+        if known and not rq.can_inpaint(caps):
+            return refuse(self, "capability_unavailable", "inpainting")
+        w, h = image.size
+        rgba = touchup.rgba_rows(image.pixels[:], w, h)
+        if s.touchup_mask == "IMAGE":
+            m = s.touchup_mask_image
+            if m is None or m.size[0] == 0:
+                return refuse(self, "nothing_to_touch_up", "pick a mask image")
+            mw, mh = m.size
+            mask = touchup.mask_from_grey(touchup.rgba_rows(m.pixels[:], mw, mh), mw, mh, w, h)
+        else:
+            mask = touchup.mask_from_alpha(rgba)
+        if touchup.is_empty(mask):
+            return refuse(self, "nothing_to_touch_up", "the mask is empty")
+        original = touchup.rgb_of(rgba)
+        image_png = apply.pixels.encode_png(original, w, h, 3)
+        mask_png = apply.pixels.encode_png(mask, w, h, 1)
+        info = {"image": image.name, "original": original, "mask": mask, "size": (w, h)}
+        return submit(self, context, "touchup", info, size=(w, h), num_images=1,
+                      extra=lambda req, caps: rq.add_inpaint(req, image_png, mask_png, caps))
+
+
+def touchup_image(context):
+    """The image to touch up: the Image Editor's, else the active object's texture."""
+    space = context.space_data
+    if space is not None and space.type == "IMAGE_EDITOR" and space.image is not None:
+        return space.image
+    obj = context.active_object
+    node = apply.find_image_node(obj.active_material if obj else None)
+    return node.image if node is not None else None
 
 
 class ZIMAGE_OT_cancel(bpy.types.Operator):
@@ -226,7 +396,7 @@ class ZIMAGE_OT_cancel(bpy.types.Operator):
     bl_label = "Cancel"
     bl_options = {"REGISTER"}
 
-    slot: EnumProperty(items=SLOTS)
+    slot: EnumProperty(items=SLOTS, name="Job", description="Which job")
 
     @classmethod
     def poll(cls, context):
@@ -247,7 +417,7 @@ class ZIMAGE_OT_apply_result(bpy.types.Operator):
     bl_label = "Apply Z-Image Result"
     bl_options = {"REGISTER", "UNDO", "INTERNAL"}
 
-    slot: EnumProperty(items=SLOTS)
+    slot: EnumProperty(items=SLOTS, name="Job", description="Which job")
 
     def execute(self, context):
         rt = runtime.get()
@@ -267,8 +437,9 @@ class ZIMAGE_OT_report(bpy.types.Operator):
     bl_label = "Z-Image Message"
     bl_options = {"INTERNAL"}
 
-    message: StringProperty()
-    level: StringProperty(default="ERROR")
+    message: StringProperty(name="Message", description="The text to show")
+    level: StringProperty(default="ERROR", name="Level",
+                          description="INFO, WARNING or ERROR")
 
     def execute(self, context):
         self.report({self.level if self.level in ("INFO", "WARNING", "ERROR") else "INFO"},
@@ -302,14 +473,20 @@ class ZIMAGE_OT_connect(bpy.types.Operator):
     def execute(self, context):
         rt = runtime.get()
         rt.disconnect()
-        rt.connect()
+        try:
+            rt.connect()
+        except runtime.KeyFileError as exc:
+            rt.board.last_error = exc.error
+            self.report({"ERROR"}, exc.error.text)
+            return {"CANCELLED"}
         pump.start()
         return {"FINISHED"}
 
 
 class ZIMAGE_OT_start_engine(bpy.types.Operator):
-    """Start a local engine with the Python and model set in the preferences. Blender owns
-    it: it stops with Blender"""
+    """Start a local engine with the Python and model set in the preferences"""
+    bl_description = ("Start a local engine with the Python and model set in the preferences "
+                      "(it stops with Blender)")
     bl_idname = "zimage.start_engine"
     bl_label = "Start Local Engine"
 
@@ -326,7 +503,7 @@ class ZIMAGE_OT_start_engine(bpy.types.Operator):
         except Exception as exc:
             self.report({"ERROR"}, f"Could not start the engine: {exc}")
             return {"CANCELLED"}
-        rt.notice = "Engine starting..."
+        rt.notice = ""              # the connection row says "Engine starting..."
         pump.start()
         return {"FINISHED"}
 
@@ -350,8 +527,7 @@ class ZIMAGE_OT_stop_engine(bpy.types.Operator):
 
 
 class ZIMAGE_OT_free_vram(bpy.types.Operator):
-    """Unload the engine's models to give GPU memory back, without stopping the engine
-    (only when the engine offers it)"""
+    """Unload the engine's models to give GPU memory back, without stopping the engine"""
     bl_idname = "zimage.free_vram"
     bl_label = "Free VRAM"
 
@@ -381,7 +557,8 @@ class ZIMAGE_OT_history_recall(bpy.types.Operator):
     bl_label = "Recall Parameters"
     bl_options = {"REGISTER", "UNDO"}
 
-    index: IntProperty(default=-1)
+    index: IntProperty(default=-1, name="Index",
+                       description="History entry (-1: the selected one)")
 
     def execute(self, context):
         item = _history_item(context, self.index)
@@ -400,13 +577,15 @@ class ZIMAGE_OT_history_recall(bpy.types.Operator):
 
 
 class ZIMAGE_OT_history_apply(bpy.types.Operator):
-    """Apply this result again: a texture to the active object (new material), a concept
-    image to the Image Editor"""
+    """Apply this result again"""
+    bl_description = ("Apply this result again: a texture to the active object (new "
+                      "material), a concept image to the Image Editor")
     bl_idname = "zimage.history_apply"
     bl_label = "Re-apply"
     bl_options = {"REGISTER", "UNDO"}
 
-    index: IntProperty(default=-1)
+    index: IntProperty(default=-1, name="Index",
+                       description="History entry (-1: the selected one)")
 
     def execute(self, context):
         item = _history_item(context, self.index)
@@ -436,7 +615,7 @@ class ZIMAGE_OT_show_image(bpy.types.Operator):
     bl_idname = "zimage.show_image"
     bl_label = "Show"
 
-    name: StringProperty()
+    name: StringProperty(name="Image", description="The image to show")
 
     def execute(self, context):
         image = bpy.data.images.get(self.name)
@@ -449,4 +628,23 @@ class ZIMAGE_OT_show_image(bpy.types.Operator):
 CLASSES = (ZIMAGE_OT_generate_texture, ZIMAGE_OT_generate_concept, ZIMAGE_OT_cancel,
            ZIMAGE_OT_apply_result, ZIMAGE_OT_report, ZIMAGE_OT_dismiss_error, ZIMAGE_OT_connect,
            ZIMAGE_OT_start_engine, ZIMAGE_OT_stop_engine, ZIMAGE_OT_free_vram,
-           ZIMAGE_OT_history_recall, ZIMAGE_OT_history_apply, ZIMAGE_OT_show_image)
+           ZIMAGE_OT_history_recall, ZIMAGE_OT_history_apply, ZIMAGE_OT_show_image,
+           ZIMAGE_OT_touch_up)
+
+
+# ---- menus -------------------------------------------------------------------------------
+
+def menu_image(self, context):
+    layout = self.layout
+    layout.separator()
+    layout.operator("zimage.touch_up", icon="BRUSH_DATA")
+    layout.operator("zimage.generate_concept", icon="SHADERFX")
+
+
+def menu_object(self, context):
+    layout = self.layout
+    layout.separator()
+    layout.operator("zimage.generate_texture", icon="SHADERFX")
+
+
+MENUS = (("IMAGE_MT_image", menu_image), ("VIEW3D_MT_object", menu_object))

@@ -1,4 +1,5 @@
-"""Sidebar panels in the 3D viewport and the Image Editor (tab "Z-Image")."""
+"""Sidebar panels (tab "Z-Image") in the 3D viewport, the Image Editor (plus Touch Up) and
+the Shader Editor (main and Texture, where artists pick the target Image Texture node)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ def draw_connection(layout, context, prefs_view: bool = False) -> None:
         if info.get("device"):
             text += f" on {info['device']}"
         row.label(text=text, icon="CHECKMARK")
+    elif rt.auth_problem is not None:
+        row.label(text="The engine refused this client's key" if rt.auth_problem ==
+                  "unauthorized" else "Key handshake with the engine failed", icon="LOCKED")
     elif engine == "starting":
         row.label(text="Engine starting...", icon="SORTTIME")
     elif state == "connecting":
@@ -86,7 +90,7 @@ def draw_job(layout, slot: str, label: str, operator: str) -> None:
             if image is None:
                 continue
             r = col.row(align=True)
-            r.label(text=f"{name}  (seed {image.get('zimage_seed', '?')})", icon="IMAGE_DATA")
+            r.label(text=name, icon="IMAGE_DATA")    # the name ends with the seed
             r.operator("zimage.show_image", text="", icon="HIDE_OFF").name = name
 
 
@@ -130,6 +134,11 @@ class MainPanel(_Base):
         from .operators import effective_size
         w, h = effective_size(context.scene, limits)
         problem = rq.size_problem(w, h, limits)
+        err = rt.board.last_error       # an error box goes once its cause is fixed
+        if err is not None and (
+                (err.code == "unsupported_size" and problem is None)
+                or (err.code == "prompt_too_long" and rq.prompt_problem(s.prompt, limits) is None)):
+            rt.board.last_error = None
         r = col.row()
         r.alert = problem is not None
         r.label(text=problem or f"{w} x {h}", icon="ERROR" if problem else "IMAGE_PLANE")
@@ -158,9 +167,25 @@ class TexturePanel(_Base):
         s = context.scene.zimage
         layout = self.layout
         layout.prop(s, "texture_target")
+        if s.texture_target == "NEW_MATERIAL":
+            layout.prop(s, "texture_objects")
+        rt = runtime.get()
+        known = rt.board.welcome is not None
+        row = layout.row()
+        row.enabled = not known or rq.can_tile(rq.capabilities(rt.board.welcome))
+        row.prop(s, "seamless")
         obj = context.active_object
-        layout.label(text=f"Object: {obj.name}" if obj else "No active object",
-                     icon="OBJECT_DATA" if obj else "INFO")
+        if s.texture_target == "NEW_MATERIAL" and s.texture_objects != "ACTIVE":
+            n = sum(1 for o in context.selected_objects if o.type == "MESH")
+            layout.label(text=f"{n} selected mesh object(s)", icon="OBJECT_DATA")
+        else:
+            layout.label(text=f"Object: {obj.name}" if obj else "No active object",
+                         icon="OBJECT_DATA" if obj else "INFO")
+        from .apply import can_hold_texture
+        err = rt.board.last_error
+        if err is not None and err.code == "cannot_hold_material" and (
+                obj is not None and can_hold_texture(obj) is None):
+            rt.board.last_error = None
         draw_job(layout, "texture", "Generate Texture", "zimage.generate_texture")
 
 
@@ -174,6 +199,7 @@ class ConceptPanel(_Base):
         caps = rq.capabilities(rt.board.welcome)
         known = rt.board.welcome is not None
         layout.prop(s, "concept_source")
+        layout.prop(s, "concept_match_camera")
         layout.prop(s, "concept_context")
         if s.concept_context == "IMG2IMG":
             row = layout.row()
@@ -244,17 +270,60 @@ class HistoryPanel(_Base):
             row.operator("zimage.show_image", text="", icon="HIDE_OFF").name = item.image_name
 
 
+class TouchUpPanel(_Base):
+    bl_label = "Touch Up"
+
+    def draw(self, context):
+        s = context.scene.zimage
+        layout = self.layout
+        from .operators import touchup_image
+        image = touchup_image(context)
+        layout.label(text=f"Image: {image.name}" if image else "Open a texture in this editor",
+                     icon="IMAGE_DATA" if image else "INFO")
+        layout.prop(s, "touchup_mask")
+        if s.touchup_mask == "IMAGE":
+            layout.template_ID(s, "touchup_mask_image", open="image.open")
+        else:
+            layout.label(text="Erase alpha where to repaint (Paint mode)", icon="BRUSH_DATA")
+        rt = runtime.get()
+        col = layout.column()
+        if rt.board.welcome is not None and not rq.can_inpaint(
+                rq.capabilities(rt.board.welcome)):
+            col.enabled = False
+            layout.label(text="This engine has no inpainting", icon="INFO")
+        draw_job(col, "touchup", "Touch Up Region", "zimage.touch_up")
+
+
+class _ShaderEditor:
+    @classmethod
+    def poll(cls, context):
+        space = context.space_data
+        return (_Base.poll.__func__(cls, context) and space is not None
+                and getattr(space, "tree_type", "") == "ShaderNodeTree")
+
+
+PANEL_PARTS = {
+    "VIEW3D": (("texture", TexturePanel), ("concept", ConceptPanel),
+               ("preview", PreviewPanel), ("history", HistoryPanel)),
+    "IMAGE": (("texture", TexturePanel), ("concept", ConceptPanel),
+              ("preview", PreviewPanel), ("history", HistoryPanel),
+              ("touchup", TouchUpPanel)),
+    "NODE": (("texture", TexturePanel),),
+}
+
+
 def _make_panels():
     classes = []
-    for space, tag in (("VIEW_3D", "VIEW3D"), ("IMAGE_EDITOR", "IMAGE")):
+    for space, tag in (("VIEW_3D", "VIEW3D"), ("IMAGE_EDITOR", "IMAGE"),
+                       ("NODE_EDITOR", "NODE")):
         main_id = f"ZIMAGE_PT_{tag.lower()}_main"
-        main = type(main_id, (MainPanel, bpy.types.Panel),
+        extra = (_ShaderEditor,) if tag == "NODE" else ()
+        main = type(main_id, extra + (MainPanel, bpy.types.Panel),
                     {"bl_idname": main_id, "bl_space_type": space})
         classes.append(main)
-        for part, base in (("texture", TexturePanel), ("concept", ConceptPanel),
-                           ("preview", PreviewPanel), ("history", HistoryPanel)):
+        for part, base in PANEL_PARTS[tag]:
             idname = f"ZIMAGE_PT_{tag.lower()}_{part}"
-            classes.append(type(idname, (base, bpy.types.Panel),
+            classes.append(type(idname, extra + (base, bpy.types.Panel),
                                 {"bl_idname": idname, "bl_space_type": space,
                                  "bl_parent_id": main_id}))
     return tuple(classes)

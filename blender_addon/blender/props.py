@@ -24,66 +24,120 @@ def _apply_preset(self, _context):
 
 
 class ZIMAGE_PG_history_item(bpy.types.PropertyGroup):
-    prompt: StringProperty(name="Prompt")
-    seed: IntProperty(name="Seed", min=0)
-    steps: IntProperty(name="Steps")
-    width: IntProperty(name="Width")
-    height: IntProperty(name="Height")
-    model: StringProperty(name="Model")
-    image_name: StringProperty(name="Image")
-    kind: StringProperty(name="Kind", default="texture")
-    created: FloatProperty(name="Created")
+    prompt: StringProperty(name="Prompt", description="The prompt of this result")
+    seed: IntProperty(name="Seed", min=0, description="The seed of this result")
+    steps: IntProperty(name="Steps", description="Denoising steps of this result")
+    width: IntProperty(name="Width", description="Width of this result in pixels")
+    height: IntProperty(name="Height", description="Height of this result in pixels")
+    model: StringProperty(name="Model", description="The engine's model for this result")
+    image_name: StringProperty(name="Image", description="The image datablock of this result")
+    kind: StringProperty(name="Kind", default="texture",
+                         description="Texture, concept image or touch-up")
+    created: FloatProperty(name="Created", description="When it was made (Unix time)")
 
 
 class ZIMAGE_PG_settings(bpy.types.PropertyGroup):
     prompt: StringProperty(name="Prompt", description="What to generate",
-                           default="weathered red brick wall, seamless texture")
+                           default="weathered red brick wall texture")
     size_preset: EnumProperty(name="Size", items=SIZE_ITEMS, default="1024",
-                              update=_apply_preset)
+                              update=_apply_preset,
+                              description="Image size in pixels: a preset, the camera's "
+                              "aspect, or Width and Height below")
     width: IntProperty(name="Width", default=1024, min=16, max=4096, step=16,
-                       subtype="PIXEL")
+                       subtype="PIXEL", description="Image width in pixels (a multiple of "
+                       "16; with Match Camera Aspect, sets the pixel count)")
     height: IntProperty(name="Height", default=1024, min=16, max=4096, step=16,
-                        subtype="PIXEL")
+                        subtype="PIXEL", description="Image height in pixels (a multiple of "
+                        "16; with Match Camera Aspect, sets the pixel count)")
     steps: IntProperty(name="Steps", default=8, min=1, max=50,
                        description="Denoising steps (Z-Image-Turbo: 8-9)")
     seed_random: BoolProperty(name="Random Seed", default=True,
                               description="Draw a new seed for every generation")
-    seed: IntProperty(name="Seed", default=0, min=0, max=MAX_SEED)
+    seed: IntProperty(name="Seed", default=0, min=0, max=MAX_SEED,
+                      description="The same seed, prompt and size give the same image")
     num_images: IntProperty(name="Images", default=1, min=1, max=4,
                             description="Images per generation (seeds seed, seed+1, ...)")
     texture_target: EnumProperty(
         name="Apply To", default="NEW_MATERIAL",
+        description="Where the texture goes",
         items=[("NEW_MATERIAL", "New Material",
-                "A new material on the active object (Principled BSDF Base Color)"),
+                "A new material in a new slot; the faces of the active slot (in Edit Mode: "
+                "the selected faces) use it (Principled BSDF Base Color)"),
                ("IMAGE_NODE", "Selected Image Node",
                 "The active Image Texture node of the active object's material")])
+    texture_objects: EnumProperty(
+        name="Objects", default="ACTIVE",
+        description="Which objects get the texture",
+        items=[("ACTIVE", "Active Object", "Only the active object"),
+               ("SELECTED_SHARED", "Selected, One Material",
+                "Every selected mesh object gets the same new image and material"),
+               ("SELECTED_EACH", "Selected, One Each",
+                "Every selected mesh object gets its own image (seeds seed, seed+1, ...) "
+                "and material")])
+    seamless: EnumProperty(
+        name="Seamless", default="NONE",
+        description="Make the texture tile without visible seams (needs an engine with "
+        "seamless tiling)",
+        items=[("NONE", "Off", "A plain image"),
+               ("X", "X", "Tiles left to right"),
+               ("Y", "Y", "Tiles top to bottom"),
+               ("XY", "X and Y", "Tiles in both directions")])
     concept_source: EnumProperty(
         name="Capture", default="CAMERA",
-        items=[("CAMERA", "Camera", "Capture through the scene camera"),
-               ("VIEW", "Current View", "Capture the 3D viewport as it is seen")])
+        description="What the concept image starts from",
+        items=[("CAMERA", "Camera", "Capture through the scene camera (quick Workbench "
+                "render)"),
+               ("VIEW", "Current View", "Capture the 3D viewport as it is seen"),
+               ("RENDER", "Render", "Render through the scene camera with the scene's own "
+                "render engine (EEVEE, Cycles); depth from the render's Depth pass")])
+    concept_match_camera: BoolProperty(
+        name="Match Camera Aspect", default=True,
+        description="Concept images take the camera's aspect ratio, with about as many "
+        "pixels as the size above")
     concept_context: EnumProperty(
         name="Use Capture As", default="IMG2IMG",
+        description="How the capture guides the image",
         items=[("NONE", "Nothing", "Prompt only"),
                ("IMG2IMG", "Image to Image", "Start from the captured colours"),
                ("DEPTH", "Depth Control", "Follow the captured depth")])
     strength: FloatProperty(name="Strength", default=0.6, min=0.0, max=1.0,
                             description="How much the result may differ from the capture")
-    control_scale: FloatProperty(name="Control", default=0.75, min=0.0, max=2.0,
+    control_scale: FloatProperty(name="Depth Strength", default=0.75, min=0.0, max=2.0,
                                  description="How closely to follow the depth")
     concept_placement: EnumProperty(
         name="Place In", default="IMAGE_EDITOR",
+        description="Where the concept image goes",
         items=[("IMAGE_EDITOR", "Image Editor", "Show the result in the Image Editor"),
                ("REFERENCE", "Reference Image", "Add an image empty in front of the view"),
                ("CAMERA_BG", "Camera Background", "Use as the camera's background image")])
-    history: CollectionProperty(type=ZIMAGE_PG_history_item)
-    history_index: IntProperty(name="History", default=0)
+    touchup_mask: EnumProperty(
+        name="Mask", default="ALPHA",
+        description="Which part of the image to repaint",
+        items=[("ALPHA", "Erased Alpha", "Where the image is transparent (paint with the "
+                "Erase Alpha brush in Texture Paint or the Image Editor)"),
+               ("IMAGE", "Mask Image", "White areas of a separate mask image")])
+    touchup_mask_image: PointerProperty(
+        type=bpy.types.Image, name="Mask Image",
+        description="Grey image, white where to repaint (same size as the texture)")
+    history: CollectionProperty(type=ZIMAGE_PG_history_item,
+                                description="Results made in this file")
+    history_index: IntProperty(name="History", default=0, description="The selected result")
 
 
 class ZIMAGE_AP_preferences(bpy.types.AddonPreferences):
     bl_idname = ADDON_ID
 
     address: StringProperty(name="Engine Address", default="tcp://127.0.0.1:5555",
-                            description="Where the engine listens (use TCP on loopback)")
+                            description="Where the engine listens (TCP on loopback, or "
+                            "another machine with CurveZMQ keys)")
+    curve_server_key: StringProperty(
+        name="Server Public Key", subtype="FILE_PATH",
+        description="The engine's public key file (server.key from `engine keys`); with "
+        "Client Secret Key, for an engine started with --curve-dir")
+    curve_client_key: StringProperty(
+        name="Client Secret Key", subtype="FILE_PATH",
+        description="This machine's secret key file (clients/NAME.key_secret from "
+        "`engine keys`)")
     engine_python: StringProperty(name="Engine Python", subtype="FILE_PATH",
                                   description="The Python of the engine's environment, e.g. "
                                   ".venv/bin/python (not Blender's)")
@@ -114,9 +168,15 @@ class ZIMAGE_AP_preferences(bpy.types.AddonPreferences):
         row = box.row()
         row.active = not self.standin
         row.prop(self, "model")
-        box.prop(self, "standin")
         box.prop(self, "extra_args")
         box.prop(self, "auto_start")
+        box = layout.box()
+        box.label(text="Serving Other Machines (CurveZMQ)", icon="LOCKED")
+        box.prop(self, "curve_server_key")
+        box.prop(self, "curve_client_key")
+        box = layout.box()
+        box.label(text="Developer", icon="CONSOLE")
+        box.prop(self, "standin")
 
 
 CLASSES = (ZIMAGE_PG_history_item, ZIMAGE_PG_settings, ZIMAGE_AP_preferences)

@@ -53,7 +53,10 @@ def handle_effect(eff) -> None:
     elif eff.kind == "result":
         ok = False
         try:
-            ok = "FINISHED" in bpy.ops.zimage.apply_result(slot=eff.job.slot)
+            # undo=True: an operator run from Python pushes no undo step by itself; without
+            # one, Ctrl+Z would take the result together with the user's previous action
+            ok = "FINISHED" in bpy.ops.zimage.apply_result("EXEC_DEFAULT", True,
+                                                           slot=eff.job.slot)
         except RuntimeError:
             # no usable context for the operator (e.g. a timer without a window): apply
             # directly and push the undo step ourselves

@@ -20,7 +20,11 @@ def register():
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     props.register_props()
+    for menu, fn in operators.MENUS:
+        getattr(bpy.types, menu).append(fn)
     runtime.create()
+    if runtime.on_load_pre not in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.append(runtime.on_load_pre)
     atexit.register(_at_exit)
     pump.start()
 
@@ -28,7 +32,11 @@ def register():
 def unregister():
     pump.stop()
     atexit.unregister(_at_exit)
+    if runtime.on_load_pre in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(runtime.on_load_pre)
     runtime.destroy()
+    for menu, fn in operators.MENUS:
+        getattr(bpy.types, menu).remove(fn)
     props.unregister_props()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

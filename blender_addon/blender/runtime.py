@@ -5,14 +5,25 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
+import time
+from urllib.parse import urlsplit
 
 import bpy
 
 from ..core import requests as rq
 from ..core.engine_process import EXITED, STARTING, EngineProcess
-from ..core.jobs import JobBoard
+from ..core.errors import UserError
+from ..core.jobs import SENDING, JobBoard
 from . import ADDON_ID
+
+# errors that a working connection fixes: their boxes clear when the engine answers
+CONNECTION_CODES = ("engine_unreachable", "engine_not_started", "engine_lost",
+                    "engine_unresponsive", "engine_crashed", "unauthorized", "handshake_failed",
+                    "shutting_down")
+AUTH_CODES = ("unauthorized", "handshake_failed")
+PROBE_INTERVAL = 0.3
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +54,60 @@ def prefs():
     return addon.preferences if addon else None
 
 
+def port_open(address: str) -> bool | None:
+    """True/False for a loopback tcp address (a refused connect is instant); None if unknown."""
+    try:
+        parts = urlsplit(address)
+        if parts.scheme != "tcp" or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            return None
+        with socket.create_connection((parts.hostname, parts.port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+    except ValueError:
+        return None
+
+
+class KeyFileError(RuntimeError):
+    """The CurveZMQ key files in the preferences cannot be used."""
+
+    def __init__(self, error: UserError):
+        super().__init__(error.text)
+        self.error = error
+
+
+def curve_keys(p) -> dict:
+    """EngineClient's CURVE arguments from the preferences' key files ({} when none set)."""
+    server = bpy.path.abspath(p.curve_server_key).strip() if p else ""
+    client = bpy.path.abspath(p.curve_client_key).strip() if p else ""
+    if not server and not client:
+        return {}
+    hint = ("Set both Server Public Key (the engine's server.key) and Client Secret Key "
+            "(NAME.key_secret) in Preferences > Add-ons > Z-Image Studio.")
+    if not server or not client:
+        raise KeyFileError(UserError("unauthorized", "Only one CurveZMQ key file is set.",
+                                     hint))
+    try:
+        import zmq.auth
+        server_public, _ = zmq.auth.load_certificate(server)
+        public, secret = zmq.auth.load_certificate(client)
+    except Exception as exc:
+        raise KeyFileError(UserError("unauthorized", f"A key file could not be read: {exc}.",
+                                     hint)) from None
+    if secret is None:
+        raise KeyFileError(UserError("unauthorized", f"{os.path.basename(client)} holds no "
+                                     "secret key (use NAME.key_secret, not NAME.key).", hint))
+    return {"curve_server_key": server_public, "curve_client_keys": (public, secret)}
+
+
+@bpy.app.handlers.persistent
+def on_load_pre(*_args) -> None:
+    """Another file is opening: this file's jobs end here (nothing lands in the new file)."""
+    rt = get()
+    if rt is not None:
+        rt.drop_jobs("another file was opened")
+
+
 def user_dir() -> str:
     """Writable folder for the engine log and preview files."""
     try:
@@ -64,6 +129,8 @@ class Runtime:
         self.last_capture: bytes | None = None   # PNG last sent as context (for tests, UI)
         self._encoder = None        # one worker thread: result PNGs off the main thread
         self._encoding: list = []   # (result effect, future) not handed to the glue yet
+        self.auth_problem: str | None = None   # unauthorized / handshake_failed, until welcome
+        self._probed_at = 0.0
 
     # ---- connection ---------------------------------------------------------------------
     def connect(self, address: str | None = None):
@@ -73,10 +140,12 @@ class Runtime:
         if self.client is not None and self.address == address:
             return self.client
         self.disconnect()
+        keys = curve_keys(p)
         from ..vendor.protocol.client import EngineClient
         self.client = EngineClient(address, client_name="blender", client_version=ADDON_VERSION,
                                    host_app="blender", host_version=bpy.app.version_string,
-                                   accept_timeout_s=10.0)
+                                   accept_timeout_s=10.0, **keys)
+        self.auth_problem = None
         self.client.start()
         self.address = address
         self.board.connection = "connecting"
@@ -146,11 +215,16 @@ class Runtime:
                     effects.extend(self.board.handle(ev))
                 except Exception:
                     log.exception("handling %r", ev)
-                if ev.kind == "welcome" and self.engine is not None:
-                    self.engine.mark_running()
+                if ev.kind == "welcome":
+                    self._connected()
+                elif ev.kind == "disconnected":
+                    reason = (ev.data or {}).get("reason")
+                    if reason in AUTH_CODES:
+                        self.auth_problem = reason
                 elif ev.kind == "unloaded":
                     self.notice = rq.unloaded_notice(ev.data.get("freed_bytes"))
         effects.extend(self.board.tick())
+        effects.extend(self._fail_unreachable())
         effects = self._encode_results(effects)
         if self.engine is not None and self.engine.poll() == EXITED:
             self.notice = self.engine.exit_message
@@ -161,6 +235,56 @@ class Runtime:
                 except Exception:
                     pass
         return effects
+
+    def _connected(self) -> None:
+        """A welcome: the engine runs; notices and errors about the connection are stale."""
+        if self.engine is not None:
+            self.engine.mark_running()
+        self.auth_problem = None
+        if self.notice in ("Engine starting...", "Engine stopped"):
+            self.notice = ""
+        err = self.board.last_error
+        if err is not None and err.code in CONNECTION_CODES:
+            self.board.last_error = None
+        for job in self.board.jobs.values():
+            if job.error is not None and job.error.code in CONNECTION_CODES:
+                job.error = None
+
+    def _fail_unreachable(self) -> list:
+        """Jobs waiting for a connection fail at once when the engine refused our key, or
+        when nothing listens on a loopback address (a refused connect is instant), instead
+        of after the connect timeout."""
+        waiting = [j for j in self.board.jobs.values() if j.phase == SENDING]
+        if not waiting or self.connection == "connected":
+            return []
+        code = self.auth_problem
+        if code is None:
+            now = time.monotonic()
+            starting = self.engine is not None and self.engine.poll() == STARTING
+            if starting or now - self._probed_at < PROBE_INTERVAL or not self.address:
+                return []
+            self._probed_at = now
+            if port_open(self.address) is not False:
+                return []
+            code = "engine_unreachable"
+        return [self.board.fail(job, code) for job in waiting]
+
+    def drop_jobs(self, why: str) -> None:
+        """Cancel every job in flight (nothing of theirs is applied)."""
+        for slot in list(self.board.jobs):
+            job_id = self.board.cancel(slot)
+            if job_id and self.client is not None:
+                try:
+                    self.client.cancel(job_id)
+                except Exception:
+                    pass
+            job = self.board.jobs.get(slot)
+            if job_id and job is not None:
+                job.message = f"Cancelled: {why}"
+            if job is not None:         # its image names mean nothing in the next file
+                for key in ("original", "mask", "encoded", "result_images"):
+                    job.context.pop(key, None)
+        self._encoding.clear()
 
     def _encode_results(self, effects: list) -> list:
         """Result effects wait here while a worker thread encodes their PNGs (zlib on a

@@ -24,10 +24,12 @@ class UserError:
 _HINTS: dict[str, tuple[str, str]] = {
     "engine_unreachable": (
         "The image engine is not running.",
-        "Start it in Preferences > Add-ons > Z-Image (Start Local Engine) or check the address."),
+        "Start it in Preferences > Add-ons > Z-Image Studio (Start Local Engine) or check the "
+        "address."),
     "engine_not_started": (
         "The image engine is not running.",
-        "Set the engine's Python in the add-on preferences and press Start Local Engine."),
+        "Set the engine's Python in Preferences > Add-ons > Z-Image Studio and press Start "
+        "Local Engine."),
     "engine_unresponsive": (
         "The image engine stopped answering.",
         "Nothing was applied. Restart the engine and generate again."),
@@ -71,8 +73,25 @@ _HINTS: dict[str, tuple[str, str]] = {
         "The engine speaks another protocol version.",
         "Update the add-on or the engine so that both match."),
     "unauthorized": (
-        "The engine refused this client's keys.",
-        "Check the CURVE keys in the add-on preferences."),
+        "The engine refused this client's key.",
+        "Check Client Secret Key in Preferences > Add-ons > Z-Image Studio, and that its "
+        "public key is in the engine's authorized_clients folder."),
+    "handshake_failed": (
+        "The secure handshake with the engine failed.",
+        "Check Server Public Key in Preferences > Add-ons > Z-Image Studio (the engine's "
+        "server.key), or clear both key files for an engine without keys."),
+    "prompt_too_long": (
+        "The prompt is too long.",
+        "Shorten it; the engine's limit is in its welcome (usually 4,000 characters)."),
+    "cannot_hold_material": (
+        "The active object cannot hold a material.",
+        "Select a mesh object (or an Image Texture node) and generate again."),
+    "no_camera": (
+        "The scene has no camera.",
+        "Add a camera (Add > Camera), or place the image somewhere else."),
+    "nothing_to_touch_up": (
+        "There is nothing to touch up.",
+        "Open a texture in the Image Editor and paint a mask over the part to repaint."),
     "internal_error": (
         "The engine hit an internal error.",
         "Try again; if it repeats, check the engine's log."),
@@ -85,6 +104,15 @@ _HINTS: dict[str, tuple[str, str]] = {
 }
 
 
+FIELD_HINTS = {
+    "prompt": "Shorten the prompt.",
+    "negative_prompt": "Shorten the negative prompt.",
+    "steps": "Use fewer steps.",
+    "num_images": "Ask for fewer images.",
+    "seed": "Use a smaller seed.",
+}
+
+
 def explain(code: str | None, detail: str | None = None, **fmt) -> UserError:
     """A UserError for a code; `detail` (the engine's own sentence) is kept when it adds
     information, e.g. which field was wrong."""
@@ -92,10 +120,14 @@ def explain(code: str | None, detail: str | None = None, **fmt) -> UserError:
     message, hint = _HINTS.get(code, ("The engine reported an error.",
                                       "Try again; if it repeats, check the engine's log."))
     if code in ("invalid_params", "too_large", "capability_unavailable",
-                "model_unavailable", "internal_error") and detail:
+                "model_unavailable", "internal_error", "prompt_too_long",
+                "cannot_hold_material", "nothing_to_touch_up") and detail:
         message = f"{message[:-1]}: {detail.rstrip('.')}."
     if code == "unsupported_size" and detail:
         message = f"Unsupported size {detail}."
+    if code in ("invalid_params", "too_large") and detail:
+        field = detail.split(":", 1)[0]
+        hint = FIELD_HINTS.get(field, hint)
     if fmt:
         message = message.format(**fmt)
         hint = hint.format(**fmt)
@@ -112,3 +144,15 @@ def code_for_engine_error(data: dict) -> str:
     if code in ("invalid_params", "too_large") and field.split(".")[-1] in ("width", "height"):
         return "unsupported_size"
     return code
+
+
+
+
+def engine_error_detail(data: dict) -> str | None:
+    """The engine's sentence with the field it names ('prompt: must be at most 4000
+    characters'), so the panel says which setting was refused."""
+    message = str(data.get("message") or "").strip() or None
+    field = str(data.get("field") or "").split(".")[-1]
+    if field and message and not message.startswith(field):
+        return f"{field}: {message}"
+    return message

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import UserError, code_for_engine_error, explain
+from .errors import UserError, code_for_engine_error, engine_error_detail, explain
 
 SENDING, QUEUED, RUNNING = "sending", "queued", "running"
 DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
@@ -182,7 +182,7 @@ class JobBoard:
             self._finish(job, CANCELLED, "Cancelled by the engine")
             return [Effect("cancelled", job)]
         elif kind == "error":
-            return [self.fail(job, code_for_engine_error(data), data.get("message"))]
+            return [self.fail(job, code_for_engine_error(data), engine_error_detail(data))]
         return []
 
     def tick(self) -> list[Effect]:

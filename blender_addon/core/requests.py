@@ -53,6 +53,7 @@ class EngineLimits:
     max_pixels: int = _DEFAULTS.max_pixels
     max_steps: int = _DEFAULTS.max_steps
     max_images: int = _DEFAULTS.max_images
+    max_prompt_chars: int = _DEFAULTS.max_prompt_chars
 
     @classmethod
     def from_welcome(cls, welcome: dict | None) -> "EngineLimits":
@@ -250,3 +251,54 @@ def image_name(prompt: str, seed: int, limit: int = 40) -> str:
         text = text[:-2] + "\u2026"
         name = f"{text} ({seed})"
     return name
+
+
+# ---- checks and extras added on top of build_request (prompt length, seamless, touch-up) --
+
+TILE_MODES = {"NONE": None, "X": "x", "Y": "y", "XY": "xy"}
+
+
+def prompt_problem(prompt: str, limits: EngineLimits) -> str | None:
+    """None if the engine takes the prompt, else a sentence naming the limit (checked before
+    sending; the engine counts characters of the stripped prompt the same way)."""
+    n = len(prompt.strip())
+    if n > limits.max_prompt_chars:
+        return (f"the prompt has {n:,} characters; the engine takes at most "
+                f"{limits.max_prompt_chars:,}")
+    return None
+
+
+def can_tile(caps: set[str]) -> bool:
+    return "tile" in caps
+
+
+def can_inpaint(caps: set[str]) -> bool:
+    return "inpaint" in caps or "control.inpaint" in caps or "control" in caps
+
+
+def add_tile(request: Request, mode: str, caps: set[str]) -> Request:
+    """Seamless tiling ("X", "Y", "XY"; "NONE" adds nothing) as the protocol's `tile`."""
+    tile = TILE_MODES.get(mode)
+    if tile is None:
+        return request
+    if not can_tile(caps):
+        raise RequestError("capability_unavailable", "seamless tiling")
+    request.params["tile"] = tile
+    return request
+
+
+def add_inpaint(request: Request, image_png: bytes, mask_png: bytes, caps: set[str]
+                ) -> Request:
+    """Touch-up: repaint where the mask is white, starting from the image. The engine's own
+    `inpaint` when it has one, else the ControlNet's inpaint mode."""
+    if "inpaint" in caps:
+        pass
+    elif "control.inpaint" in caps or "control" in caps:
+        request.params["control_type"] = "inpaint"
+    else:
+        raise RequestError("capability_unavailable", "inpainting")
+    request.blobs["init_image"] = image_png
+    request.blobs["mask"] = mask_png
+    request.params["init_image"] = "init_image"
+    request.params["mask"] = "mask"
+    return request

@@ -54,12 +54,15 @@ class Engine:
                 self.proc.wait(5)
 
 
-def start_standin(step_seconds: float = 0.0, caps: str | None = None) -> Engine:
+def start_standin(step_seconds: float = 0.0, caps: str | None = None, **options) -> Engine:
+    """options: more standin_server.py flags (max_prompt_chars=100, curve_dir=DIR)."""
     address = f"tcp://127.0.0.1:{free_port()}"
     cmd = [sys.executable, str(HERE / "standin_server.py"), "--bind", address,
            "--step-seconds", str(step_seconds)]
     if caps is not None:
         cmd += ["--caps", caps]
+    for key, value in options.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd=ROOT)
     line = proc.stdout.readline().decode()
@@ -71,9 +74,9 @@ def start_standin(step_seconds: float = 0.0, caps: str | None = None) -> Engine:
 
 
 def run_scenarios(zip_path: Path, scenarios: list[str], tmp_path: Path, timeout: float = 150,
-                  **args) -> dict:
+                  script: str = "blender_scenarios.py", **args) -> dict:
     out = tmp_path / "results.json"
-    cmd = [sys.executable, str(HERE / "blender_scenarios.py"), "--zip", str(zip_path),
+    cmd = [sys.executable, str(HERE / script), "--zip", str(zip_path),
            "--out", str(out), "--scenarios", ",".join(scenarios)]
     for key, value in args.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]

@@ -28,6 +28,7 @@ import bpy  # noqa: E402
 MOD = "bl_ext.user_default.zimage_studio"
 ARGS = None
 RESULTS: dict[str, dict] = {}
+TABLE: dict = {}        # every @scenario by name (other scenario modules add theirs)
 
 
 def addon(name: str):
@@ -115,6 +116,7 @@ def scenario(fn):
         out["seconds"] = round(time.monotonic() - t0, 2)
         RESULTS[fn.__name__] = out
     run.__name__ = fn.__name__
+    TABLE[fn.__name__] = run
     return run
 
 
@@ -339,6 +341,7 @@ def concept_img2img(out):
                      r.filepath, r.image_settings.file_format, r.film_transparent,
                      scene.view_settings.view_transform, scene.display.shading.color_type)
     settings(prompt="castle on a hill", seed=3, width=80, height=64)
+    scene.zimage.concept_match_camera = False       # the size above, not the camera's
     scene.zimage.concept_source = "CAMERA"
     scene.zimage.concept_context = "IMG2IMG"
     scene.zimage.concept_placement = "CAMERA_BG"
@@ -374,6 +377,7 @@ def concept_depth(out):
     connect(ARGS.engine)
     scene = bpy.context.scene
     settings(prompt="depth castle", seed=4, width=64, height=64)
+    scene.zimage.concept_match_camera = False
     scene.zimage.concept_context = "DEPTH"
     scene.zimage.concept_placement = "REFERENCE"
     objs_before = set(o.name for o in bpy.data.objects)
@@ -654,9 +658,12 @@ def undo(out):
         out["after_undo"]["cube_slots"] == before["cube_slots"]
 
 
-def main() -> int:
+def main(extra_args=()) -> int:
+    """extra_args: (flag, default) pairs another scenario module needs."""
     global ARGS
     ap = argparse.ArgumentParser()
+    for flag, default in extra_args:
+        ap.add_argument(flag, default=default)
     ap.add_argument("--zip", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--engine", default="")
@@ -670,13 +677,7 @@ def main() -> int:
     ap.add_argument("--scenarios", required=True)
     ARGS = ap.parse_args()
     names = [n for n in ARGS.scenarios.split(",") if n]
-    table = {f.__name__: f for f in (install, disable_enable, texture, history_recall,
-                                     image_node_target, preview_updates, cancel,
-                                     encode_off_thread,
-                                     concept_img2img, concept_depth, unsupported_size,
-                                     free_vram, engine_not_running, engine_killed, local_engine,
-                                     panels_draw,
-                                     undo, readme_walkthrough)}
+    table = TABLE
     for name in names:
         table[name]()
         with open(ARGS.out, "w") as fh:      # after each, so a crash keeps what ran

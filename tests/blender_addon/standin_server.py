@@ -3,6 +3,11 @@ stand-in pipeline, with a chosen capability list, for the add-on's plumbing test
 
     python tests/blender_addon/standin_server.py --bind tcp://127.0.0.1:PORT \
         [--step-seconds 0.1] [--caps txt2img,img2img,control,control.depth] [--min-side 64]
+        [--max-prompt-chars N] [--curve-dir DIR]
+
+With `tile` in --caps, a request with `tile` gets a tiling test image (a stand-in for the
+real pipeline's circular VAE padding): periodic along the tiled axes, so the opposite edges
+continue each other.
 
 Prints `ready <endpoint>` when it accepts jobs; stops on SIGTERM or when stdin closes.
 (`python -m engine serve --standin` serves the same pipeline with txt2img only.)
@@ -19,9 +24,32 @@ import threading
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+import numpy as np  # noqa: E402
+
 from engine.server import EngineServer  # noqa: E402
 from engine.standin import StandInPipeline  # noqa: E402
 from protocol.messages import Limits  # noqa: E402
+
+
+def tiling_image(seed: int, width: int, height: int, tile: str) -> np.ndarray:
+    """A smooth test image, periodic in x and/or y with the image's own size."""
+    phase = (seed % 97) / 97 * 2 * np.pi
+    x, y = np.arange(width) / width, np.arange(height) / height
+    fx = np.sin(2 * np.pi * x + phase) if "x" in tile else 2 * x - 1
+    fy = np.cos(2 * np.pi * y + phase) if "y" in tile else 2 * y - 1
+    img = np.empty((height, width, 3), np.float64)
+    for c, (a, b) in enumerate(((60, 30), (30, 60), (45, 45))):
+        img[..., c] = 128 + a * fx[None, :] + b * fy[:, None]
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+class TilingStandIn(StandInPipeline):
+    def generate(self, req, on_progress=None, should_cancel=None):
+        result = super().generate(req, on_progress, should_cancel)
+        if getattr(req, "tile", None):
+            result.images = [tiling_image(s, req.width, req.height, req.tile)
+                             for s in result.seeds]
+        return result
 
 
 def main() -> int:
@@ -30,10 +58,17 @@ def main() -> int:
     ap.add_argument("--step-seconds", type=float, default=0.0)
     ap.add_argument("--caps", default="txt2img,img2img,control,control.depth")
     ap.add_argument("--min-side", type=int, default=64)
+    ap.add_argument("--max-prompt-chars", type=int, default=Limits.max_prompt_chars)
+    ap.add_argument("--curve-dir", default=None)
     args = ap.parse_args()
     caps = tuple(c for c in args.caps.split(",") if c)
-    pipe = StandInPipeline(args.step_seconds, capabilities=caps)
-    server = EngineServer(pipe, bind=args.bind, limits=Limits(min_side=args.min_side))
+    pipe = TilingStandIn(args.step_seconds, capabilities=caps)
+    curve = {}
+    if args.curve_dir:
+        curve = {"curve_secret_file": os.path.join(args.curve_dir, "server.key_secret"),
+                 "curve_authorized_dir": os.path.join(args.curve_dir, "authorized_clients")}
+    server = EngineServer(pipe, bind=args.bind, limits=Limits(
+        min_side=args.min_side, max_prompt_chars=args.max_prompt_chars), **curve)
     server.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
