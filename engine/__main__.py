@@ -40,10 +40,35 @@ def _progress_bar(stage: str, step: int, steps: int) -> None:
 
 
 def png_parameters(prompt: str, seed: int, steps: int, width: int, height: int,
-                   model: str) -> str:
+                   model: str, loras=()) -> str:
     """The PNG text chunk ("parameters") every producer of ours writes, as JSON."""
-    return json.dumps({"prompt": prompt, "seed": seed, "steps": steps, "width": width,
-                       "height": height, "model": model}, ensure_ascii=False)
+    params = {"prompt": prompt, "seed": seed, "steps": steps, "width": width, "height": height,
+              "model": model}
+    if loras:
+        params["loras"] = [{"name": name, "weight": weight} for name, weight in loras]
+    return json.dumps(params, ensure_ascii=False)
+
+
+def parse_lora_arg(arg: str) -> tuple[Path, float]:
+    """'style.safetensors:0.8' -> (path, 0.8); a drive letter's colon is not a weight."""
+    from engine.errors import EngineError
+    from engine.lora import check_weight
+
+    path, sep, tail = arg.rpartition(":")
+    weight = 1.0
+    if sep:
+        try:
+            weight = float(tail)
+        except ValueError:
+            path = arg
+        else:
+            check_weight(weight)
+    else:
+        path = arg
+    p = Path(path)
+    if not p.is_file():
+        raise EngineError("invalid_params", f"--lora {path}: no such file", field="loras")
+    return p, weight
 
 
 def _check_writable(path: Path) -> None:
@@ -66,12 +91,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from PIL.PngImagePlugin import PngInfo
 
     from engine.loading import load_pipeline
+    from engine.lora import LoraLibrary
     from engine.pipeline import GenerateRequest, Limits, check_request
 
     from engine.conditioning import default_size
 
     out = Path(args.output)
     _check_writable(out)
+    lora_args = [parse_lora_arg(a) for a in args.lora]
     image = _read_image(args.image, "image") if args.image else None
     width, height = args.width, args.height
     if width is None or height is None:  # an input image's own size, else 1024
@@ -83,14 +110,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         mask=_read_image(args.mask, "mask", mode="L") if args.mask else None,
         control_image=(_read_image(args.control_image, "control_image")
                        if args.control_image else None),
-        control_type=args.control_type, control_scale=args.control_scale, tile=args.tile)
+        control_type=args.control_type, control_scale=args.control_scale, tile=args.tile,
+        loras=tuple((path.stem, weight) for path, weight in lora_args))
     check_request(req, Limits())  # fail fast, before loading gigabytes
+    library = LoraLibrary(files=[path for path, _ in lora_args])
     t0 = time.perf_counter()
     if args.controlnet:
         pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype,
-                             controlnet=args.controlnet, **memory_kwargs(args))
+                             controlnet=args.controlnet, loras=library, **memory_kwargs(args))
     else:
-        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype,
+        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, loras=library,
                              **memory_kwargs(args))
     print(f"loaded {pipe.info['model']} on {pipe.info['device']} ({pipe.info['dtype']}) in "
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
@@ -101,7 +130,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         path = out if i == 0 else out.with_name(f"{out.stem}-{i}{out.suffix}")
         info = PngInfo()
         info.add_text("parameters", png_parameters(req.prompt, seed, req.steps, req.width,
-                                                   req.height, pipe.info["model"]))
+                                                   req.height, pipe.info["model"], req.loras))
         Image.fromarray(image).save(path, pnginfo=info)
         print(f"wrote {path} (seed {seed})", file=sys.stderr)
     t = result.timings
@@ -165,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Z-Image-Turbo-Fun-Controlnet-Union .safetensors (2.1 or lite)")
     c.add_argument("--tile", choices=["x", "y", "xy"],
                    help="seamless texture: the output tiles along x, y or both")
+    g.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
+                   help="a LoRA .safetensors file and its weight (default 1.0); repeatable")
     add_memory_args(g)
     g.set_defaults(func=cmd_generate)
 

@@ -155,10 +155,11 @@ def load_tokenizer(tokenizer_dir: Path):
 def load_pipeline(model: str, *, device: str = "auto", dtype: str = "auto",
                   tokenizer: str | None = None, cache_size: int = 32, memory: str = "auto",
                   compile: bool | None = None, fp8: bool | None = None,
-                  controlnet: str | None = None) -> ZImagePipeline:
+                  controlnet: str | None = None, loras=None) -> ZImagePipeline:
     """memory: auto | max | 16gb | 12gb | 8gb (engine/memory.py); compile: None = on for CUDA;
     fp8: None = the memory mode decides; controlnet: path of a Z-Image-Turbo-Fun-Controlnet-Union
-    single .safetensors file (2.1, lite, 2.0 or 1.0), enabling the control.* capabilities."""
+    single .safetensors file (2.1, lite, 2.0 or 1.0), enabling the control.* capabilities;
+    loras: an engine.lora.LoraLibrary, the LoRAs requests may name (default: none)."""
     from engine import compile as compiling
     from engine import memory as memory_modes
     from engine.sources import resolve_model
@@ -187,7 +188,7 @@ def load_pipeline(model: str, *, device: str = "auto", dtype: str = "auto",
     shift = read_params(SchedulerParams, src.scheduler_config).shift
     pipe = ZImagePipeline(transformer, vae, TextEncoder(tokenizer, text_model, cache_size),
                           shift=shift, device=dev, dtype=dt, model_id=src.name,
-                          controlnet=control_model)
+                          controlnet=control_model, lora_library=loras)
     try:
         memory_modes.apply_plan(pipe, plan, dev)
     except torch.OutOfMemoryError:

@@ -38,6 +38,7 @@ from engine.errors import EngineError
 MAX_LORAS = 8  # active at once; each adds a low-rank matmul per targeted Linear
 MAX_WEIGHT = 4.0  # |weight| above this is a typo, not a style
 MAX_INFO_CHARS = 200  # metadata strings shown to clients are cut here
+MAX_NAME_CHARS = 200  # a LoRA's name is its file stem
 
 # The original module tree (ComfyUI, musubi-tuner) spells some modules differently; qkv is fused.
 _ORIGINAL_SPELLING = (
@@ -312,7 +313,8 @@ class LoraSet:
     """The LoRAs active on one transformer, applied as forward hooks (see the module docstring)."""
 
     transformer: nn.Module
-    active: tuple[tuple[str, float], ...] = ()
+    active: tuple[tuple[str, float], ...] = ()  # (name, weight), for reports
+    _current: tuple = ()  # the (Lora, weight) pairs applied: same objects -> nothing to do
     _hooks: list = field(default_factory=list)
     _slots: dict[str, _Slot] | None = None
 
@@ -327,13 +329,15 @@ class LoraSet:
             handle.remove()
             del mod.lora_down, mod.lora_up
         self._hooks = []
+        self._current = ()
         self.active = ()
 
     def apply(self, loras: Sequence[tuple[Lora, float]], *, device: torch.device,
               dtype: torch.dtype) -> None:
         """Make exactly `loras` (each with its weight) active; the same set again costs nothing."""
-        key = tuple((lora.name, float(w)) for lora, w in loras)
-        if key == self.active:
+        current = tuple((lora, float(w)) for lora, w in loras)
+        if len(current) == len(self._current) and all(
+                a is b and wa == wb for (a, wa), (b, wb) in zip(current, self._current)):
             return
         per_module: dict[int, tuple[nn.Linear, list]] = {}
         for lora, weight in loras:
@@ -360,7 +364,8 @@ class LoraSet:
             mod.lora_down = down.to(device=device, dtype=dtype)
             mod.lora_up = up.to(device=device, dtype=dtype)
             self._hooks.append((mod.register_forward_hook(_add_low_rank), mod))
-        self.active = key
+        self._current = current
+        self.active = tuple((lora.name, w) for lora, w in current)
 
 
 class LoraLibrary:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine import devices, memory
+from engine import devices, lora, memory
 from engine.conditioning import (
     CONTROL_SCALE,
     check_conditioning,
@@ -63,6 +63,7 @@ class GenerateRequest:
     control_type: str | None = None  # "depth" | "canny" | "pose" | "inpaint" (needs ControlNet)
     control_scale: float = CONTROL_SCALE
     tile: str | None = None  # seamless texture: "x" | "y" | "xy"
+    loras: tuple[tuple[str, float], ...] = ()  # (name, weight): names from the engine's LoRA library
 
 
 @dataclass
@@ -108,7 +109,28 @@ def check_request(req: GenerateRequest, limits: Limits) -> None:
     if not isinstance(req.num_images, int) or not 1 <= req.num_images <= limits.max_images:
         raise bad("num_images", f"num_images {req.num_images} is out of range: use 1 to "
                                 f"{limits.max_images}")
+    check_loras(req.loras)
     check_conditioning(req)
+
+
+def check_loras(loras) -> None:
+    def bad(message: str) -> EngineError:
+        return EngineError("invalid_params", message, field="loras")
+
+    if not isinstance(loras, (tuple, list)) or len(loras) > lora.MAX_LORAS:
+        raise bad(f"use at most {lora.MAX_LORAS} LoRAs at once")
+    names = set()
+    for item in loras:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)
+                and 0 < len(item[0]) <= lora.MAX_NAME_CHARS):
+            raise bad("each LoRA is a name (from the engine's list) and a weight")
+        if item[0] in names:
+            raise bad(f"LoRA {item[0]!r} is listed twice")
+        names.add(item[0])
+        try:
+            lora.check_weight(item[1])
+        except EngineError as e:
+            raise bad(e.message) from None
 
 
 def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
@@ -149,7 +171,7 @@ class ZImagePipeline:
 
     def __init__(self, transformer, vae, text_encoder, *, shift: float, device: torch.device,
                  dtype: torch.dtype, model_id: str = "", limits: Limits = Limits(),
-                 controlnet=None):
+                 controlnet=None, lora_library: lora.LoraLibrary | None = None):
         self.transformer = transformer
         self.controlnet = controlnet  # engine.model.controlnet.ZImageControlNet or None
         self.vae = vae
@@ -162,6 +184,8 @@ class ZImagePipeline:
         self.memory = memory.MemoryState()  # where the weights are (engine/memory.py changes it)
         self.compiled: list[str] = []  # parts wrapped in torch.compile (engine/compile.py)
         self.compile_seconds: float | None = None  # compile + warm-up time at load, if compiled
+        self.lora_library = lora_library or lora.LoraLibrary()  # what requests may name
+        self.loras = lora.LoraSet(transformer)  # what is applied now (kept between requests)
 
     @property
     def info(self) -> dict:
@@ -174,7 +198,7 @@ class ZImagePipeline:
 
     @property
     def capabilities(self) -> list[str]:
-        caps = ["txt2img", "img2img", "inpaint", "tile"]
+        caps = ["txt2img", "img2img", "inpaint", "tile", "lora"]
         if self.controlnet is not None:
             caps += ["control.depth", "control.canny", "control.pose"]
             if self.controlnet.control_in_dim >= 2 * LATENT_CHANNELS + 1:
@@ -218,6 +242,7 @@ class ZImagePipeline:
         try:
             check_cancel(None)
             memory.ensure_resident(self)  # after an unload ("free VRAM")
+            self.use_loras(req.loras)
             t0 = time.perf_counter()
             report(Progress("encode_text", 0, 1))
             cap = self.text_encoder.encode(req.prompt).to(self.device, self.dtype)
@@ -246,6 +271,12 @@ class ZImagePipeline:
             raise memory.oom_error(self.memory.plan, req.width, req.height,
                                    req.num_images, memory.free_bytes(self.device)) from None
         return Result(images=images, seeds=seeds, timings=timings)
+
+    def use_loras(self, loras) -> None:
+        """Make exactly these (name, weight) LoRAs active; the set stays until it changes."""
+        names = self.loras.slots.keys()
+        read = [(self.lora_library.read(name, names), float(w)) for name, w in loras]
+        self.loras.apply(read, device=self.device, dtype=self.dtype)
 
     def run(self, req: GenerateRequest) -> Result:
         """One request, no callbacks: what benchmarks time (every mode, same code path)."""

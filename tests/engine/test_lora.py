@@ -300,3 +300,56 @@ def test_library_sees_new_files_and_refuses_unknown_names(pipe, lora_files, tmp_
     with pytest.raises(EngineError) as e:
         lib.read("../brick", _names(pipe))
     assert (e.value.code, e.value.field) == ("invalid_params", "loras")
+
+
+def test_cli_lora_equals_diffusers_and_png_records_it(ref, tiny_model_dir, lora_files, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    out = tmp_path / "out.png"
+    r = subprocess.run([sys.executable, "-m", "engine", "generate", "--model", str(tiny_model_dir),
+                        "--prompt", PROMPT, "--width", str(W), "--height", str(H), "--steps",
+                        str(STEPS), "--seed", str(SEED), "--output", str(out), "--lora",
+                        f"{lora_files['kohya']}:0.5", "--lora", str(lora_files["peft"])],
+                       cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    png = Image.open(out)
+    params = json.loads(png.text["parameters"])
+    assert params["loras"] == [{"name": "kohya_attn", "weight": 0.5},
+                               {"name": "peft_style", "weight": 1.0}]
+    theirs = _theirs(ref, tiny_model_dir, [(lora_files["kohya"], 0.5), (lora_files["peft"], 1.0)])
+    _close(np.asarray(png.convert("RGB")), theirs)
+
+    r = subprocess.run([sys.executable, "-m", "engine", "generate", "--model", str(tiny_model_dir),
+                        "--prompt", PROMPT, "--lora", str(tmp_path / "nope.safetensors:0.5")],
+                       cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "[invalid_params]" in r.stderr
+
+
+def test_pipeline_request_names_loras_from_its_library(pipe, lora_files, base_image, tmp_path):
+    import shutil
+
+    from engine.lora import LoraLibrary
+
+    shutil.copy(lora_files["peft"], tmp_path / "style.safetensors")
+    old = pipe.lora_library
+    pipe.lora_library = LoraLibrary(tmp_path)
+    try:
+        styled = pipe.generate(GenerateRequest(PROMPT, W, H, steps=STEPS, seed=SEED,
+                                               loras=(("style", 0.5),))).images[0]
+        assert pipe.loras.active == (("style", 0.5),)
+        assert np.abs(styled.astype(int) - base_image.astype(int)).max() > 8
+        for bad in [(("nope", 1.0),), (("style", 9.0),), (("style", 1.0), ("style", 0.5)),
+                    (("style", float("nan")),)]:
+            with pytest.raises(EngineError) as e:
+                pipe.generate(GenerateRequest(PROMPT, W, H, steps=STEPS, seed=SEED, loras=bad))
+            assert (e.value.code, e.value.field) == ("invalid_params", "loras")
+        plain = pipe.generate(GenerateRequest(PROMPT, W, H, steps=STEPS, seed=SEED)).images[0]
+        assert np.array_equal(plain, base_image) and pipe.loras.active == ()
+    finally:
+        pipe.lora_library = old
