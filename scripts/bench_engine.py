@@ -468,6 +468,74 @@ def bench_conditioning(pipe, dpipe, tasks, args, w, h, t_cfg, dims, work) -> Non
     pipe.controlnet = None  # the later rows and the memory plans are for the plain model
 
 
+def write_random_lora(path: Path, pipe, rank: int, seed: int) -> Path:
+    """A kohya-layout LoRA of `rank` on every attention and FFN Linear of the live model."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, slot in pipe.loras.slots.items():
+        if not name.endswith(("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")):
+            continue
+        key = "lora_unet_" + name.replace(".", "_")
+        out_f = slot.rows.stop - slot.rows.start
+        sd[f"{key}.lora_down.weight"] = torch.randn(rank, slot.module.in_features, generator=g,
+                                                    dtype=torch.bfloat16) * 0.01
+        sd[f"{key}.lora_up.weight"] = torch.randn(out_f, rank, generator=g,
+                                                  dtype=torch.bfloat16) * 0.01
+        sd[f"{key}.alpha"] = torch.tensor(float(rank))
+    save_file(sd, str(path))
+    return path
+
+
+def bench_lora(pipe, args, w: int, h: int, work: Path) -> None:
+    """Switching LoRA sets (no base reload) and the per-step cost of the low-rank path."""
+    import psutil
+
+    from engine.lora import LoraLibrary
+
+    folder = work / "loras"
+    folder.mkdir(exist_ok=True)
+    rank = 32
+    for name, seed in (("style_a", 1), ("style_b", 2)):
+        write_random_lora(folder / f"{name}.safetensors", pipe, rank, seed)
+    pipe.lora_library = LoraLibrary(folder)
+    sets = [(("style_a", 1.0),), (("style_a", 0.8), ("style_b", 0.5))]
+    for s in sets:  # first read of each file (disk -> host cache) is not a switch
+        pipe.use_loras(s)
+    rss0 = psutil.Process().memory_info().rss
+    switch = []
+    for i in range(20):
+        sync(pipe.device)
+        t0 = time.perf_counter()
+        pipe.use_loras(sets[i % 2])
+        sync(pipe.device)
+        switch.append((time.perf_counter() - t0) * 1000)
+    t0 = time.perf_counter()
+    pipe.use_loras(())
+    clear_ms = (time.perf_counter() - t0) * 1000
+    rss1 = psutil.Process().memory_info().rss
+    plain = [run_ours(pipe, PROMPT, w, h, args.steps) for _ in range(args.runs)]
+    one = [run_ours(pipe, PROMPT, w, h, args.steps, loras=sets[0]) for _ in range(args.runs)]
+    two = [run_ours(pipe, PROMPT, w, h, args.steps, loras=sets[1]) for _ in range(args.runs)]
+    pipe.use_loras(())
+
+    def per_step(runs):
+        return statistics.median(ms for r in runs for ms in r["steps"][1:] or r["steps"])
+
+    say(f"### LoRA (rank {rank} on every attention and FFN Linear), {w}x{h}, {args.steps} steps")
+    table(["what", "ms"], [
+        ["switch set (1 LoRA <-> 2 LoRAs), median of 20", fmt(statistics.median(switch))],
+        ["switch set, max of 20", fmt(max(switch))],
+        ["clear all LoRAs", fmt(clear_ms)],
+        ["per step, no LoRA", fmt(per_step(plain))],
+        ["per step, 1 LoRA", fmt(per_step(one))],
+        ["per step, 2 LoRAs", fmt(per_step(two))],
+    ])
+    say(f"host RSS over the 20 switches: {(rss1 - rss0) / 2**20:+.0f} MiB")
+    say()
+
+
 def have(module: str) -> bool:
     import importlib.util
 
@@ -519,10 +587,11 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--sizes", default=None, help="WxH,... for images/s (default per preset)")
     ap.add_argument("--modes", default="max,16gb,12gb,8gb", help="memory modes")
-    ap.add_argument("--tasks", default="txt2img,img2img,control",
+    ap.add_argument("--tasks", default="txt2img,img2img,control,lora",
                     help="what to time besides the txt2img stage table at the main size (always "
                          "run): txt2img = images/s per size + memory modes; img2img; control "
-                         "(builds a random 2.1 ControlNet: ~6.7 GB bf16 at full size)")
+                         "(builds a random 2.1 ControlNet: ~6.7 GB bf16 at full size); lora "
+                         "(switch time and per-step cost of two rank-32 LoRAs)")
     ap.add_argument("--cold", action=argparse.BooleanOptionalAction, default=None,
                     help="write local safetensors and time both cold starts (full default: on)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
@@ -535,7 +604,7 @@ def main(argv=None) -> int:
                     help="torch CPU threads (1 gives steadier numbers on a shared CPU)")
     args = ap.parse_args(argv)
     tasks = set(args.tasks.split(","))
-    unknown = tasks - {"txt2img", "img2img", "control"}
+    unknown = tasks - {"txt2img", "img2img", "control", "lora"}
     if unknown:
         ap.error(f"unknown --tasks {sorted(unknown)}")
     if args.threads:
@@ -670,6 +739,8 @@ def main(argv=None) -> int:
     if tasks & {"img2img", "control"}:
         bench_conditioning(pipe, dpipe, tasks, args, main_w, main_h, t_cfg, dims, work)
         gpu_reset(device)  # frees the ControlNets
+    if "lora" in tasks:
+        bench_lora(pipe, args, main_w, main_h, work)
     if "txt2img" not in tasks:
         for n in notes:
             say(f"- {n}")
