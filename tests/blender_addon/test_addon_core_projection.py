@@ -223,7 +223,7 @@ def test_later_view_mask_marks_what_is_not_yet_covered():
     # the back half is on the right: neutral and masked (the sphere spans x 57..199; near
     # the middle the front view saw it at a poor angle, so it is masked too)
     band = (np.arange(256)[:, None] > 100) & (np.arange(256)[:, None] < 156)   # the equator
-    left = obj & (np.arange(256)[None, :] < 85) & band
+    left = obj & (np.arange(256)[None, :] < 70) & band
     right = obj & (np.arange(256)[None, :] > 146)
     assert (mask[right] == 255).all() and (mask[left] == 0).all()
     assert (image[right] == round(pj.NEUTRAL * 255)).all()
