@@ -473,3 +473,33 @@ def dilate(texture: np.ndarray, valid: np.ndarray, margin: int) -> np.ndarray:
 def margin_for(size: int) -> int:
     """UV margin dilation in texels for a texture size (16 at 1024, at least 4)."""
     return max(4, size // 64)
+
+
+def fill_margins(texture: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Fill every texel outside the UV islands from the islands around it (pull-push: average
+    the filled texels down a mip pyramid, then fill the gaps back up from coarser levels), so
+    no seam shows however far a renderer's filtering reaches. Texels inside stay as they are."""
+    tex = np.asarray(texture, np.float32)
+    w = np.asarray(valid, np.float32)
+    if w.all() or not w.any():
+        return tex.copy()
+    levels = [(tex * w[..., None], w)]
+    while max(levels[-1][1].shape) > 1:
+        c, m = levels[-1]
+        h, wd = m.shape
+        if h % 2 or wd % 2:                       # pad to even (no weight in the padding)
+            c = np.pad(c, ((0, h % 2), (0, wd % 2), (0, 0)))
+            m = np.pad(m, ((0, h % 2), (0, wd % 2)))
+        c2 = c[0::2, 0::2] + c[1::2, 0::2] + c[0::2, 1::2] + c[1::2, 1::2]
+        m2 = m[0::2, 0::2] + m[1::2, 0::2] + m[0::2, 1::2] + m[1::2, 1::2]
+        levels.append((c2, m2))
+    colour = levels[-1][0] / np.maximum(levels[-1][1], 1e-12)[..., None]
+    for c, m in reversed(levels[:-1]):
+        h, wd = m.shape
+        up = np.repeat(np.repeat(colour, 2, 0), 2, 1)[:h, :wd]
+        own = c / np.maximum(m, 1e-12)[..., None]
+        colour = np.where((m > 0)[..., None], own, up)
+    out = tex.copy()
+    hole = ~np.asarray(valid, bool)
+    out[hole] = colour[hole]
+    return out

@@ -71,9 +71,9 @@ def start_standin(step_seconds: float = 0.0, caps: str | None = None) -> Engine:
 
 
 def run_scenarios(zip_path: Path, scenarios: list[str], tmp_path: Path, timeout: float = 150,
-                  **args) -> dict:
+                  script: str = "blender_scenarios.py", **args) -> dict:
     out = tmp_path / "results.json"
-    cmd = [sys.executable, str(HERE / "blender_scenarios.py"), "--zip", str(zip_path),
+    cmd = [sys.executable, str(HERE / script), "--zip", str(zip_path),
            "--out", str(out), "--scenarios", ",".join(scenarios)]
     for key, value in args.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]

@@ -275,3 +275,19 @@ def test_orbit_poses_look_at_the_centre_and_frame_it():
                                                                     [1, 2, 3]) *
                                               math.cos(math.radians(15))], atol=1e-6)
     assert np.allclose(poses[4][:3, 3][:2], [1, 2])         # straight above
+
+
+def test_fill_margins_keeps_islands_and_fills_gaps_from_the_nearest_island():
+    valid = np.zeros((64, 64), bool)
+    valid[4:20, 4:20] = True                                # red island
+    valid[40:60, 40:60] = True                              # blue island
+    tex = np.zeros((64, 64, 3), np.float32)
+    tex[4:20, 4:20] = [1, 0, 0]
+    tex[40:60, 40:60] = [0, 0, 1]
+    out = pj.fill_margins(tex, valid)
+    assert np.array_equal(out[valid], tex[valid])
+    assert np.isfinite(out).all() and (out[~valid].sum(-1) > 0.99).all()
+    assert np.allclose(out[3, 10], [1, 0, 0]) and np.allclose(out[12, 20], [1, 0, 0])
+    assert np.allclose(out[60, 50], [0, 0, 1]) and np.allclose(out[50, 39], [0, 0, 1])
+    odd = pj.fill_margins(tex[:63, :61], valid[:63, :61])  # odd sizes
+    assert odd.shape == (63, 61, 3) and np.allclose(odd[3, 10], [1, 0, 0])

@@ -1,0 +1,474 @@
+"""Texturing from views, in a fresh headless Blender with the BUILT add-on (run by
+test_blender_projection.py):
+
+    python projection_scenarios.py --zip Z --out results.json --scenarios install,...
+        --replay1 ADDR --dir1 DIR --replay6 ADDR --dir6 DIR --replay-b ADDR --dir-b DIR
+        --rules ADDR
+
+The engines are replay_server.py stand-ins: the n-th job answers DIR/view_<n>.png, which the
+scenario rendered beforehand (Workbench, flat light, texture colour, no anti-aliasing) from the
+object carrying the known texture T. So "the engine" returns exactly what the textured object
+looks like from the requested view, and baking it back must give T again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import blender_scenarios as bs  # noqa: E402  (sets up the throwaway profile, imports bpy)
+from blender_scenarios import RESULTS, addon, bpy, connect, install, scenario
+
+import numpy as np  # noqa: E402  (Blender's own numpy)
+
+ARGS = None
+FOV = math.radians(40.0)
+
+
+# ---- scene helpers -----------------------------------------------------------------------
+
+def clear_scene():
+    for o in list(bpy.data.objects):
+        bpy.data.objects.remove(o)
+    for c in list(bpy.data.collections):
+        bpy.data.collections.remove(c)
+    for m in list(bpy.data.meshes):
+        bpy.data.meshes.remove(m)
+
+
+def checker(name="T", size=256, cells=8) -> bpy.types.Image:
+    """A colour checker: a distinct colour per cell."""
+    rng = np.random.default_rng(5)
+    cols = rng.uniform(0.08, 0.92, (cells, cells, 3))
+    k = np.arange(size) * cells // size
+    px = np.ones((size, size, 4), np.float32)
+    px[..., :3] = cols[k[:, None], k[None, :]]
+    img = bpy.data.images.new(name, size, size, alpha=False)
+    img.pixels.foreach_set(px.ravel())
+    img.pack()
+    return img
+
+
+def t_material(image) -> bpy.types.Material:
+    mat = bpy.data.materials.new("T material")
+    mat.use_nodes = True
+    nodes = mat.node_tree.nodes
+    bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
+    tex = nodes.new("ShaderNodeTexImage")
+    tex.image = image
+    tex.interpolation = "Closest"
+    mat.node_tree.links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+    nodes.active = tex
+    return mat
+
+
+def add(kind: str, location, name: str):
+    if kind == "sphere":
+        bpy.ops.mesh.primitive_uv_sphere_add(radius=1.0, location=location)
+    else:
+        bpy.ops.mesh.primitive_monkey_add(size=2.0, location=location)
+    obj = bpy.context.active_object
+    obj.name = name
+    bpy.ops.object.shade_smooth()
+    return obj
+
+
+def camera(name: str, eye, target=(0.0, 0.0, 0.0), collection=None):
+    from mathutils import Matrix
+    pj = addon("core.projection")
+    data = bpy.data.cameras.new(name)
+    data.sensor_fit = "HORIZONTAL"
+    data.angle = FOV
+    obj = bpy.data.objects.new(name, data)
+    (collection or bpy.context.scene.collection).objects.link(obj)
+    obj.matrix_world = Matrix(pj.look_at(eye, target).tolist())
+    return obj
+
+
+def render(cam, size: int, path: str) -> np.ndarray:
+    """(H,W,4) uint8 rows top-down: flat texture colour, alpha = the object's pixels."""
+    scene = bpy.context.scene
+    scene.camera = cam
+    r = scene.render
+    r.engine = "BLENDER_WORKBENCH"
+    r.resolution_x = r.resolution_y = size
+    r.resolution_percentage = 100
+    r.film_transparent = True
+    r.image_settings.file_format = "PNG"
+    r.image_settings.color_mode = "RGBA"
+    r.image_settings.color_depth = "8"
+    r.filepath = path
+    r.use_file_extension = False
+    scene.display.shading.light = "FLAT"
+    scene.display.shading.color_type = "TEXTURE"
+    scene.display.render_aa = "OFF"
+    scene.view_settings.view_transform = "Standard"
+    scene.view_settings.look = "None"
+    bpy.ops.render.render(write_still=True)
+    return read_png(path)
+
+
+def read_png(path: str) -> np.ndarray:
+    w, h, c, rows = addon("core.pixels").decode_png(open(path, "rb").read())
+    return np.frombuffer(rows, np.uint8).reshape(h, w, c)
+
+
+def write_rgb(arr: np.ndarray, path: str) -> None:
+    h, w = arr.shape[:2]
+    png = addon("core.pixels").encode_png(np.ascontiguousarray(arr[..., :3]).tobytes(), w, h, 3)
+    with open(path, "wb") as fh:
+        fh.write(png)
+
+
+def psnr(a, b) -> float:
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def select(objs, active=None):
+    for o in bpy.context.view_layer.objects:
+        o.select_set(False)
+    for o in objs:
+        o.select_set(True)
+    bpy.context.view_layer.objects.active = active or objs[0]
+
+
+def run_until_done(timeout: float = 120.0) -> dict:
+    project, pump = addon("blender.project"), addon("blender.pump")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and project.current() is not None:
+        pump.tick()
+        project.tick()
+        time.sleep(0.01)
+    assert project.current() is None, "the projection run did not finish"
+    return dict(project.last())
+
+
+def settings(**kw):
+    s = bs.settings(prompt="colour checker", seed_random=False, seed=3, steps=2, **kw)
+    p = bpy.context.scene.zimage_projection
+    p.texture_size = "1024"
+    p.image_size = "512"
+    return p
+
+
+def strip_uvs(obj) -> np.ndarray:
+    """Remove every UV map (so the run must make one); returns the first map's UVs."""
+    me = obj.data
+    uv = np.empty(len(me.loops) * 2, np.float32)
+    me.uv_layers[0].uv.foreach_get("vector", uv)
+    while len(me.uv_layers):
+        me.uv_layers.remove(me.uv_layers[0])
+    return uv.reshape(-1, 2)
+
+
+def silhouette_band(alpha: np.ndarray, px: int) -> np.ndarray:
+    """Pixels within px of the object's outline."""
+    inside = alpha > 0
+    band = np.zeros_like(inside)
+    for dy in range(-px, px + 1):
+        for dx in range(-px, px + 1):
+            band |= np.roll(np.roll(inside, dy, 0), dx, 1) != inside
+    return band
+
+
+def compare_views(ref: np.ndarray, got: np.ndarray) -> dict:
+    vis = ref[..., 3] == 255
+    both = vis & (got[..., 3] == 255)
+    inner = both & ~silhouette_band(ref[..., 3], 1)
+    return {"visible": int(vis.sum()), "both": int(both.sum()),
+            "inner_fraction": float(inner.sum() / max(1, vis.sum())),
+            "psnr_all": psnr(ref[both][:, :3], got[both][:, :3]),
+            "psnr_inner": psnr(ref[inner][:, :3], got[inner][:, :3])}
+
+
+# ---- scenarios -----------------------------------------------------------------------------
+
+@scenario
+def project_one_view(out):
+    """A UV sphere and Suzanne carry T; one view from the camera; fresh UVs; compare."""
+    clear_scene()
+    connect(ARGS.replay1)
+    T = checker()
+    sphere = add("sphere", (-1.3, 0, 0), "Sphere")
+    suz = add("monkey", (1.3, 0, 0), "Suzanne")
+    for o in (sphere, suz):
+        o.data.materials.append(t_material(T))
+    cam = camera("View", (0.5, -6.5, 1.8))
+    ref = render(cam, 512, os.path.join(ARGS.dir1, "reference.png"))
+    write_rgb(ref, os.path.join(ARGS.dir1, "view_0.png"))
+    for o in (sphere, suz):
+        strip_uvs(o)
+    select([sphere, suz])
+    settings()
+    t0 = time.perf_counter()
+    assert bpy.ops.zimage.project_view() == {"FINISHED"}
+    out["run"] = run_until_done()
+    out["run_seconds"] = round(time.perf_counter() - t0, 2)
+    out["uv_maps"] = {o.name: [u.name for u in o.data.uv_layers] for o in (sphere, suz)}
+    out["materials"] = {o.name: [s.material.name for s in o.material_slots]
+                        for o in (sphere, suz)}
+    img = bpy.data.images.get(out["run"]["images"][0]) if out["run"]["images"] else None
+    out["image"] = None if img is None else {
+        "size": list(img.size), "packed": img.packed_file is not None,
+        "coverage": img.get("zimage_coverage"), "seed": img.get("zimage_seed")}
+    got = render(cam, 512, os.path.join(ARGS.dir1, "after.png"))
+    out["compare"] = compare_views(ref, got)
+    req = json.load(open(os.path.join(ARGS.dir1, "req_0.json")))
+    out["request"] = req
+    depth = read_png(os.path.join(ARGS.dir1, "req_0_control_image.png"))
+    grey = depth[..., 0]
+    near = grey[ref[..., 3] == 255]
+    out["depth"] = {"max": int(near.max()), "min_visible": int(near.min()),
+                    "background_max": int(grey[ref[..., 3] == 0].max()),
+                    "suzanne_nose_brighter_than_sphere_back": None}
+    out["history"] = [(h.prompt, h.image_name, h.kind)
+                      for h in bpy.context.scene.zimage.history]
+
+
+def uv_texel_truth(obj, uv_orig: np.ndarray, size: int):
+    """Per texel of the object's new UV map: is it on the surface, and which colour of T
+    belongs there (T looked up through the original UVs at the same surface point)."""
+    pj = addon("core.projection")
+    me = obj.data
+    me.calc_loop_triangles()
+    tris = np.empty(len(me.loop_triangles) * 3, np.int32)
+    me.loop_triangles.foreach_get("loops", tris)
+    tris = tris.reshape(-1, 3)
+    new_uv = np.empty(len(me.loops) * 2, np.float32)
+    me.uv_layers.active.uv.foreach_get("vector", new_uv)
+    new_uv = new_uv.reshape(-1, 2)
+    pos = np.concatenate([uv_orig, np.zeros((len(uv_orig), 1))], 1)
+    mesh = pj.Mesh(pos[tris], np.tile([0.0, 0.0, 1.0], (len(tris), 3, 1)), new_uv[tris])
+    return pj.texel_map(mesh, size)
+
+
+def image_rgb(image) -> np.ndarray:
+    w, h = image.size
+    px = np.empty(w * h * 4, np.float32)
+    image.pixels.foreach_get(px)
+    return px.reshape(h, w, 4)                   # rows bottom-up, like the texture arrays
+
+
+@scenario
+def project_six_views(out):
+    """Suzanne carries T; six cameras around; fresh UVs; coverage and PSNR over texels; the
+    requests of later views show the texture so far and the mask of what is missing."""
+    clear_scene()
+    connect(ARGS.replay6)
+    T = checker()
+    suz = add("monkey", (0, 0, 0), "Suzanne")
+    suz.data.materials.append(t_material(T))
+    coll = bpy.data.collections.new("Views")
+    bpy.context.scene.collection.children.link(coll)
+    eyes = [(0, -6, 0.6), (6, 0, 0.6), (0, 6, 0.6), (-6, 0, 0.6), (0, 0.01, 6), (0, 0.01, -6)]
+    cams = [camera(f"V{k}", e, collection=coll) for k, e in enumerate(eyes)]
+    refs = []
+    for k, cam in enumerate(cams):
+        ref = render(cam, 512, os.path.join(ARGS.dir6, f"reference_{k}.png"))
+        write_rgb(ref, os.path.join(ARGS.dir6, f"view_{k}.png"))
+        write_rgb(ref, os.path.join(ARGS.dir_b, f"view_{k}.png"))
+        refs.append(ref)
+    uv_orig = strip_uvs(suz)
+    select([suz])
+    p = settings()
+    p.views_source = "COLLECTION"
+    p.camera_collection = coll
+    assert bpy.ops.zimage.project_all() == {"FINISHED"}
+    out["run"] = run_until_done()
+    img = bpy.data.images[out["run"]["images"][0]]
+    cov = bpy.data.images[img["zimage_coverage"]]
+    truth = uv_texel_truth(suz, uv_orig, 1024)
+    baked = image_rgb(img).reshape(-1, 4)[truth.index, :3]
+    covered = image_rgb(cov).reshape(-1, 4)[truth.index, 0] > 0
+    Tpx = image_rgb(T)
+    ts = Tpx.shape[0]
+    tu = np.clip((truth.position[:, 0] * ts).astype(int), 0, ts - 1)
+    tv = np.clip((truth.position[:, 1] * ts).astype(int), 0, ts - 1)
+    expect = Tpx[tv, tu, :3]
+    out["coverage"] = float(covered.mean())
+    out["psnr_covered"] = psnr(baked[covered] * 255, expect[covered] * 255)
+    out["views"] = [{"k": k, **compare_views(refs[k], render(
+        cams[k], 512, os.path.join(ARGS.dir6, f"after_{k}.png")))} for k in range(6)]
+    out["requests"] = [json.load(open(os.path.join(ARGS.dir6, f"req_{k}.json")))
+                       for k in range(6)]
+    out["blobs"] = [sorted(f[len(f"req_{k}_"):-4] for f in os.listdir(ARGS.dir6)
+                           if f.startswith(f"req_{k}_") and f.endswith(".png"))
+                    for k in range(6)]
+    out["agree"] = views_agree(suz, uv_orig, T, cams)
+
+
+def views_agree(suz, uv_orig, T, cams) -> dict:
+    """Request 1 of the six-view run must show the texture built from view 0, rendered from
+    view 1, and a mask white exactly where that texture is empty or poorly covered. Checked
+    against Blender's own render (Workbench) of a one-view bake from V0 on a fresh copy."""
+    pj = addon("core.projection")
+    copy = suz.copy()
+    copy.data = suz.data.copy()
+    bpy.context.scene.collection.objects.link(copy)
+    while len(copy.data.uv_layers):
+        copy.data.uv_layers.remove(copy.data.uv_layers[0])
+    copy.data.materials.clear()
+    suz.hide_render = True
+    coll = bpy.data.collections.new("First view")
+    bpy.context.scene.collection.children.link(coll)
+    coll.objects.link(cams[0])
+    connect(ARGS.replay_b)
+    select([copy])
+    p = bpy.context.scene.zimage_projection
+    p.camera_collection = coll
+    assert bpy.ops.zimage.project_all() == {"FINISHED"}
+    run = run_until_done()
+    out = {"run": run["message"]}
+    so_far = render(cams[1], 512, os.path.join(ARGS.dir_b, "so_far_1.png"))
+    sent = read_png(os.path.join(ARGS.dir6, "req_1_init_image.png"))
+    mask = read_png(os.path.join(ARGS.dir6, "req_1_mask.png"))
+    mask = mask[..., 0] if mask.ndim == 3 else mask
+    obj = so_far[..., 3] == 255
+    keep = obj & (mask < 128)
+    out["psnr_init_vs_render"] = psnr(so_far[keep][:, :3], sent[keep][:, :3])
+    out["covered_pixels"] = int(keep.sum())
+    # the coverage image through the same view: white where still empty or poor
+    img = bpy.data.images[run["images"][0]]
+    cov = bpy.data.images[img["zimage_coverage"]]
+    mat = copy.active_material
+    tex = next(n for n in mat.node_tree.nodes if n.type == "TEX_IMAGE")
+    tex.image = cov
+    tex.interpolation = "Closest"
+    cov_view = render(cams[1], 512, os.path.join(ARGS.dir_b, "coverage_1.png"))
+    expect = obj & (cov_view[..., 0] < round(pj.POOR_FACING * 255))
+    diff = (mask >= 128) != expect
+    band = silhouette_band(so_far[..., 3], 2)
+    out["mask_white"] = int((mask >= 128).sum())
+    out["mask_mismatch"] = int((diff & ~band).sum())
+    out["mask_mismatch_fraction"] = float((diff & ~band).sum() / max(1, obj.sum()))
+    out["mask_outside_object"] = int(((mask >= 128) & ~obj & ~band).sum())
+    return out
+
+
+@scenario
+def selection_rules(out):
+    """No UV map -> one is made (reported); an existing map is untouched; linked duplicates
+    get one texture (reported); non-mesh objects are skipped before anything is sent."""
+    clear_scene()
+    connect(ARGS.rules)
+    project = addon("blender.project")
+    cube = add("sphere", (0, 0, 0), "WithUV")
+    uv_before = np.empty(len(cube.data.loops) * 2, np.float32)
+    cube.data.uv_layers[0].uv.foreach_get("vector", uv_before)
+    names_before = [u.name for u in cube.data.uv_layers]
+    bare = add("monkey", (3, 0, 0), "Bare")
+    strip_uvs(bare)
+    twin = bare.copy()                   # linked duplicate: same mesh
+    twin.name = "Bare twin"
+    twin.location = (3, 3, 0)
+    bpy.context.scene.collection.objects.link(twin)
+    lamp = bpy.data.objects.new("Lamp", bpy.data.lights.new("Lamp", "POINT"))
+    bpy.context.scene.collection.objects.link(lamp)
+    cam = camera("Cam", (1.5, -9, 2), (1.5, 0, 0))
+    bpy.context.scene.camera = cam
+    settings()
+    # only non-meshes selected: refused, nothing sent
+    select([lamp])
+    sent_before = rt().client.stats() if hasattr(rt().client, "stats") else None
+    res = bpy.ops.zimage.project_view()
+    out["only_lamp"] = sorted(res)
+    out["only_lamp_run"] = project.current() is not None
+    select([cube, bare, twin, lamp])
+    assert bpy.ops.zimage.project_view() == {"FINISHED"}
+    run = run_until_done()
+    out["message"] = run["message"]
+    out["phase"] = run["phase"]
+    out["images"] = run["images"]
+    out["requests"] = len(run["requests"])
+    uv_after = np.empty(len(cube.data.loops) * 2, np.float32)
+    cube.data.uv_layers[0].uv.foreach_get("vector", uv_after)
+    out["existing_uv_untouched"] = bool(np.array_equal(uv_before, uv_after))
+    out["uv_names"] = {"WithUV": [u.name for u in cube.data.uv_layers], "before": names_before,
+                       "Bare": [u.name for u in bare.data.uv_layers]}
+    out["twin_material"] = twin.active_material.name if twin.active_material else None
+    out["bare_material"] = bare.active_material.name if bare.active_material else None
+    del sent_before
+
+
+@scenario
+def cancel_applies_nothing(out):
+    clear_scene()
+    connect(ARGS.rules)
+    project, pump = addon("blender.project"), addon("blender.pump")
+    suz = add("monkey", (0, 0, 0), "Suzanne")
+    strip_uvs(suz)
+    select([suz])
+    p = settings()
+    p.views_source = "ORBIT"
+    p.views_around = 4
+    p.view_above = True
+    before = (sorted(i.name for i in bpy.data.images), sorted(m.name for m in bpy.data.materials),
+              len(suz.data.uv_layers), len(bpy.context.scene.zimage.history))
+    assert bpy.ops.zimage.project_all() == {"FINISHED"}
+    run = project.current()
+    out["views"] = run.count
+    end = time.monotonic() + 60
+    while time.monotonic() < end and run.index < 2 and project.current() is not None:
+        pump.tick()
+        project.tick()
+        time.sleep(0.01)
+    out["reached_view"] = run.index
+    out["status"] = run.status_text()
+    assert bpy.ops.zimage.project_cancel() == {"FINISHED"}
+    for _ in range(20):
+        pump.tick()
+        project.tick()
+        time.sleep(0.02)
+    after = (sorted(i.name for i in bpy.data.images if i.name != "Z-Image Preview"),
+             sorted(m.name for m in bpy.data.materials), len(suz.data.uv_layers),
+             len(bpy.context.scene.zimage.history))
+    before = (sorted(n for n in before[0] if n != "Z-Image Preview"),) + before[1:]
+    out["phase"] = project.last().get("phase")
+    out["nothing_applied"] = before == after
+    out["before"], out["after"] = before, after
+    out["can_submit"] = rt().board.can_submit("texture")
+
+
+def rt():
+    return bs.rt()
+
+
+def main() -> int:
+    global ARGS
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--zip", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--replay1", default="")
+    ap.add_argument("--dir1", default="")
+    ap.add_argument("--replay6", default="")
+    ap.add_argument("--dir6", default="")
+    ap.add_argument("--replay-b", default="")
+    ap.add_argument("--dir-b", default="")
+    ap.add_argument("--rules", default="")
+    ap.add_argument("--scenarios", required=True)
+    ARGS = ap.parse_args()
+    bs.ARGS = ARGS
+    table = {f.__name__: f for f in (install, project_one_view, project_six_views,
+                                     selection_rules, cancel_applies_nothing)}
+    for name in [n for n in ARGS.scenarios.split(",") if n]:
+        table[name]()
+        with open(ARGS.out, "w") as fh:
+            json.dump(RESULTS, fh)
+        if name == "install" and not RESULTS["install"]["ok"]:
+            break
+    try:
+        r = bs.rt()
+        if r is not None:
+            r.shutdown()
+    except Exception:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
