@@ -29,6 +29,8 @@ import numpy as np
 
 NEUTRAL = 0.5            # fill of texels no view has seen
 POOR_FACING = 0.35       # best cos(angle) below this (about 70 deg) counts as poorly covered
+SLOPE_PX = 1.5           # pixels of slope allowance in the depth test ...
+SLOPE_COS = 0.3          # ... for surfaces seen at up to about 73 degrees
 CHUNK = 1 << 21          # candidate pixels per rasteriser batch (bounds the memory)
 
 
@@ -307,24 +309,72 @@ def facing(texels: TexelMap, view: View) -> np.ndarray:
     return np.clip((texels.normal * to_eye).sum(1), 0.0, 1.0)
 
 
-def visible(texels: TexelMap, view: View, zbuf: np.ndarray, tolerance: float = 0.01
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(visible (N,) bool, x, y): in the frame and not behind the z-buffer's surface. The
-    depth bias is `tolerance` of the visible depth range, and the depth compared with is the
-    farthest of the 3x3 pixels around, so texels on a silhouette are not lost to the pixel
-    grid (surfaces thinner than a pixel are: see docs/texture-projection.md)."""
+def _lookup(texels: TexelMap, view: View, zbuf: np.ndarray, tolerance: float = 0.01):
+    """For each texel: its 4 bilinear pixels and their weights, keeping only the pixels that
+    show the texel's own surface (their depth agrees with the texel's, within the bias plus
+    what the surface's slope explains across those pixels), and whether it is near an edge."""
     x, y, d, _w = view.to_screen(texels.position)
     h, w = zbuf.shape
     inside = (x >= 0) & (x < w) & (y >= 0) & (y < h) & (d > 0)
     hit = np.isfinite(zbuf)
     span = (zbuf[hit].max() - zbuf[hit].min()) if hit.any() else 0.0
     bias = tolerance * max(span, 1e-6) + 1e-6
-    near = _local_max(np.where(hit, zbuf, -np.inf))
+    # world size of one pixel at the texel's depth, and the depth step a slope makes over it
+    scale = np.linalg.norm(view.world_to_clip[0, :3]) * w / 2.0
+    pixel = (np.maximum(d, 1e-9) if not view.ortho else np.ones_like(d)) / max(scale, 1e-12)
+    cos = np.maximum(facing(texels, view), SLOPE_COS)
+    tol = bias + SLOPE_PX * pixel * np.sqrt(1.0 - cos * cos) / cos
+    fx, fy = x - 0.5, y - 0.5
+    x0, y0 = np.floor(fx).astype(np.int64), np.floor(fy).astype(np.int64)
+    ax, ay = fx - x0, fy - y0
+    idx, wts = [], []
+    flat = np.where(hit, zbuf, np.inf).reshape(-1)
+    for dy, dx, wt in ((0, 0, (1 - ax) * (1 - ay)), (0, 1, ax * (1 - ay)),
+                       (1, 0, (1 - ax) * ay), (1, 1, ax * ay)):
+        px, py = x0 + dx, y0 + dy
+        ok = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+        i = np.clip(py, 0, h - 1) * w + np.clip(px, 0, w - 1)
+        with np.errstate(invalid="ignore"):
+            same = ok & (np.abs(flat[i] - d) <= tol)
+        idx.append(i)
+        wts.append(np.where(same, wt, 0.0))
+    idx, wts = np.stack(idx, 1), np.stack(wts, 1)
+    total = wts.sum(1)
+    vis = inside & (total > 1e-6)
+    wts = np.where(vis[:, None], wts / np.maximum(total, 1e-12)[:, None], 0.0)
     ix = np.clip(x.astype(np.int64), 0, w - 1)
     iy = np.clip(y.astype(np.int64), 0, h - 1)
-    z = near[iy, ix]
-    vis = inside & np.isfinite(z) & (d <= z + bias)
-    return vis, x, y
+    edge = depth_edges(zbuf, bias)[iy, ix]
+    return vis, edge, idx, wts
+
+
+def visible(texels: TexelMap, view: View, zbuf: np.ndarray, tolerance: float = 0.01
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(visible (N,) bool, near_edge (N,) bool).
+
+    Visible: in the frame, and at least one of the pixels around the texel's projection shows
+    its surface (depth test with a bias of `tolerance` x the visible depth range, widened by
+    the surface's slope); occluded surfaces receive nothing. Surfaces thinner than a pixel are
+    missed (docs/texture-projection.md). Near an edge: within EDGE_PX pixels of the outline or
+    of a depth step, where the image's pixels mix two surfaces."""
+    vis, edge, _i, _w = _lookup(texels, view, zbuf, tolerance)
+    return vis, edge
+
+
+EDGE_PX = 2              # pixels around outlines and depth steps that count as "edge"
+EDGE_WEIGHT = 0.02       # their weight factor: used only where no view sees the texel better
+
+
+def depth_edges(zbuf: np.ndarray, bias: float) -> np.ndarray:
+    """(H,W) bool: within EDGE_PX pixels of the outline or of a depth step larger than bias."""
+    far = np.where(np.isfinite(zbuf), zbuf, np.inf)
+    hi = _local_max(far)                     # inf next to the background
+    lo = -_local_max(-far)
+    with np.errstate(invalid="ignore"):
+        edge = ~np.isfinite(far) | ~(hi - lo <= bias)
+    for _ in range(EDGE_PX - 1):
+        edge = _local_max(np.where(edge, 1.0, 0.0)) > 0
+    return edge
 
 
 def _local_max(a: np.ndarray) -> np.ndarray:
@@ -353,12 +403,12 @@ def project(texels: TexelMap, view: View, zbuf: np.ndarray, image: np.ndarray,
     if img.shape[:2] != (view.height, view.width):
         raise ValueError(f"the image is {img.shape[1]}x{img.shape[0]}, the view "
                          f"{view.width}x{view.height}")
-    vis, x, y = visible(texels, view, zbuf)
+    vis, edge, idx, wts = _lookup(texels, view, zbuf)
     cos = facing(texels, view) * vis
-    color = np.zeros((len(texels.index), 3), np.float32)
-    if vis.any():
-        color[vis] = _sample(img.astype(np.float32) / 255.0, x[vis], y[vis])[:, :3]
+    rgb = img.reshape(-1, img.shape[2] if img.ndim == 3 else 1)[:, :3].astype(np.float32)
+    color = np.einsum("nk,nkc->nc", wts.astype(np.float32), rgb[idx]) / 255.0
     weight = np.where(vis, cos ** max(sharpness, 0.0), 0.0) * (cos > 1e-3)
+    weight *= np.where(edge, EDGE_WEIGHT, 1.0)
     return Projection(color, weight.astype(np.float32), cos.astype(np.float32))
 
 

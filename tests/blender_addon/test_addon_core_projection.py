@@ -127,9 +127,13 @@ def test_occluded_texels_receive_nothing():
     xy = tex.position[:, :2]
     hidden = on_back & (np.abs(xy) < 0.45).all(1)          # behind the front square
     clear = on_back & (np.abs(xy) > 0.6).any(1) & (np.abs(xy) < 1.4).all(1)
+    _vis, edge = pj.visible(tex, view, zbuf)
     assert hidden.sum() > 20 and (p.weight[hidden] == 0).all()
-    assert (p.weight[clear] > 0.5).all()
-    assert (p.weight[~on_back] > 0.5).all()                # the front square itself
+    assert (p.weight[clear & ~edge] > 0.5).all()
+    assert (p.weight[~on_back & ~edge] > 0.5).all()        # the front square itself
+    # near the outlines the weight is small, but the texels are still seen
+    assert (edge & clear).any() and (p.weight[clear & edge] > 0).all()
+    assert np.allclose(p.weight[clear & edge], p.facing[clear & edge] ** 2 * pj.EDGE_WEIGHT)
     assert np.allclose(p.color[clear], 200 / 255, atol=1e-5)
 
 
@@ -146,8 +150,27 @@ def test_facing_weight_falls_with_the_angle():
     for view, expect in ((head_on, f0), (grazing, f1)):
         z = pj.render_depth(m, view).depth
         p = pj.project(tex, view, z, np.zeros((256, 256, 3), np.uint8), sharpness=2.0)
-        seen = p.weight > 0
+        seen = (p.weight > 0) & ~pj.visible(tex, view, z)[1]
         assert np.allclose(p.weight[seen], expect[seen] ** 2, atol=1e-5)
+
+
+def test_colours_come_only_from_pixels_of_the_texels_own_surface():
+    """At an outline and at a depth step the bilinear neighbours that show another surface (or
+    the background) are left out, so no colour bleeds across."""
+    back = quad(0.0, 2.0, (0.0, 0.0, 0.5, 1.0))
+    front = quad(1.0, 0.5, (0.5, 0.0, 1.0, 1.0))
+    mesh = pj.Mesh.concat([back, front])
+    view = camera((0, 0, 6), size=(128, 128))
+    r = pj.render_depth(mesh, view)
+    image = np.zeros((128, 128, 3), np.uint8)              # background black
+    image[r.covered] = 90                                   # back square grey
+    image[r.tri >= 2] = 250                                 # front square white
+    tex = pj.texel_map(mesh, 64)
+    p = pj.project(tex, view, r.depth, image)
+    seen = p.weight > 0
+    on_back = tex.index % 64 < 32
+    assert np.allclose(p.color[seen & on_back], 90 / 255, atol=1e-5)
+    assert np.allclose(p.color[seen & ~on_back], 250 / 255, atol=1e-5)
 
 
 def test_image_of_the_wrong_size_is_refused():
