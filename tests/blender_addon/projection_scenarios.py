@@ -443,6 +443,8 @@ def cancel_applies_nothing(out):
         time.sleep(0.01)
     out["reached_view"] = run.index
     out["status"] = run.status_text()
+    out["panel_running"] = draw_panel()
+    out["progress"] = run.progress
     assert bpy.ops.zimage.project_cancel() == {"FINISHED"}
     for _ in range(20):
         pump.tick()
@@ -459,6 +461,19 @@ def cancel_applies_nothing(out):
     out["diff"] = [sorted(set(before[0]) ^ set(after[0])), sorted(set(before[1]) ^ set(after[1])),
                    before[2:], after[2:]]
     out["can_submit"] = rt().board.can_submit("texture")
+    out["panel_idle"] = draw_panel()
+
+
+def draw_panel() -> dict:
+    """The "Texture from Views" sub-panel's draw() against the current state (no UI in
+    background mode: the scenarios' FakeLayout checks every property and operator)."""
+    log = []
+    fake = type("P", (), {"layout": bs.FakeLayout(log)})()
+    bpy.types.ZIMAGE_PT_view3d_projection.draw(fake, bpy.context)
+    return {"operators": sorted({e[1] for e in log if e[0] == "operator"}),
+            "props": sorted({e[1] for e in log if e[0] == "prop"}),
+            "progress": [e[2].get("text") for e in log if e[0] == "progress"],
+            "icons": sum(1 for e in log if e[0] == "template_icon")}
 
 
 def rt():

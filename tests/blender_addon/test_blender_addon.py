@@ -49,7 +49,8 @@ def test_install_enables_the_built_zip(results):
     r = check(results, "install")
     assert r["result"] == ["FINISHED"] and r["enabled"] and r["runtime"]
     assert r["has_props"] and r["has_operator"] and r["vendored_client"]
-    assert len(r["panels"]) == 10          # main + 4 sub-panels, in the 3D view and image editor
+    # main + 4 sub-panels, in the 3D view and image editor, + "Texture from Views" (3D view)
+    assert len(r["panels"]) == 11
     if results["_wheels"] and sys.platform.startswith("linux"):
         assert r["wheel_installed"], "the bundled pyzmq wheel was not installed"
 
@@ -143,7 +144,7 @@ def test_concept_depth_to_reference_image(results):
 
 def test_panels_draw_without_errors(results):
     r = check(results, "panels_draw")
-    assert len(r["drawn"]) == 10
+    assert len(r["drawn"]) == 11
     assert {"zimage.generate_texture", "zimage.generate_concept", "zimage.start_engine",
             "zimage.free_vram", "zimage.history_recall", "zimage.show_image"} <= set(
         r["operators"]), r["operators"]

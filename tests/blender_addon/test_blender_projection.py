@@ -135,4 +135,16 @@ def test_cancel_applies_nothing(results):
     assert r["phase"] == "cancelled"
     assert r["nothing_applied"], r["diff"]
     assert r["previews_left"] == []                 # this run's view previews are gone too
+
+
+def test_panel_shows_settings_progress_per_view_and_previews(results):
+    r = check(results, "cancel_applies_nothing")
+    run = r["panel_running"]
+    assert run["operators"] == ["zimage.project_cancel"]
+    assert run["progress"] and run["progress"][0].startswith(f"View {r['reached_view'] + 1}/5")
+    assert run["icons"] == r["reached_view"]          # one preview per view that arrived
+    idle = r["panel_idle"]
+    assert idle["operators"] == ["zimage.project_all", "zimage.project_view"]
+    assert {"texture_size", "image_size", "sharpness", "use_depth", "views_source",
+            "views_around", "view_above", "view_words"} <= set(idle["props"])
     assert r["can_submit"]
