@@ -31,7 +31,8 @@ NEUTRAL = 0.5            # fill of texels no view has seen
 POOR_FACING = 0.35       # best cos(angle) below this (about 70 deg) counts as poorly covered
 SLOPE_PX = 1.5           # pixels of slope allowance in the depth test ...
 SLOPE_COS = 0.3          # ... for surfaces seen at up to about 73 degrees
-CHUNK = 1 << 21          # candidate pixels per rasteriser batch (bounds the memory)
+CHUNK = 1 << 19          # candidate pixels per rasteriser batch (bounds the memory)
+TEXEL_CHUNK = 1 << 18    # texels per projection batch
 
 
 # ---- geometry ------------------------------------------------------------------------------
@@ -224,12 +225,16 @@ def rasterize(xy: np.ndarray, width: int, height: int, depth: np.ndarray | None 
 def interpolate(raster: Raster, corner_values: np.ndarray, where: np.ndarray | None = None
                 ) -> np.ndarray:
     """Per covered pixel (or the flat indices `where`), the barycentric mix of corner values
-    (T,3,C)."""
+    (T,3,C), as float32 (in batches, so a 4096² texture does not need gigabytes)."""
     flat_tri = raster.tri.reshape(-1)
     idx = np.flatnonzero(flat_tri >= 0) if where is None else where
-    t = flat_tri[idx]
-    b = raster.bary.reshape(-1, 3)[idx].astype(np.float64)
-    return np.einsum("nk,nkc->nc", b, np.asarray(corner_values, np.float64)[t])
+    values = np.asarray(corner_values)
+    out = np.empty((len(idx), values.shape[-1]), np.float32)
+    bary = raster.bary.reshape(-1, 3)
+    for sl in _slices(len(idx)):
+        t = flat_tri[idx[sl]]
+        out[sl] = np.einsum("nk,nkc->nc", bary[idx[sl]], values[t].astype(np.float32))
+    return out
 
 
 # ---- texels --------------------------------------------------------------------------------
@@ -301,50 +306,62 @@ def _sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def facing(texels: TexelMap, view: View) -> np.ndarray:
     """cos of the angle between each texel's normal and the direction to the camera (>= 0)."""
+    return _facing(texels.position, texels.normal, view)
+
+
+def _facing(position: np.ndarray, normal: np.ndarray, view: View) -> np.ndarray:
     if view.ortho:
-        to_eye = np.broadcast_to(-view.forward, texels.position.shape)
+        to_eye = np.broadcast_to(-view.forward, position.shape)
     else:
-        to_eye = view.eye - texels.position
+        to_eye = view.eye - position
         to_eye = to_eye / np.maximum(np.linalg.norm(to_eye, axis=1, keepdims=True), 1e-12)
-    return np.clip((texels.normal * to_eye).sum(1), 0.0, 1.0)
+    return np.clip((normal * to_eye).sum(1), 0.0, 1.0)
 
 
-def _lookup(texels: TexelMap, view: View, zbuf: np.ndarray, tolerance: float = 0.01):
-    """For each texel: its 4 bilinear pixels and their weights, keeping only the pixels that
-    show the texel's own surface (their depth agrees with the texel's, within the bias plus
-    what the surface's slope explains across those pixels), and whether it is near an edge."""
-    x, y, d, _w = view.to_screen(texels.position)
-    h, w = zbuf.shape
-    inside = (x >= 0) & (x < w) & (y >= 0) & (y < h) & (d > 0)
+def _view_checks(view: View, zbuf: np.ndarray, tolerance: float):
+    """Per view, once: the depth bias and the edge map."""
     hit = np.isfinite(zbuf)
     span = (zbuf[hit].max() - zbuf[hit].min()) if hit.any() else 0.0
     bias = tolerance * max(span, 1e-6) + 1e-6
+    return bias, depth_edges(zbuf, bias)
+
+
+def _slices(n: int):
+    for start in range(0, n, TEXEL_CHUNK):
+        yield slice(start, min(n, start + TEXEL_CHUNK))
+
+
+def _lookup(position: np.ndarray, normal: np.ndarray, view: View, zbuf: np.ndarray,
+            bias: float, edges: np.ndarray):
+    """For some texels: their 4 bilinear pixels and weights, keeping only the pixels that show
+    the texel's own surface (their depth agrees with the texel's, within the bias plus what
+    the surface's slope explains across those pixels), and whether they are near an edge."""
+    x, y, d, _w = view.to_screen(position)
+    h, w = zbuf.shape
+    inside = (x >= 0) & (x < w) & (y >= 0) & (y < h) & (d > 0)
     # world size of one pixel at the texel's depth, and the depth step a slope makes over it
     scale = np.linalg.norm(view.world_to_clip[0, :3]) * w / 2.0
     pixel = (np.maximum(d, 1e-9) if not view.ortho else np.ones_like(d)) / max(scale, 1e-12)
-    cos = np.maximum(facing(texels, view), SLOPE_COS)
+    cos = np.maximum(_facing(position, normal, view), SLOPE_COS)
     tol = bias + SLOPE_PX * pixel * np.sqrt(1.0 - cos * cos) / cos
     fx, fy = x - 0.5, y - 0.5
     x0, y0 = np.floor(fx).astype(np.int64), np.floor(fy).astype(np.int64)
     ax, ay = fx - x0, fy - y0
-    idx, wts = [], []
-    flat = np.where(hit, zbuf, np.inf).reshape(-1)
-    for dy, dx, wt in ((0, 0, (1 - ax) * (1 - ay)), (0, 1, ax * (1 - ay)),
-                       (1, 0, (1 - ax) * ay), (1, 1, ax * ay)):
+    idx = np.empty((len(x), 4), np.int64)
+    wts = np.empty((len(x), 4), np.float32)
+    flat = zbuf.reshape(-1)
+    for k, (dy, dx, wt) in enumerate(((0, 0, (1 - ax) * (1 - ay)), (0, 1, ax * (1 - ay)),
+                                      (1, 0, (1 - ax) * ay), (1, 1, ax * ay))):
         px, py = x0 + dx, y0 + dy
         ok = (px >= 0) & (px < w) & (py >= 0) & (py < h)
-        i = np.clip(py, 0, h - 1) * w + np.clip(px, 0, w - 1)
+        idx[:, k] = np.clip(py, 0, h - 1) * w + np.clip(px, 0, w - 1)
         with np.errstate(invalid="ignore"):
-            same = ok & (np.abs(flat[i] - d) <= tol)
-        idx.append(i)
-        wts.append(np.where(same, wt, 0.0))
-    idx, wts = np.stack(idx, 1), np.stack(wts, 1)
+            same = ok & (np.abs(flat[idx[:, k]] - d) <= tol)
+        wts[:, k] = np.where(same, wt, 0.0)
     total = wts.sum(1)
     vis = inside & (total > 1e-6)
     wts = np.where(vis[:, None], wts / np.maximum(total, 1e-12)[:, None], 0.0)
-    ix = np.clip(x.astype(np.int64), 0, w - 1)
-    iy = np.clip(y.astype(np.int64), 0, h - 1)
-    edge = depth_edges(zbuf, bias)[iy, ix]
+    edge = edges[np.clip(y.astype(np.int64), 0, h - 1), np.clip(x.astype(np.int64), 0, w - 1)]
     return vis, edge, idx, wts
 
 
@@ -357,7 +374,12 @@ def visible(texels: TexelMap, view: View, zbuf: np.ndarray, tolerance: float = 0
     the surface's slope); occluded surfaces receive nothing. Surfaces thinner than a pixel are
     missed (docs/texture-projection.md). Near an edge: within EDGE_PX pixels of the outline or
     of a depth step, where the image's pixels mix two surfaces."""
-    vis, edge, _i, _w = _lookup(texels, view, zbuf, tolerance)
+    bias, edges = _view_checks(view, zbuf, tolerance)
+    n = len(texels.index)
+    vis, edge = np.zeros(n, bool), np.zeros(n, bool)
+    for sl in _slices(n):
+        vis[sl], edge[sl], _i, _w = _lookup(texels.position[sl], texels.normal[sl], view, zbuf,
+                                            bias, edges)
     return vis, edge
 
 
@@ -403,13 +425,21 @@ def project(texels: TexelMap, view: View, zbuf: np.ndarray, image: np.ndarray,
     if img.shape[:2] != (view.height, view.width):
         raise ValueError(f"the image is {img.shape[1]}x{img.shape[0]}, the view "
                          f"{view.width}x{view.height}")
-    vis, edge, idx, wts = _lookup(texels, view, zbuf)
-    cos = facing(texels, view) * vis
+    bias, edges = _view_checks(view, zbuf, 0.01)
     rgb = img.reshape(-1, img.shape[2] if img.ndim == 3 else 1)[:, :3].astype(np.float32)
-    color = np.einsum("nk,nkc->nc", wts.astype(np.float32), rgb[idx]) / 255.0
-    weight = np.where(vis, cos ** max(sharpness, 0.0), 0.0) * (cos > 1e-3)
-    weight *= np.where(edge, EDGE_WEIGHT, 1.0)
-    return Projection(color, weight.astype(np.float32), cos.astype(np.float32))
+    n = len(texels.index)
+    color = np.zeros((n, 3), np.float32)
+    weight = np.zeros(n, np.float32)
+    cos = np.zeros(n, np.float32)
+    for sl in _slices(n):
+        pos, nrm = texels.position[sl], texels.normal[sl]
+        vis, edge, idx, wts = _lookup(pos, nrm, view, zbuf, bias, edges)
+        c = _facing(pos, nrm, view) * vis
+        color[sl] = np.einsum("nk,nkc->nc", wts, rgb[idx]) / 255.0
+        w = np.where(vis, c ** max(sharpness, 0.0), 0.0) * (c > 1e-3)
+        weight[sl] = w * np.where(edge, EDGE_WEIGHT, 1.0)
+        cos[sl] = c
+    return Projection(color, weight, cos)
 
 
 # ---- baking --------------------------------------------------------------------------------
@@ -423,8 +453,8 @@ class Bake:
                  previous_coverage: np.ndarray | None = None):
         self.texels = texels
         n = len(texels.index)
-        self.sum = np.zeros((n, 3), np.float64)
-        self.weight = np.zeros(n, np.float64)
+        self.sum = np.zeros((n, 3), np.float32)
+        self.weight = np.zeros(n, np.float32)
         self.coverage = np.zeros(n, np.float32)
         s = texels.size
         if previous is not None and previous_coverage is not None:
@@ -544,12 +574,12 @@ def fill_margins(texture: np.ndarray, valid: np.ndarray) -> np.ndarray:
         m2 = m[0::2, 0::2] + m[1::2, 0::2] + m[0::2, 1::2] + m[1::2, 1::2]
         levels.append((c2, m2))
     colour = levels[-1][0] / np.maximum(levels[-1][1], 1e-12)[..., None]
-    for c, m in reversed(levels[:-1]):
-        h, wd = m.shape
-        up = np.repeat(np.repeat(colour, 2, 0), 2, 1)[:h, :wd]
-        own = c / np.maximum(m, 1e-12)[..., None]
-        colour = np.where((m > 0)[..., None], own, up)
-    out = tex.copy()
-    hole = ~np.asarray(valid, bool)
-    out[hole] = colour[hole]
+    for c, m in reversed(levels[:-1]):          # in place: each level's sums become colours
+        filled = m > 0
+        c[filled] /= m[filled][:, None]
+        hy, hx = np.nonzero(~filled)
+        c[hy, hx] = colour[hy // 2, hx // 2]
+        colour = c
+    out = colour
+    out[valid] = tex[valid]                     # exactly as they were
     return out
