@@ -476,6 +476,58 @@ def draw_panel() -> dict:
             "icons": sum(1 for e in log if e[0] == "template_icon")}
 
 
+@scenario
+def project_again_adds(out):
+    """Projecting again onto an earlier projection keeps what the new view does not see."""
+    connect(ARGS.rules)
+    sphere = bpy.data.objects["Sphere"]          # from project_one_view: our UVs and texture
+    first = sphere.active_material
+    tex = next(n for n in first.node_tree.nodes if n.type == "TEX_IMAGE").image
+    cov1 = bpy.data.images[tex["zimage_coverage"]]
+    px1, c1 = image_rgb(tex), image_rgb(cov1)[..., 0]
+    cam = camera("Behind", (-1.3, 6.5, 1.0), (-1.3, 0, 0))
+    bpy.context.scene.camera = cam
+    select([sphere])
+    settings()
+    assert bpy.ops.zimage.project_view() == {"FINISHED"}
+    run = run_until_done()
+    out["phase"] = run["phase"]
+    img = bpy.data.images[run["images"][0]]
+    px2, c2 = image_rgb(img), image_rgb(bpy.data.images[img["zimage_coverage"]])[..., 0]
+    only_first = (c1 > 0) & (c2 <= c1)          # the second view saw nothing new there
+    new = (c1 == 0) & (c2 > 0)
+    out["kept_texels"] = int(only_first.sum())
+    out["kept_equal"] = bool(np.abs(px2[only_first] - px1[only_first]).max() < 1.5 / 255)
+    out["new_texels"] = int(new.sum())
+    out["new_grey"] = float(np.abs(px2[new][:, :3] - 128 / 255).mean())   # stand-in: grey
+    out["uv_maps"] = [u.name for u in sphere.data.uv_layers]
+
+
+@scenario
+def img2img_without_controlnet(out):
+    """An engine without a ControlNet: the first view is image-to-image from a shaded
+    capture (strength from the panel)."""
+    clear_scene()
+    connect(ARGS.nocontrol)
+    suz = add("monkey", (0, 0, 0), "Suzanne")
+    cam = camera("Cam", (0, -6, 0.5))
+    bpy.context.scene.camera = cam
+    select([suz])
+    settings()
+    bpy.context.scene.zimage.strength = 0.45
+    assert bpy.ops.zimage.project_view() == {"FINISHED"}
+    run = run_until_done()
+    out["phase"] = run["phase"]
+    out["request"] = run["requests"][0]
+    req = json.load(open(os.path.join(ARGS.dir_nc, "req_0.json")))
+    out["strength"] = req["strength"]
+    init = read_png(os.path.join(ARGS.dir_nc, "req_0_init_image.png"))
+    out["init_size"] = list(init.shape)
+    out["init_centre_vs_corner"] = float(np.abs(init[256, 256].astype(int)
+                                                - init[5, 5].astype(int)).sum())
+    out["files"] = sorted(os.listdir(ARGS.dir_nc))
+
+
 def rt():
     return bs.rt()
 
@@ -497,11 +549,14 @@ def main() -> int:
     ap.add_argument("--replay-b", default="")
     ap.add_argument("--dir-b", default="")
     ap.add_argument("--rules", default="")
+    ap.add_argument("--nocontrol", default="")
+    ap.add_argument("--dir-nc", default="")
     ap.add_argument("--scenarios", required=True)
     ARGS = ap.parse_args()
     bs.ARGS = ARGS
-    table = {f.__name__: f for f in (install, project_one_view, project_six_views,
-                                     selection_rules, cancel_applies_nothing)}
+    table = {f.__name__: f for f in (install, project_one_view, project_again_adds,
+                                     project_six_views, selection_rules,
+                                     cancel_applies_nothing, img2img_without_controlnet)}
     for name in [n for n in ARGS.scenarios.split(",") if n]:
         table[name]()
         with open(ARGS.out, "w") as fh:

@@ -18,14 +18,15 @@ from blender_harness import HERE, ROOT, check, free_port, have_bpy, run_scenario
 pytestmark = [pytest.mark.blender,
               pytest.mark.skipif(not have_bpy(), reason="needs bpy (pip install bpy==5.0.1)")]
 
-SCENARIOS = ["install", "project_one_view", "project_six_views", "selection_rules",
-             "cancel_applies_nothing"]
+SCENARIOS = ["install", "project_one_view", "project_again_adds", "project_six_views",
+             "selection_rules", "cancel_applies_nothing", "img2img_without_controlnet"]
 
 
-def start_replay(folder):
+def start_replay(folder, caps: str | None = None):
     address = f"tcp://127.0.0.1:{free_port()}"
     proc = subprocess.Popen([sys.executable, str(HERE / "replay_server.py"), "--bind", address,
-                             "--dir", str(folder)], stdin=subprocess.PIPE,
+                             "--dir", str(folder)] + (["--caps", caps] if caps else []),
+                            stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     line = proc.stdout.readline().decode()
     if not line.startswith("ready"):
@@ -39,13 +40,16 @@ def start_replay(folder):
 def results(addon_zip, tmp_path_factory):
     dirs = {k: tmp_path_factory.mktemp(k) for k in ("one", "six", "b", "rules")}
     servers = {k: start_replay(d) for k, d in dirs.items()}
+    dirs["nc"] = tmp_path_factory.mktemp("nc")
+    servers["nc"] = start_replay(dirs["nc"], "txt2img,img2img,inpaint")
     try:
         res = run_scenarios(addon_zip["path"], SCENARIOS, tmp_path_factory.mktemp("blender"),
                             timeout=600, script="projection_scenarios.py",
                             replay1=servers["one"][1], dir1=dirs["one"],
                             replay6=servers["six"][1], dir6=dirs["six"],
                             replay_b=servers["b"][1], dir_b=dirs["b"],
-                            rules=servers["rules"][1])
+                            rules=servers["rules"][1], nocontrol=servers["nc"][1],
+                            dir_nc=dirs["nc"])
     finally:
         for proc, _ in servers.values():
             proc.stdin.close()
@@ -148,3 +152,19 @@ def test_panel_shows_settings_progress_per_view_and_previews(results):
     assert {"texture_size", "image_size", "sharpness", "use_depth", "views_source",
             "views_around", "view_above", "view_words"} <= set(idle["props"])
     assert r["can_submit"]
+
+
+def test_projecting_again_adds_to_the_texture(results):
+    r = check(results, "project_again_adds")
+    assert r["phase"] == "done" and r["uv_maps"] == ["Z-Image UV"]    # no second UV map
+    assert r["kept_texels"] > 10000 and r["kept_equal"]
+    assert r["new_texels"] > 10000 and r["new_grey"] < 2 / 255
+
+
+def test_without_controlnet_the_first_view_is_img2img_from_a_shaded_capture(results):
+    r = check(results, "img2img_without_controlnet")
+    assert r["phase"] == "done", r
+    assert r["request"]["blobs"] == ["init_image"], r["request"]
+    assert "control_type" not in r["request"]["params"]
+    assert r["strength"] == 0.45 and r["init_size"] == [512, 512, 3]
+    assert r["init_centre_vs_corner"] > 30              # the object is in the capture
