@@ -718,7 +718,8 @@ class ZIMAGE_PG_projection(bpy.types.PropertyGroup):
                                items=[("1024", "1024", ""), ("2048", "2048", ""),
                                       ("4096", "4096", "")])
     image_size: EnumProperty(name="View Image", default="1024",
-                             items=[("512", "512", ""), ("768", "768", ""),
+                             items=[("256", "256", "Quick trials (the tiny model on a CPU)"),
+                                    ("512", "512", ""), ("768", "768", ""),
                                     ("1024", "1024", "")],
                              description="The size of the image generated for each view")
     sharpness: FloatProperty(name="Blend Sharpness", default=2.0, min=0.0, max=8.0,

@@ -528,6 +528,59 @@ def img2img_without_controlnet(out):
     out["files"] = sorted(os.listdir(ARGS.dir_nc))
 
 
+@scenario
+def readme_all_sides(out):
+    """README.md "Blender: texture a model from all sides", with the tiny model: the add-on
+    starts the engine, Suzanne, Texture All Sides (4 around + above), 256² views."""
+    prefs = bpy.context.preferences.addons[bs.MOD].preferences
+    prefs.address = f"tcp://127.0.0.1:{ARGS.local_port}"
+    prefs.engine_python = sys.executable
+    prefs.engine_dir = ARGS.repo
+    prefs.model = ARGS.model
+    r = rt()
+    r.disconnect()
+    assert bpy.ops.zimage.start_engine() == {"FINISHED"}
+
+    def ready():
+        info = (r.board.welcome or {}).get("engine") or {}
+        return r.connection == "connected" and info.get("state") in ("ready", None) \
+            and bool(info.get("model"))
+    ok = bs.tick_until(ready, 120)
+    out["engine_log"] = r.engine.log_tail(8) if r.engine else []
+    assert ok, "the local engine never became ready"
+    out["caps"] = sorted(r.board.welcome.get("caps") or [])
+    clear_scene()
+    bpy.ops.mesh.primitive_monkey_add()              # Add > Mesh > Monkey: selected, active
+    suz = bpy.context.active_object
+    s = bpy.context.scene.zimage
+    s.prompt = "weathered bronze statue"
+    p = bpy.context.scene.zimage_projection
+    p.texture_size, p.image_size = "1024", "256"
+    out["defaults"] = {"views_source": p.views_source, "around": p.views_around,
+                       "above": p.view_above, "use_depth": p.use_depth,
+                       "sharpness": p.sharpness}
+    assert bpy.ops.zimage.project_all() == {"FINISHED"}
+    run = run_until_done(timeout=400)
+    out["phase"], out["message"] = run["phase"], run["message"]
+    out["requests"] = [q["blobs"] for q in run["requests"]]
+    out["prompts"] = [q["params"]["prompt"] for q in run["requests"]]
+    assert run["phase"] == "done", run["message"]
+    mat = suz.active_material
+    tex = next(n for n in mat.node_tree.nodes if n.type == "TEX_IMAGE")
+    bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    out["base_color_from_texture"] = any(
+        lk.from_node == tex and lk.to_node == bsdf and lk.to_socket.name == "Base Color"
+        for lk in mat.node_tree.links)
+    out["uv_node"] = [n.uv_map for n in mat.node_tree.nodes if n.type == "UVMAP"]
+    out["uv_maps"] = [u.name for u in suz.data.uv_layers]
+    px = image_rgb(tex.image)[..., :3]
+    out["image"] = {"name": tex.image.name, "size": list(tex.image.size),
+                    "packed": tex.image.packed_file is not None,
+                    "std": float(px.std()), "coverage": tex.image.get("zimage_coverage")}
+    out["history"] = [(h.image_name, h.kind) for h in bpy.context.scene.zimage.history]
+    r.stop_engine()
+
+
 def rt():
     return bs.rt()
 
@@ -551,12 +604,16 @@ def main() -> int:
     ap.add_argument("--rules", default="")
     ap.add_argument("--nocontrol", default="")
     ap.add_argument("--dir-nc", default="")
+    ap.add_argument("--local-port", type=int, default=0)
+    ap.add_argument("--repo", default="")
+    ap.add_argument("--model", default="")
     ap.add_argument("--scenarios", required=True)
     ARGS = ap.parse_args()
     bs.ARGS = ARGS
     table = {f.__name__: f for f in (install, project_one_view, project_again_adds,
                                      project_six_views, selection_rules,
-                                     cancel_applies_nothing, img2img_without_controlnet)}
+                                     cancel_applies_nothing, img2img_without_controlnet,
+                                     readme_all_sides)}
     for name in [n for n in ARGS.scenarios.split(",") if n]:
         table[name]()
         with open(ARGS.out, "w") as fh:
