@@ -35,7 +35,8 @@ from . import apply, capture, pump, runtime
 
 log = logging.getLogger(__name__)
 
-SLOT = "texture"
+SLOT = "projection"         # its own job slot: Generate Texture stays free meanwhile
+CONNECT_WAIT = 60.0         # seconds a run waits for the engine's welcome (a starting engine)
 UV_NAME = "Z-Image UV"
 VIEW_PREVIEW = "Z-Image View {}"
 FOV = math.radians(40.0)
@@ -209,6 +210,7 @@ class Run:
         self.first_init = first_init          # shaded capture (img2img without ControlNet)
         self.summary = summary
         self.index = 0
+        self.waiting_since = time.monotonic()
         self.phase = "preparing"
         self.future = None
         self.job = None
@@ -301,6 +303,11 @@ class Run:
                 log.exception("Z-Image projection")
                 return self._end("failed", f"Projection failed: {exc}")
             if self.phase == "preparing":
+                if rt.connection != "connected" or rt.board.welcome is None:
+                    if time.monotonic() - self.waiting_since > CONNECT_WAIT:
+                        return self._end("failed", explain("engine_unreachable").text)
+                    self.message = "Waiting for the engine"
+                    return
                 self._submit(result)
             elif self.phase == "absorbing":
                 self.index += 1
@@ -609,7 +616,7 @@ def start(op, context, mode: str) -> set:
         prompt=s.prompt, width=first.width, height=first.height, steps=s.steps, seed=seed, strength=s.strength,
         control_scale=s.control_scale, use_depth=p.use_depth, view_words=p.view_words)
     first_init = None
-    if not (p.use_depth and rq.can_depth(caps)):
+    if not known or not (p.use_depth and rq.can_depth(caps)):    # unknown engine: have both
         try:
             first_init = _shaded_capture(context, scene, first, source,
                                          cameras[0] if cameras else None)

@@ -504,6 +504,27 @@ def project_again_adds(out):
 
 
 @scenario
+def starts_before_the_welcome(out):
+    """Texturing clicked while the add-on is not connected: the run connects, waits for the
+    engine's welcome, then sends (with the engine's real capabilities)."""
+    clear_scene()
+    suz = add("monkey", (0, 0, 0), "Suzanne")
+    cam = camera("Cam", (0, -6, 0.5))
+    bpy.context.scene.camera = cam
+    select([suz])
+    settings()
+    prefs = bpy.context.preferences.addons[bs.MOD].preferences
+    prefs.address = ARGS.nocontrol
+    prefs.auto_start = False
+    rt().disconnect()
+    out["connection_before"] = rt().connection
+    assert bpy.ops.zimage.project_view() == {"FINISHED"}
+    run = run_until_done()
+    out["phase"], out["message"] = run["phase"], run["message"]
+    out["blobs"] = [q["blobs"] for q in run["requests"]]
+
+
+@scenario
 def img2img_without_controlnet(out):
     """An engine without a ControlNet: the first view is image-to-image from a shaded
     capture (strength from the panel)."""
@@ -613,6 +634,7 @@ def main() -> int:
     table = {f.__name__: f for f in (install, project_one_view, project_again_adds,
                                      project_six_views, selection_rules,
                                      cancel_applies_nothing, img2img_without_controlnet,
+                                     starts_before_the_welcome,
                                      readme_all_sides)}
     for name in [n for n in ARGS.scenarios.split(",") if n]:
         table[name]()

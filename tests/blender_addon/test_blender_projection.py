@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.blender,
               pytest.mark.skipif(not have_bpy(), reason="needs bpy (pip install bpy==5.0.1)")]
 
 SCENARIOS = ["install", "project_one_view", "project_again_adds", "project_six_views",
-             "selection_rules", "cancel_applies_nothing", "img2img_without_controlnet"]
+             "selection_rules", "cancel_applies_nothing", "img2img_without_controlnet",
+             "starts_before_the_welcome"]
 
 
 def start_replay(folder, caps: str | None = None):
@@ -168,3 +169,10 @@ def test_without_controlnet_the_first_view_is_img2img_from_a_shaded_capture(resu
     assert "control_type" not in r["request"]["params"]
     assert r["strength"] == 0.45 and r["init_size"] == [512, 512, 3]
     assert r["init_centre_vs_corner"] > 30              # the object is in the capture
+
+
+def test_a_run_started_before_the_welcome_waits_for_the_engine(results):
+    r = check(results, "starts_before_the_welcome")
+    assert r["connection_before"] == "disconnected"
+    assert r["phase"] == "done", r["message"]
+    assert r["blobs"] == [["init_image"]]       # the engine's real caps: no ControlNet
