@@ -321,7 +321,7 @@ def bench_projection(bpy, mods, args):
         raise SystemExit("the stand-in engine with depth control did not start")
     rows = []
     try:
-        rt = connect(bpy, mods, address)
+        connect(bpy, mods, address)
         project = sys.modules[f"{MOD}.blender.project"]
         pump = mods["blender.pump"]
         for level in [int(v) for v in args.subdiv.split(",") if v]:
@@ -375,7 +375,6 @@ def bench_projection(bpy, mods, args):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
-    _ = rt
     return rows
 
 
@@ -385,7 +384,8 @@ def report_projection(args, rows) -> None:
     print(f"\n(c) Texture All Sides: 6 views of 1024² into a {args.texture}² texture, "
           f"Suzanne without UVs, stand-in engine ({args.steps} steps x {args.step_seconds}s)\n")
     print("| triangles | last image -> texture applied s | longest timer tick ms | median "
-          "tick ms | ticks | operator (read mesh, Smart UV Project) ms | extra RAM at peak (RSS) MiB |")
+          "tick ms | ticks | operator (read mesh, Smart UV Project) ms | extra RAM at peak "
+          "(RSS) MiB |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['tris']} | {r['apply']:.2f} | {ms(max(r['ticks']))} | "

@@ -213,6 +213,7 @@ class Run:
         self.waiting_since = time.monotonic()
         self.phase = "preparing"
         self.future = None
+        self.prepared: dict = {}               # the current view's raster and PNGs
         self.job = None
         self.message = "Preparing"
         self.error: str | None = None
@@ -613,8 +614,9 @@ def start(op, context, mode: str) -> set:
         s.seed = seed
     first = views[0]
     settings = pjobs.ProjectionSettings(
-        prompt=s.prompt, width=first.width, height=first.height, steps=s.steps, seed=seed, strength=s.strength,
-        control_scale=s.control_scale, use_depth=p.use_depth, view_words=p.view_words)
+        prompt=s.prompt, width=first.width, height=first.height, steps=s.steps, seed=seed,
+        strength=s.strength, control_scale=s.control_scale, use_depth=p.use_depth,
+        view_words=p.view_words)
     first_init = None
     if not known or not (p.use_depth and rq.can_depth(caps)):    # unknown engine: have both
         try:

@@ -6,9 +6,9 @@ requested view, because the test rendered those views beforehand.
         [--caps img2img,inpaint,control,control.depth]
 
 The n-th job (0-based) answers DIR/view_<n>.png (the test's render of the object with its
-known texture through view n; flat grey when there is none), and writes what it was sent to DIR/req_<n>_<input>.png
-(init_image, mask, control_image) and DIR/req_<n>.json (the params it saw), so the test can
-check the requests. It is NOT a model; it stands in for the GPU, as engine/standin.py does.
+known texture through view n; flat grey when there is none), and writes what it was sent to
+DIR/req_<n>_<input>.png (init_image, mask, control_image) and DIR/req_<n>.json (the params
+it saw), so the test can check the requests. It is NOT a model; it stands in for the GPU, as engine/standin.py does.
 Prints `ready <endpoint>`; stops when stdin closes.
 """
 
