@@ -603,7 +603,8 @@ def start(op, context, mode: str) -> set:
             return {"CANCELLED"}
         cameras = cameras[:pjobs.MAX_VIEWS]
         views = [camera_view(c, depsgraph, image_size, image_size) for c in cameras]
-        words = [""] * len(views)
+        center, _r = framing(meshes)
+        words = [pjobs.direction_words(*(v.eye - center)) for v in views]
         source = "CAMERA"
     else:
         views = orbit_views(meshes, image_size, p.views_around, p.view_above)

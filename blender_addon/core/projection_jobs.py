@@ -44,6 +44,17 @@ def view_words(count_around: int, above: bool) -> list[str]:
     return words
 
 
+def direction_words(dx: float, dy: float, dz: float) -> str:
+    """Words for a camera looking at the selection from the direction (dx, dy, dz) (camera
+    minus centre; Blender's front is -Y): "front view", "right side view", "top view", ..."""
+    horizontal = (dx * dx + dy * dy) ** 0.5
+    if abs(dz) > horizontal:
+        return VIEW_WORDS_ABOVE if dz > 0 else "bottom view"
+    if abs(dy) >= abs(dx):
+        return VIEW_WORDS_AROUND[0] if dy < 0 else VIEW_WORDS_AROUND[2]
+    return VIEW_WORDS_AROUND[1] if dx > 0 else VIEW_WORDS_AROUND[3]
+
+
 def mode_for(caps: set[str], use_depth: bool, first: bool) -> str:
     """'depth' | 'img2img' for the first view; 'inpaint_depth' | 'inpaint' for later ones.
     Raises RequestError when the engine can do neither."""

@@ -81,3 +81,12 @@ def test_view_words_and_selection_rules():
     text = pjobs.run_summary(["Suzanne", "Cube"], ["Cube"], shared, skipped, 0.987, 6)
     assert "6 views" in text and "99%" in text and "new UV map" in text and "Cube" in text
     assert "Suzanne.001 shares Suzanne's mesh" in text and "skipped (not meshes): Lamp" in text
+
+
+def test_direction_words_for_cameras_of_a_collection():
+    assert pjobs.direction_words(0, -5, 1) == "front view"
+    assert pjobs.direction_words(5, 1, 1) == "right side view"
+    assert pjobs.direction_words(0.5, 5, 0) == "back view"
+    assert pjobs.direction_words(-5, 0, 2) == "left side view"
+    assert pjobs.direction_words(0.1, 0, 6) == "top view"
+    assert pjobs.direction_words(0, 0.1, -6) == "bottom view"

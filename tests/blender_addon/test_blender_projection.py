@@ -107,6 +107,11 @@ def test_later_views_inpaint_the_texture_so_far(results):
         assert r["requests"][k]["control_type"] == "depth"
         assert r["requests"][k]["strength"] == 1.0
     assert len({q["seed"] for q in r["requests"]}) == 1        # one seed for all views
+    # per-view words from each camera's direction (V0..V5: front, right, back, left, top,
+    # bottom)
+    assert [q["prompt"].rsplit(", ", 1)[1] for q in r["requests"]] == [
+        "front view", "right side view", "back view", "left side view", "top view",
+        "bottom view"]
 
 
 def test_views_agree(results):
