@@ -812,7 +812,7 @@ class ZIMAGE_PT_projection(bpy.types.Panel):
             row = layout.row(align=True)
             row.prop(p, "views_around")
             row.prop(p, "view_above", toggle=True)
-            layout.prop(p, "view_words")
+        layout.prop(p, "view_words")
         run = _RUN
         if run is not None:
             layout.operator("zimage.project_cancel", icon="CANCEL")
