@@ -558,11 +558,16 @@ def start(op, context, mode: str) -> set:
             op.report({"ERROR"}, explain(exc.code, exc.detail).text)
             return {"CANCELLED"}
     size = int(p.texture_size)
+    if context.mode != "OBJECT":                 # edits reach the mesh in Object Mode
+        bpy.ops.object.mode_set(mode="OBJECT")
     depsgraph = context.evaluated_depsgraph_get()
-    targets, created_uv = [], []
+    targets, created_uv, empty = [], [], []
     try:
         for name in targets_names:
             obj = bpy.data.objects[name]
+            if len(obj.data.polygons) == 0:
+                empty.append(name)
+                continue
             if len(obj.data.uv_layers) == 0:
                 uv, mesh = smart_uv(context, obj)
                 created_uv.append(name)
@@ -575,6 +580,13 @@ def start(op, context, mode: str) -> set:
     except Exception as exc:
         log.exception("Z-Image: reading the meshes")
         op.report({"ERROR"}, f"Could not read the meshes: {exc}")
+        return {"CANCELLED"}
+    empty += [t.object for t in targets if len(t.mesh) == 0]
+    targets = [t for t in targets if len(t.mesh) > 0]
+    if empty:
+        op.report({"WARNING"}, f"Skipped (no faces): {', '.join(empty)}")
+    if not targets:
+        op.report({"ERROR"}, "The selected meshes have no faces to texture")
         return {"CANCELLED"}
     image_size = int(p.image_size)
     meshes = [t.mesh for t in targets]
@@ -636,7 +648,7 @@ def start(op, context, mode: str) -> set:
     summary = {"created_uv": created_uv, "shared": shared, "skipped": skipped}
     _RUN = Run(scene, targets, views, words, settings, p.sharpness, first_init, summary)
     start_timer()
-    op.report({"INFO"}, f"Texturing {', '.join(targets_names)} from {len(views)} "
+    op.report({"INFO"}, f"Texturing {', '.join(t.object for t in targets)} from {len(views)} "
               f"view{'s' if len(views) != 1 else ''}")
     return {"FINISHED"}
 

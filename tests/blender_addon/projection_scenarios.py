@@ -409,8 +409,23 @@ def selection_rules(out):
         out["only_lamp"] = ["CANCELLED"]
         out["only_lamp_error"] = str(exc)
     out["only_lamp_run"] = project.current() is not None
+    # a mesh without faces alone: refused, nothing sent
+    empty = bpy.data.objects.new("Empty mesh", bpy.data.meshes.new("Empty mesh"))
+    bpy.context.scene.collection.objects.link(empty)
+    select([empty])
+    try:
+        out["only_empty"] = sorted(bpy.ops.zimage.project_view())
+    except RuntimeError as exc:
+        out["only_empty"] = ["CANCELLED"]
+        out["only_empty_error"] = str(exc)
+    out["only_empty_run"] = project.current() is not None
+    bpy.data.objects.remove(empty)
+    # Edit Mode on one of them: the run switches to Object Mode first
+    select([cube])
+    bpy.ops.object.mode_set(mode="EDIT")
     select([cube, bare, twin, lamp])
     assert bpy.ops.zimage.project_view() == {"FINISHED"}
+    out["mode_after"] = bpy.context.mode
     run = run_until_done()
     out["message"] = run["message"]
     out["phase"] = run["phase"]

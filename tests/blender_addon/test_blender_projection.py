@@ -131,6 +131,10 @@ def test_views_agree(results):
 def test_selection_rules(results):
     r = check(results, "selection_rules")
     assert r["only_lamp"] == ["CANCELLED"] and not r["only_lamp_run"]
+    assert "Select one or more mesh objects" in r["only_lamp_error"]
+    assert r["only_empty"] == ["CANCELLED"] and not r["only_empty_run"]
+    assert "no faces" in r["only_empty_error"]
+    assert r["mode_after"] == "OBJECT"
     assert r["phase"] == "done" and r["requests"] == 1
     assert r["existing_uv_untouched"] and r["uv_names"]["WithUV"] == r["uv_names"]["before"]
     assert r["uv_names"]["Bare"] == ["Z-Image UV"]
