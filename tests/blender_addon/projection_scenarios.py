@@ -229,6 +229,15 @@ def project_one_view(out):
                     "suzanne_nose_brighter_than_sphere_back": None}
     out["history"] = [(h.prompt, h.image_name, h.kind)
                       for h in bpy.context.scene.zimage.history]
+    # History > Re-apply puts the baked texture on the active object again (new material)
+    hist = bpy.context.scene.zimage.history
+    index = next(i for i, h in enumerate(hist) if h.image_name.startswith("Sphere"))
+    select([sphere])
+    slots = len(sphere.material_slots)
+    out["reapply"] = sorted(bpy.ops.zimage.history_apply(index=index))
+    tex = next(n for n in sphere.active_material.node_tree.nodes if n.type == "TEX_IMAGE")
+    out["reapply_image"] = [tex.image.name, hist[index].image_name,
+                            len(sphere.material_slots) - slots]
 
 
 def uv_texel_truth(obj, uv_orig: np.ndarray, size: int):

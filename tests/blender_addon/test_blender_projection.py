@@ -82,6 +82,9 @@ def test_round_trip_one_view(results):
     d = r["depth"]
     assert d["max"] == 255 and d["min_visible"] <= 5 and d["background_max"] == 0, d
     assert [h[2] for h in r["history"]] == ["texture", "texture"]
+    assert r["reapply"] == ["FINISHED"]
+    image, recorded, new_slots = r["reapply_image"]
+    assert image == recorded and new_slots == 1
 
 
 def test_round_trip_six_views(results):
