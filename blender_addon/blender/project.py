@@ -16,14 +16,11 @@ and only written to the mesh when the result is applied, so a cancel applies not
 from __future__ import annotations
 
 import logging
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import bpy
 import numpy as np
-from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty,
-                       PointerProperty)
 
 from ..core import pixels
 from ..core import projection as pj
@@ -32,14 +29,14 @@ from ..core import requests as rq
 from ..core.errors import explain
 from ..core.history import Record
 from . import apply, capture, pump, runtime
+from .project_scene import (UV_NAME, camera_view, framing, mesh_triangles, orbit_views,
+                            smart_uv, temp_camera, viewport_view)
 
 log = logging.getLogger(__name__)
 
 SLOT = "projection"         # its own job slot: Generate Texture stays free meanwhile
 CONNECT_WAIT = 60.0         # seconds a run waits for the engine's welcome (a starting engine)
-UV_NAME = "Z-Image UV"
 VIEW_PREVIEW = "Z-Image View {}"
-FOV = math.radians(40.0)
 
 _RUN: "Run | None" = None
 _LAST: dict = {}                 # the last run's outcome, for the panel and tests
@@ -51,129 +48,6 @@ def current() -> "Run | None":
 
 def last() -> dict:
     return _LAST
-
-
-# ---- reading meshes ------------------------------------------------------------------------
-
-def _array(collection, attr: str, width: int, dtype=np.float32) -> np.ndarray:
-    out = np.empty(len(collection) * width, dtype)
-    collection.foreach_get(attr, out)
-    return out.reshape(-1, width) if width > 1 else out
-
-
-def mesh_triangles(obj_eval, uv_name: str | None) -> pj.Mesh:
-    """World-space triangles of an evaluated object, with corner normals and UVs."""
-    me = obj_eval.to_mesh()
-    try:
-        me.calc_loop_triangles()
-        tris = _array(me.loop_triangles, "loops", 3, np.int32)
-        loop_vert = _array(me.loops, "vertex_index", 1, np.int32)
-        co = _array(me.vertices, "co", 3)
-        normals = _array(me.corner_normals, "vector", 3)
-        layer = me.uv_layers.get(uv_name) if uv_name else me.uv_layers.active
-        if layer is None:
-            raise ValueError(f"{obj_eval.name} has no UV map {uv_name or ''}".strip())
-        uv = _array(layer.uv, "vector", 2)
-    finally:
-        obj_eval.to_mesh_clear()
-    m = np.array(obj_eval.matrix_world, np.float64)
-    pos = co.astype(np.float64) @ m[:3, :3].T + m[:3, 3]
-    nm = np.linalg.inv(m[:3, :3]).T
-    nrm = normals.astype(np.float64) @ nm.T
-    nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
-    return pj.Mesh(pos[loop_vert[tris]], nrm[tris], uv[tris])
-
-
-def smart_uv(context, obj) -> tuple[np.ndarray, pj.Mesh]:
-    """Smart UV Project on a temporary copy of the object (the user's mesh is not touched):
-    returns the new per-loop UVs (written to the mesh at apply) and the evaluated triangles
-    with them."""
-    scene = context.scene
-    data = obj.data.copy()
-    tmp = obj.copy()
-    tmp.data = data
-    scene.collection.objects.link(tmp)
-    view_layer = context.view_layer
-    old_active = view_layer.objects.active
-    old_selected = [o for o in view_layer.objects if o.select_get()]
-    old_mode = obj.mode if obj.mode else "OBJECT"
-    try:
-        if old_mode != "OBJECT":
-            bpy.ops.object.mode_set(mode="OBJECT")
-        for o in old_selected:
-            o.select_set(False)
-        tmp.select_set(True)
-        view_layer.objects.active = tmp
-        while len(data.uv_layers):
-            data.uv_layers.remove(data.uv_layers[0])
-        data.uv_layers.new(name=UV_NAME)
-        with context.temp_override(active_object=tmp, object=tmp, selected_objects=[tmp],
-                                   selected_editable_objects=[tmp]):
-            bpy.ops.object.mode_set(mode="EDIT")
-            bpy.ops.mesh.reveal()
-            bpy.ops.mesh.select_all(action="SELECT")
-            bpy.ops.uv.smart_project(island_margin=0.01)
-            bpy.ops.object.mode_set(mode="OBJECT")
-        uv = _array(data.uv_layers[UV_NAME].uv, "vector", 2)
-        depsgraph = context.evaluated_depsgraph_get()
-        mesh = mesh_triangles(tmp.evaluated_get(depsgraph), UV_NAME)
-        return uv, mesh
-    finally:
-        bpy.data.objects.remove(tmp)
-        bpy.data.meshes.remove(data)
-        for o in old_selected:
-            try:
-                o.select_set(True)
-            except ReferenceError:
-                pass
-        view_layer.objects.active = old_active
-        if old_mode != "OBJECT" and old_active is not None:
-            try:
-                bpy.ops.object.mode_set(mode=old_mode)
-            except RuntimeError:
-                pass
-
-
-# ---- views ---------------------------------------------------------------------------------
-
-def camera_view(obj, depsgraph, width: int, height: int) -> pj.View:
-    proj = obj.calc_matrix_camera(depsgraph, x=width, y=height, scale_x=1.0, scale_y=1.0)
-    m = np.array(obj.matrix_world.normalized(), np.float64)
-    return pj.View.from_camera(m, np.array(proj), width, height,
-                               ortho=obj.data.type == "ORTHO")
-
-
-def viewport_view(rv3d, width: int, height: int) -> pj.View:
-    m = np.array(rv3d.view_matrix.inverted(), np.float64)
-    return pj.View(np.array(rv3d.perspective_matrix, np.float64), width, height, m[:3, 3],
-                   -m[:3, 2], ortho=not rv3d.is_perspective)
-
-
-def framing(meshes: list[pj.Mesh]) -> tuple[np.ndarray, float]:
-    pts = np.concatenate([m.positions.reshape(-1, 3) for m in meshes])
-    lo, hi = pts.min(0), pts.max(0)
-    center = (lo + hi) / 2
-    return center, float(np.linalg.norm(pts - center, axis=1).max())
-
-
-def orbit_views(meshes, size: int, around: int, above: bool) -> list[pj.View]:
-    center, radius = framing(meshes)
-    proj = pj.perspective(FOV, size, size, near=radius * 0.01, far=radius * 100)
-    return [pj.View.from_camera(p, proj, size, size)
-            for p in pj.orbit_poses(center, max(radius, 1e-3), FOV, around, above)]
-
-
-def temp_camera(scene, view: pj.View):
-    """A camera object matching a generated view (for the shaded capture)."""
-    from mathutils import Matrix
-    data = bpy.data.cameras.new("Z-Image view")
-    data.sensor_fit = "HORIZONTAL"
-    data.angle = FOV
-    obj = bpy.data.objects.new("Z-Image view", data)
-    look = pj.look_at(view.eye, view.eye + view.forward)
-    obj.matrix_world = Matrix(look.tolist())
-    scene.collection.objects.link(obj)
-    return obj
 
 
 # ---- the run -------------------------------------------------------------------------------
@@ -725,144 +599,11 @@ def handle_effect(eff) -> bool:
     return True
 
 
-# ---- settings, operators, panel ------------------------------------------------------------
-
-class ZIMAGE_PG_projection(bpy.types.PropertyGroup):
-    views_source: EnumProperty(
-        name="Views", default="ORBIT",
-        items=[("ORBIT", "Around the Selection", "Views around the selection, and one above"),
-               ("COLLECTION", "Cameras of a Collection", "Every camera in a collection")])
-    views_around: IntProperty(name="Around", default=4, min=1, max=12,
-                              description="Views around the selection")
-    view_above: BoolProperty(name="Above", default=True, description="One view from above")
-    camera_collection: PointerProperty(name="Cameras", type=bpy.types.Collection)
-    texture_size: EnumProperty(name="Texture", default="2048",
-                               items=[("1024", "1024", ""), ("2048", "2048", ""),
-                                      ("4096", "4096", "")])
-    image_size: EnumProperty(name="View Image", default="1024",
-                             items=[("256", "256", "Quick trials (the tiny model on a CPU)"),
-                                    ("512", "512", ""), ("768", "768", ""),
-                                    ("1024", "1024", "")],
-                             description="The size of the image generated for each view")
-    sharpness: FloatProperty(name="Blend Sharpness", default=2.0, min=0.0, max=8.0,
-                             description="How much more a texel counts when seen head-on "
-                             "(weight = facing^sharpness)")
-    use_depth: BoolProperty(name="Use Depth Control", default=True,
-                            description="Follow the view's depth when the engine has a "
-                            "ControlNet (else image to image from a shaded capture)")
-    view_words: BoolProperty(name="Per-View Words", default=True,
-                             description="Add \"front view\", \"back view\", ... to the prompt")
-
-
-class ZIMAGE_OT_project_view(bpy.types.Operator):
-    """Generate an image from the current view (or the camera) and bake it into the selected
-    objects' UV textures"""
-    bl_idname = "zimage.project_view"
-    bl_label = "Project from View"
-    bl_options = {"REGISTER"}
-
-    @classmethod
-    def poll(cls, context):
-        rt = runtime.get()
-        return rt is not None and _RUN is None and rt.board.can_submit(SLOT)
-
-    def execute(self, context):
-        return start(self, context, "VIEW")
-
-
-class ZIMAGE_OT_project_all(bpy.types.Operator):
-    """Texture the selected objects from several views that agree, baked into their UV
-    textures"""
-    bl_idname = "zimage.project_all"
-    bl_label = "Texture All Sides"
-    bl_options = {"REGISTER"}
-
-    @classmethod
-    def poll(cls, context):
-        rt = runtime.get()
-        return rt is not None and _RUN is None and rt.board.can_submit(SLOT)
-
-    def execute(self, context):
-        return start(self, context, "ALL")
-
-
-class ZIMAGE_OT_project_cancel(bpy.types.Operator):
-    """Stop texturing: nothing is applied"""
-    bl_idname = "zimage.project_cancel"
-    bl_label = "Cancel"
-
-    def execute(self, context):
-        if _RUN is not None:
-            _RUN.cancel()
-        return {"FINISHED"}
-
-
-class ZIMAGE_PT_projection(bpy.types.Panel):
-    bl_label = "Texture from Views"
-    bl_idname = "ZIMAGE_PT_view3d_projection"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "Z-Image"
-    bl_parent_id = "ZIMAGE_PT_view3d_texture"
-
-    @classmethod
-    def poll(cls, context):
-        return runtime.get() is not None and hasattr(context.scene, "zimage_projection")
-
-    def draw(self, context):
-        p = context.scene.zimage_projection
-        layout = self.layout
-        col = layout.column(align=True)
-        col.prop(p, "texture_size")
-        col.prop(p, "image_size")
-        col.prop(p, "sharpness")
-        col.prop(p, "use_depth")
-        layout.prop(p, "views_source")
-        if p.views_source == "COLLECTION":
-            layout.prop(p, "camera_collection")
-        else:
-            row = layout.row(align=True)
-            row.prop(p, "views_around")
-            row.prop(p, "view_above", toggle=True)
-        layout.prop(p, "view_words")
-        run = _RUN
-        if run is not None:
-            layout.operator("zimage.project_cancel", icon="CANCEL")
-            layout.progress(factor=run.progress, type="BAR", text=run.status_text())
-        else:
-            row = layout.row(align=True)
-            row.scale_y = 1.3
-            row.operator("zimage.project_view", icon="VIEW_CAMERA")
-            row.operator("zimage.project_all", icon="SHADING_TEXTURE")
-            if _LAST.get("message"):
-                layout.label(text=_LAST["message"][:120],
-                             icon="CHECKMARK" if _LAST.get("phase") == "done" else "INFO")
-        previews = run.previews if run is not None else []
-        if previews:
-            grid = layout.grid_flow(columns=3, align=True)
-            for name in previews:
-                image = bpy.data.images.get(name)
-                if image is None:
-                    continue
-                try:
-                    grid.template_icon(icon_value=image.preview_ensure().icon_id, scale=3.0)
-                except Exception:
-                    grid.label(text=name, icon="IMAGE_DATA")
-
-
-CLASSES = (ZIMAGE_PG_projection, ZIMAGE_OT_project_view, ZIMAGE_OT_project_all,
-           ZIMAGE_OT_project_cancel, ZIMAGE_PT_projection)
-
-
-def register_props():
-    bpy.types.Scene.zimage_projection = PointerProperty(type=ZIMAGE_PG_projection)
-
-
-def unregister_props():
+def shutdown() -> None:
+    """Unregistering: a run in flight is cancelled (nothing applied), the timer stops."""
     global _RUN
     if _RUN is not None:
         _RUN.cancel()
     _RUN = None
     if bpy.app.timers.is_registered(tick):
         bpy.app.timers.unregister(tick)
-    del bpy.types.Scene.zimage_projection

@@ -6,9 +6,9 @@ import atexit
 
 import bpy
 
-from . import operators, panels, project, props, pump, runtime
+from . import operators, panels, project_ui, props, pump, runtime
 
-CLASSES = props.CLASSES + operators.CLASSES + panels.CLASSES + project.CLASSES
+CLASSES = props.CLASSES + operators.CLASSES + panels.CLASSES + project_ui.CLASSES
 
 
 def _at_exit():
@@ -20,7 +20,7 @@ def register():
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     props.register_props()
-    project.register_props()
+    project_ui.register_props()
     runtime.create()
     atexit.register(_at_exit)
     pump.start()
@@ -30,7 +30,7 @@ def unregister():
     pump.stop()
     atexit.unregister(_at_exit)
     runtime.destroy()
-    project.unregister_props()
+    project_ui.unregister_props()
     props.unregister_props()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

@@ -307,8 +307,7 @@ def project_six_views(out):
     # what any projection could reach: texels some view from 26 directions around can see
     # (Suzanne's eyeballs hide about 2.5 % of her surface from every direction)
     pj = addon("core.projection")
-    project = addon("blender.project")
-    world = project.mesh_triangles(suz.evaluated_get(bpy.context.evaluated_depsgraph_get()),
+    world = addon("blender.project_scene").mesh_triangles(suz.evaluated_get(bpy.context.evaluated_depsgraph_get()),
                                    "Z-Image UV")
     wtex = pj.texel_map(world, 1024)
     assert np.array_equal(wtex.index, truth.index)

@@ -59,7 +59,7 @@ def test_zip_layout_and_manifest(addon_zip):
 
 
 # numpy ships with Blender; only the texturing code needs it (docs/texture-projection.md)
-NUMPY_USERS = {"core/projection.py", "blender/project.py"}
+NUMPY_USERS = {"core/projection.py", "blender/project.py", "blender/project_scene.py"}
 
 
 def test_addon_never_touches_sys_path_or_torch():
