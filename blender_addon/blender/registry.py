@@ -6,9 +6,9 @@ import atexit
 
 import bpy
 
-from . import operators, panels, props, pump, runtime
+from . import operators, panels, project_ui, props, pump, runtime
 
-CLASSES = props.CLASSES + operators.CLASSES + panels.CLASSES
+CLASSES = props.CLASSES + operators.CLASSES + panels.CLASSES + project_ui.CLASSES
 
 
 def _at_exit():
@@ -22,6 +22,7 @@ def register():
     props.register_props()
     for menu, fn in operators.MENUS:
         getattr(bpy.types, menu).append(fn)
+    project_ui.register_props()
     runtime.create()
     if runtime.on_load_pre not in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.append(runtime.on_load_pre)
@@ -37,6 +38,7 @@ def unregister():
     runtime.destroy()
     for menu, fn in operators.MENUS:
         getattr(bpy.types, menu).remove(fn)
+    project_ui.unregister_props()
     props.unregister_props()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)
