@@ -15,9 +15,10 @@ B = up [out, rank]. The layouts in the wild differ only in how they name A, B, a
 
 `LoraSet.apply` puts the active LoRAs on a live transformer: per Linear, every LoRA that touches it
 is stacked into one low-rank pair (A rows stacked, B columns stacked with each weight folded in,
-row blocks for our fused qkv / w13 projections), added by a forward hook. The base weights are
-never written, so clearing the set gives back the base model bit for bit and switching sets never
-reloads it.
+row blocks for our fused qkv / w13 projections), which that Linear's forward adds
+(engine.model.layers.Linear: torch.compile guards on it, as it would not on a forward hook). The
+base weights are never written, so clearing the set gives back the base model bit for bit and
+switching sets never reloads it.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.errors import EngineError
+from engine.model.layers import Linear
 
 MAX_LORAS = 8  # active at once; each adds a low-rank matmul per targeted Linear
 MAX_WEIGHT = 4.0  # |weight| above this is a typo, not a style
@@ -289,7 +290,7 @@ def module_slots(transformer: nn.Module) -> dict[str, _Slot]:
     """diffusers Linear name -> (live module, rows), seeing through our fused qkv and w13."""
     slots: dict[str, _Slot] = {}
     for name, mod in transformer.named_modules():
-        if not isinstance(mod, nn.Linear):
+        if not isinstance(mod, Linear):
             continue
         fused = next((f for f in _FUSED_LIVE if name.endswith(f)), None)
         if fused is None:
@@ -303,19 +304,14 @@ def module_slots(transformer: nn.Module) -> dict[str, _Slot]:
     return slots
 
 
-def _add_low_rank(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
-    x = inputs[0]
-    return output + F.linear(F.linear(x, module.lora_down), module.lora_up)
-
-
 @dataclass
 class LoraSet:
-    """The LoRAs active on one transformer, applied as forward hooks (see the module docstring)."""
+    """The LoRAs active on one transformer (see the module docstring)."""
 
     transformer: nn.Module
     active: tuple[tuple[str, float], ...] = ()  # (name, weight), for reports
     _current: tuple = ()  # the (Lora, weight) pairs applied: same objects -> nothing to do
-    _hooks: list = field(default_factory=list)
+    _modules: list = field(default_factory=list)  # the Linears that carry a low-rank term
     _slots: dict[str, _Slot] | None = None
 
     @property
@@ -325,10 +321,9 @@ class LoraSet:
         return self._slots
 
     def clear(self) -> None:
-        for handle, mod in self._hooks:
-            handle.remove()
-            del mod.lora_down, mod.lora_up
-        self._hooks = []
+        for mod in self._modules:
+            del mod.lora_down, mod.lora_up  # back to the class's None: plain nn.Linear
+        self._modules = []
         self._current = ()
         self.active = ()
 
@@ -363,7 +358,7 @@ class LoraSet:
                 col += a.shape[0]
             mod.lora_down = down.to(device=device, dtype=dtype)
             mod.lora_up = up.to(device=device, dtype=dtype)
-            self._hooks.append((mod.register_forward_hook(_add_low_rank), mod))
+            self._modules.append(mod)
         self._current = current
         self.active = tuple((lora.name, w) for lora, w in current)
 

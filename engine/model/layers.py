@@ -23,6 +23,21 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return out.transpose(1, 2).flatten(2)
 
 
+class Linear(nn.Linear):
+    """nn.Linear plus an optional low-rank term, y = W x + b + up (down x): how LoRAs apply
+    (engine/lora.py). The term is part of forward, so torch.compile guards on it and sees a
+    LoRA set change; without one this is nn.Linear, bit for bit."""
+
+    lora_down: Tensor | None = None  # [rank, in]
+    lora_up: Tensor | None = None  # [out, rank]
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        if self.lora_down is not None:
+            y = y + F.linear(F.linear(x, self.lora_down), self.lora_up)
+        return y
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -42,8 +57,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
-        self.w13 = nn.Linear(dim, 2 * hidden_dim, bias=False)  # checkpoint: w1, w3 (fuse_on_load)
-        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w13 = Linear(dim, 2 * hidden_dim, bias=False)  # checkpoint: w1, w3 (fuse_on_load)
+        self.w2 = Linear(hidden_dim, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         a, b = self.w13(x).chunk(2, dim=-1)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from engine.config import TransformerParams
 from engine.model.layers import (
     FeedForward,
+    Linear,
     RMSNorm,
     apply_rope,
     attention,
@@ -49,8 +50,8 @@ class Attention(nn.Module):
     def __init__(self, dim: int, n_heads: int, qk_norm: bool):
         super().__init__()
         self.n_heads = n_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.to_out = nn.ModuleList([nn.Linear(dim, dim, bias=False)])  # key "to_out.0"
+        self.qkv = Linear(dim, 3 * dim, bias=False)
+        self.to_out = nn.ModuleList([Linear(dim, dim, bias=False)])  # key "to_out.0"
         self.norm_q = RMSNorm(dim // n_heads, eps=QK_NORM_EPS) if qk_norm else None
         self.norm_k = RMSNorm(dim // n_heads, eps=QK_NORM_EPS) if qk_norm else None
 
@@ -79,7 +80,7 @@ class TransformerBlock(nn.Module):
         self.attention_norm2 = RMSNorm(p.dim, eps=p.norm_eps)
         self.ffn_norm2 = RMSNorm(p.dim, eps=p.norm_eps)
         if modulation:
-            self.adaLN_modulation = nn.Sequential(nn.Linear(p.adaln_dim, 4 * p.dim, bias=True))
+            self.adaLN_modulation = nn.Sequential(Linear(p.adaln_dim, 4 * p.dim, bias=True))
         else:
             self.adaLN_modulation = None
 
@@ -99,9 +100,9 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, out_dim: int):
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(T_FREQ_DIM, T_HIDDEN_DIM, bias=True),
+            Linear(T_FREQ_DIM, T_HIDDEN_DIM, bias=True),
             nn.SiLU(),
-            nn.Linear(T_HIDDEN_DIM, out_dim, bias=True),
+            Linear(T_HIDDEN_DIM, out_dim, bias=True),
         )
 
     def forward(self, t: Tensor) -> Tensor:
@@ -117,8 +118,8 @@ class FinalLayer(nn.Module):
 
     def __init__(self, dim: int, adaln_dim: int, out_dim: int):
         super().__init__()
-        self.linear = nn.Linear(dim, out_dim, bias=True)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(adaln_dim, dim, bias=True))
+        self.linear = Linear(dim, out_dim, bias=True)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(adaln_dim, dim, bias=True))
 
     def forward(self, x: Tensor, t_emb: Tensor) -> Tensor:
         scale = 1.0 + self.adaLN_modulation(t_emb)[:, None]
@@ -153,9 +154,9 @@ class ZImageTransformer(nn.Module):
         super().__init__()
         p = self.params = params
         self.t_embedder = TimestepEmbedder(p.adaln_dim)
-        self.all_x_embedder = nn.ModuleDict({p.patch_key: nn.Linear(p.patch_dim, p.dim, bias=True)})
+        self.all_x_embedder = nn.ModuleDict({p.patch_key: Linear(p.patch_dim, p.dim, bias=True)})
         self.cap_embedder = nn.Sequential(
-            RMSNorm(p.cap_feat_dim, eps=p.norm_eps), nn.Linear(p.cap_feat_dim, p.dim, bias=True)
+            RMSNorm(p.cap_feat_dim, eps=p.norm_eps), Linear(p.cap_feat_dim, p.dim, bias=True)
         )
         self.x_pad_token = nn.Parameter(torch.zeros(1, p.dim))
         self.cap_pad_token = nn.Parameter(torch.zeros(1, p.dim))
