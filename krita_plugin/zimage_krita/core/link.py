@@ -33,15 +33,15 @@ def _load_curve(server_key_file: str, client_key_file: str) -> dict:
     if not server_key_file and not client_key_file:
         return {}
     if not (server_key_file and client_key_file):
-        raise LinkError("unauthorized", "a studio engine needs both key files")
+        raise LinkError("key_files", "a studio engine needs both key files")
     import zmq.auth
     try:
         server_public, _ = zmq.auth.load_certificate(server_key_file)
         public, secret = zmq.auth.load_certificate(client_key_file)
     except (OSError, ValueError) as exc:
-        raise LinkError("unauthorized", f"cannot read the key files: {exc}") from None
+        raise LinkError("key_files", f"cannot read them: {exc}") from None
     if not secret:
-        raise LinkError("unauthorized", f"{client_key_file} holds no secret key")
+        raise LinkError("key_files", f"{client_key_file} holds no secret key")
     return {"curve_server_key": server_public, "curve_client_keys": (public, secret)}
 
 

@@ -23,6 +23,8 @@ _KRITA: dict[str, tuple[str | None, str]] = {     # code -> (message or None = s
     "no_document": ("There is no open document.", "Create or open one, then generate."),
     "no_selection": ("Inpainting repaints the selection, and nothing is selected.",
                      "Select the area to repaint, then generate again."),
+    "key_files": ("The CURVE key files cannot be used.",
+                  "Pick the engine's server.key and this client's NAME.key_secret."),
     "unsupported_color": ("This document is not 8-bit RGBA.",
                           "Convert it (Image > Convert Image Color Space: RGB/Alpha, 8-bit "
                           "integer), then generate again."),
@@ -33,7 +35,7 @@ def explain(code: str | None, detail: str | None = None) -> UserError:
     base = shared.errors.explain(code, detail)
     message, hint = _KRITA.get(base.code, (None, base.hint))
     if message is not None and base.code in ("unsupported_color", "capture_failed",
-                                             "apply_failed") and detail:
+                                             "apply_failed", "key_files") and detail:
         message = f"{message[:-1]} ({detail})."
     return UserError(base.code, message or base.message, hint)
 

@@ -167,6 +167,12 @@ class Session:
                 effects += self.board.handle(event)
                 if event.kind == "welcome" and self.process is not None:
                     self.process.mark_running()
+                elif event.kind == "disconnected" and event.data.get("reason") in (
+                        "unauthorized", "unsupported_version", "bad_endpoint"):
+                    code = event.data["reason"]
+                    self.notice = messages.explain(
+                        "invalid_params" if code == "bad_endpoint" else code,
+                        event.data.get("message")).text
         effects += self.board.tick()
         if self.process is not None and self.process.poll() == "exited":
             job = self.board.active(SLOT)
