@@ -179,3 +179,19 @@ def test_core_knows_nothing_of_krita_and_nothing_imports_torch():
     for path in pkg.rglob("*.py"):
         bad = _imports(path) & (heavy | ({"krita", "PyQt5"} if "core" in path.parts else set()))
         assert not bad, (path, bad)
+
+
+def test_history_survives_a_restart_and_ignores_junk():
+    from zimage_krita.core.session import Entry, Record
+    s = Session()
+    s.history = [Entry(Record("a fox", 7, 4, 64, 96, "tiny", "a fox (7)", "layer"),
+                       mode="img2img", strength=0.4, seamless=True)]
+    t = Session()
+    t.load_history(s.history_json())
+    assert t.history[0].to_dict() == s.history[0].to_dict()
+    assert t.entry_for_layer("a fox (7)").recall() == {
+        "prompt": "a fox", "width": 64, "height": 96, "steps": 4, "seed": 7,
+        "seed_random": False, "mode": "img2img", "strength": 0.4, "seamless": True}
+    for junk in ("", "not json", "{}", '[1, {"record": {}}, {"record": {"seed": "x"}}]'):
+        t.load_history(junk)
+        assert t.history == []

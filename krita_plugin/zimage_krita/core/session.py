@@ -5,6 +5,7 @@ driven by a QTimer and never waits.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -30,6 +31,26 @@ class Entry:
     @property
     def label(self) -> str:
         return self.record.image_name
+
+    def to_dict(self) -> dict:
+        return {"record": self.record.to_dict(), "mode": self.mode,
+                "strength": self.strength, "seamless": self.seamless}
+
+    @classmethod
+    def from_dict(cls, data) -> "Entry | None":
+        """None for anything that is not a well-formed entry (the store is user-editable)."""
+        try:
+            r = data["record"]
+            rec = Record(prompt=str(r["prompt"])[:4000], seed=int(r["seed"]),
+                         steps=int(r["steps"]), width=int(r["width"]),
+                         height=int(r["height"]), model=str(r.get("model", ""))[:500],
+                         image_name=str(r.get("image_name", ""))[:200], kind="layer",
+                         created=float(r.get("created", 0.0)))
+            return cls(rec, mode=str(data.get("mode", "generate")),
+                       strength=float(data.get("strength", 0.6)),
+                       seamless=bool(data.get("seamless", False)))
+        except (KeyError, TypeError, ValueError):
+            return None
 
     def recall(self) -> dict:
         """Settings that give the same result again (fixed seed)."""
@@ -202,6 +223,18 @@ class Session:
                      image_name=layer_name, kind="layer")
         return Entry(rec, mode=settings.mode, strength=settings.strength,
                      seamless=settings.seamless)
+
+    def history_json(self) -> str:
+        return json.dumps([e.to_dict() for e in self.history], ensure_ascii=False)
+
+    def load_history(self, text: str) -> None:
+        try:
+            rows = json.loads(text) if text else []
+        except ValueError:
+            rows = []
+        entries = [Entry.from_dict(r) for r in rows if isinstance(r, dict)] \
+            if isinstance(rows, list) else []
+        self.history = [e for e in entries if e is not None][:shared.history.MAX_ENTRIES]
 
     def entry_for_layer(self, name: str) -> Entry | None:
         return next((e for e in self.history if e.label == name), None)

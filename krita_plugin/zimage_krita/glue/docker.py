@@ -75,6 +75,8 @@ class Panel(QWidget):
         self._shown = None
         self._build()
         self._load_engine_settings()
+        self.session.load_history(self.store.read("history", ""))
+        self._fill_history()
         self.timer = QTimer(self)
         self.timer.setInterval(PUMP_MS)
         self.timer.timeout.connect(self.pump)
@@ -378,6 +380,7 @@ class Panel(QWidget):
             self.session.fail(job, "apply_failed", str(exc))
             return
         self.session.complete(job, entries)
+        self.store.write("history", self.session.history_json())
         self._fill_history()
 
     def _fill_history(self) -> None:
