@@ -13,9 +13,9 @@ The zip holds, at its root, what Krita's pykrita folder wants:
 * zimage_krita/addon_core/: the host-neutral modules of blender_addon/core (job board, error
   texts, size limits, history record, engine process), copied unchanged: both hosts run the
   same logic;
-* zimage_krita/wheels/: pyzmq wheels for Krita's Pythons: cp310 (Krita's own Windows, macOS
-  and AppImage builds), cp311 (Debian/Ubuntu's krita) and cp312-abi3 (3.12+), per platform.
-  The plugin unpacks the one that fits on first use (core/deps.py).
+* zimage_krita/wheels/: pyzmq wheels for the Pythons Krita 5 runs on: cp310, cp311 (Debian
+  12's krita) and cp312-abi3 (3.12 and later), per platform. The plugin unpacks the one that
+  fits on first use (core/deps.py).
 """
 
 from __future__ import annotations
