@@ -100,17 +100,26 @@ def build(out: Path, platforms: list[str] | None, cache: Path) -> Path:
     wheels = fetch_wheels(platforms, cache) if platforms else []
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
+    entries: list[tuple[str, object]] = [(p.relative_to(PLUGIN).as_posix(), p)
+                                         for p in plugin_files()]
+    entries.append((f"{PACKAGE}/vendor/__init__.py",
+                    '"""Vendored copies of the project\'s protocol (see build_krita_plugin.py)."""\n'))
+    entries += [(f"{PACKAGE}/vendor/protocol/{name}", text)
+                for name, text in build_addon.protocol_files().items()]
+    entries += [(f"{PACKAGE}/addon_core/{name}", SHARED_CORE / name) for name in SHARED_MODULES]
+    entries += [(f"{PACKAGE}/wheels/{w.name}", w) for w in wheels]
+    # Krita's importer finds the package by its directory entry ("zimage_krita/"), so every
+    # folder gets one
+    folders = sorted({"/".join(name.split("/")[:i]) + "/" for name, _ in entries
+                      for i in range(1, name.count("/") + 1)})
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for p in plugin_files():
-            zf.write(p, p.relative_to(PLUGIN).as_posix())
-        zf.writestr(f"{PACKAGE}/vendor/__init__.py",
-                    '"""Vendored copies of the project\'s protocol (see build_krita_plugin.py)."""\n')
-        for name, text in build_addon.protocol_files().items():
-            zf.writestr(f"{PACKAGE}/vendor/protocol/{name}", text)
-        for name in SHARED_MODULES:
-            zf.write(SHARED_CORE / name, f"{PACKAGE}/addon_core/{name}")
-        for w in wheels:
-            zf.write(w, f"{PACKAGE}/wheels/{w.name}")
+        for folder in folders:
+            zf.writestr(folder, b"")
+        for name, src in entries:
+            if isinstance(src, Path):
+                zf.write(src, name)
+            else:
+                zf.writestr(name, src)
     tmp.replace(out)
     print(f"built {out} ({PACKAGE} {version()}, {len(wheels)} wheels, "
           f"platforms: {', '.join(platforms or []) or 'none (pyzmq must be there)'})")

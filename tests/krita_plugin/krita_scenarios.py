@@ -27,6 +27,11 @@ def pattern(width, height, salt=0):
     return bytes(out)
 
 
+def has_preview(panel):
+    pixmap = panel.preview.pixmap()          # None until one is set
+    return pixmap is not None and not pixmap.isNull()
+
+
 class MemoryStore:
     def __init__(self):
         self.values = {}
@@ -141,7 +146,7 @@ def sc_generate(env):
     out = env.report(panel, doc, before, done=done, pixels=pix, top=top.name(),
                      history=[panel.history.item(i).text() for i in range(panel.history.count())],
                      recalled=recalled, progress=panel.progress.value(),
-                     preview=not (panel.preview.pixmap() is None or panel.preview.pixmap().isNull()))
+                     preview=has_preview(panel))
     panel.shutdown()
     return out
 
@@ -236,9 +241,7 @@ def sc_cancel(env):
     panel = env.panel(doc, prompt="slow", steps=50, seed=3)
     panel.generate_button.click()
     started = spin(lambda: (panel.session.job.step or 0) >= 1, 60)
-    preview = not (panel.preview.pixmap() is None or panel.preview.pixmap().isNull())
-    spin(lambda: preview or not panel.preview.pixmap().isNull(), 5)
-    preview = not panel.preview.pixmap().isNull()
+    preview = spin(lambda: has_preview(panel), 10)
     panel.cancel_button.click()
     # the engine confirms (or finishes anyway); whatever it sends is not applied
     spin(lambda: not panel.session.link.pending(), 30)

@@ -152,7 +152,7 @@ def test_the_zip_is_a_pykrita_plugin_with_protocol_shared_core_and_wheels(krita_
         client = zf.read("zimage_krita/vendor/protocol/client.py").decode()
         jobs = zf.read("zimage_krita/addon_core/jobs.py")
     assert "X-KDE-Library=zimage_krita" in desktop and "Krita/PythonPlugin" in desktop
-    assert {"zimage_krita/__init__.py", "zimage_krita/core/session.py",
+    assert {"zimage_krita/", "zimage_krita/__init__.py", "zimage_krita/core/session.py",
             "zimage_krita/glue/docker.py", "zimage_krita/vendor/protocol/PROTOCOL.md",
             "zimage_krita/addon_core/requests.py", "zimage_krita/addon_core/errors.py"} <= names
     assert jobs == (ROOT / "blender_addon" / "core" / "jobs.py").read_bytes()
@@ -160,6 +160,12 @@ def test_the_zip_is_a_pykrita_plugin_with_protocol_shared_core_and_wheels(krita_
     wheels = sorted(n.split("/")[-1].split("-")[2] for n in names if n.endswith(".whl"))
     assert wheels == ["cp310", "cp311", "cp312"]
     assert not any("__pycache__" in n or "/.deps/" in n for n in names)
+
+
+def test_krita_installs_the_zip_as_a_plugin(pykrita_dir):
+    assert (pykrita_dir / "zimage_krita.desktop").is_file()
+    assert (pykrita_dir / "zimage_krita" / "addon_core" / "jobs.py").is_file()
+    assert len(list((pykrita_dir / "zimage_krita" / "wheels").glob("pyzmq-*.whl"))) == 3
 
 
 def _imports(path) -> set[str]:
