@@ -151,6 +151,19 @@ def sc_generate(env):
     return out
 
 
+def sc_odd_canvas(env):
+    doc = env.doc(100, 70)
+    panel = env.panel(doc, prompt="a blue bird", seed=13, steps=3)
+    panel.generate_button.click()
+    done = env.wait_done(panel)
+    top = doc.topLevelNodes()[-1]
+    out = {"done": done, "status": panel.status.text(), "top": top.name(),
+           "bounds": [top.bounds().width(), top.bounds().height()],
+           "pixels": env.save("odd.bgra", top.pixelData(0, 0, 100, 70))}
+    panel.shutdown()
+    return out
+
+
 def sc_two_images(env):
     doc = env.doc(64, 64)
     before = env.state(doc)
@@ -188,7 +201,7 @@ def sc_img2img(env):
 
 def sc_inpaint(env):
     from krita import Selection
-    doc = env.doc(64, 64, salt=1)
+    doc = env.doc(72, 60, salt=1)       # not multiples of 16: padded, cropped back
     sel = Selection()
     sel.select(16, 8, 32, 24, 255)
     doc.setSelection(sel)
@@ -201,8 +214,8 @@ def sc_inpaint(env):
     top = doc.topLevelNodes()[-1]
     out = env.report(panel, doc, before, done=done, top=top.name(),
                      before=env.save("inpaint_before.bgra", before[1]),
-                     after=env.save("inpaint_after.bgra", doc.pixelData(0, 0, 64, 64)),
-                     pixels=env.save("inpaint_layer.bgra", top.pixelData(0, 0, 64, 64)))
+                     after=env.save("inpaint_after.bgra", doc.pixelData(0, 0, 72, 60)),
+                     pixels=env.save("inpaint_layer.bgra", top.pixelData(0, 0, 72, 60)))
     # inpainting without a selection: a message, nothing sent
     doc.setSelection(Selection())
     before2 = env.state(doc)

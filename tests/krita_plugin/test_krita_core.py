@@ -49,9 +49,30 @@ def test_bad_sizes_are_refused_before_sending(size):
         f"Unsupported size {size[0]} x {size[1]}")
 
 
-def test_a_canvas_of_a_bad_size_is_refused_too():
-    with pytest.raises(RequestError):
-        build(KritaSettings("x"), canvas=(100, 100))
+def test_any_canvas_is_padded_to_the_engines_multiple_and_cropped_back():
+    p = build(KritaSettings("x"), canvas=(100, 30)).params
+    assert (p["width"], p["height"]) == (112, 64)          # multiple of 16, min side 64
+    assert requests.crops_to_canvas(KritaSettings("x"))
+    assert not requests.crops_to_canvas(KritaSettings("x", size="1024"))
+    with pytest.raises(RequestError) as err:
+        build(KritaSettings("x"), canvas=(3000, 100))
+    assert err.value.code == "unsupported_size"
+
+
+def test_a_padded_capture_keeps_every_canvas_pixel_in_place():
+    w, h = 5, 3
+    rgb = bytes(range(w * h * 3))
+    mask = bytes([255] * (w * h))
+    req = build(KritaSettings("x", mode="inpaint"), canvas=(w, h),
+                capture=Capture(w, h, rgb, mask))
+    init, m = req.blobs["init_image"], req.blobs["mask"]
+    assert (init.width, init.height, m.width, m.height) == (64, 64, 64, 64)
+    assert pixels.crop(init.data, 64, 64, 3, w, h) == rgb
+    assert pixels.crop(m.data, 64, 64, 1, w, h) == mask
+    assert sum(m.data) == 255 * w * h                      # the padding is never repainted
+    row0 = init.data[:64 * 3]
+    assert row0[w * 3:] == rgb[(w - 1) * 3:w * 3] * (64 - w)     # edge repeated
+    assert init.data[-64 * 3:] == init.data[(h - 1) * 64 * 3:h * 64 * 3]
 
 
 def test_random_seed_is_drawn_here_so_the_layer_name_knows_it():

@@ -168,23 +168,35 @@ def test_inpainting_changes_only_the_selection(krita_run, engine):
     r = scenario(krita_run, "inpaint")
     assert r["done"] and r["phase"] == "done", r["status"]
     assert r["top"] == "a red door (7)"
-    before = bgra(krita_run, r["before"], 64, 64)
-    after = bgra(krita_run, r["after"], 64, 64)
-    inside = np.zeros((64, 64), bool)
+    before = bgra(krita_run, r["before"], 72, 60)
+    after = bgra(krita_run, r["after"], 72, 60)
+    inside = np.zeros((60, 72), bool)
     inside[8:32, 16:48] = True                       # Selection.select(16, 8, 32, 24)
     assert np.array_equal(after[~inside], before[~inside])
-    mask = (inside * 255).astype(np.uint8)
-    want = engine_image(engine, {"prompt": "a red door", "width": 64, "height": 64,
+    # the engine saw the canvas grown to 80 x 64 (edges repeated, never repainted)
+    source = np.frombuffer(pattern(72, 60, salt=1), np.uint8).reshape(60, 72, 3)
+    mask = np.pad(inside * 255, ((0, 4), (0, 8))).astype(np.uint8)
+    want = engine_image(engine, {"prompt": "a red door", "width": 80, "height": 64,
                                  "steps": 4, "seed": 7, "init_image": "init_image",
                                  "mask": "mask"},
-                        {"init_image": (64, 64, 3, pattern(64, 64, salt=1)),
-                         "mask": (64, 64, 1, mask.tobytes())})
+                        {"init_image": (80, 64, 3, np.pad(source, ((0, 4), (0, 8), (0, 0)),
+                                                          mode="edge").tobytes()),
+                         "mask": (80, 64, 1, mask.tobytes())})[:60, :72]
     assert np.array_equal(rgb_of(after)[inside], want[inside])
     assert not np.array_equal(rgb_of(after)[inside], rgb_of(before)[inside])
-    layer = bgra(krita_run, r["pixels"], 64, 64)
+    layer = bgra(krita_run, r["pixels"], 72, 60)
     assert (layer[..., 3][~inside] == 0).all() and (layer[..., 3][inside] == 255).all()
     empty = r["no_selection"]
     assert empty["unchanged"] and "nothing is selected" in empty["status"]
+
+
+def test_a_canvas_of_any_size_gets_the_engines_pixels_in_place(krita_run, engine):
+    r = scenario(krita_run, "odd_canvas")
+    assert r["done"] and r["status"] == "Done" and r["top"] == "a blue bird (13)"
+    assert r["bounds"] == [100, 70]
+    want = engine_image(engine, {"prompt": "a blue bird", "width": 112, "height": 80,
+                                 "steps": 3, "seed": 13})
+    assert np.array_equal(rgb_of(bgra(krita_run, r["pixels"], 100, 70)), want[:70, :100])
 
 
 def test_bad_size_is_a_message_and_nothing_changes(krita_run):

@@ -31,5 +31,35 @@ def rgb_to_bgra(rgb, width: int, height: int, alpha=None) -> bytes:
     return bytes(out)
 
 
-def is_blank(mask) -> bool:
-    return not any(mask)
+def pad(data, width: int, height: int, channels: int, to_width: int, to_height: int,
+        fill: int | None = None) -> bytes:
+    """Grow an image at the right and bottom to to_width x to_height: the edge pixels
+    repeated (fill None) or a constant byte (masks: 0 = keep)."""
+    _check(data, width, height, channels)
+    if (to_width, to_height) == (width, height):
+        return bytes(data)
+    src = memoryview(bytes(data))
+    row_bytes, extra = width * channels, (to_width - width)
+    rows = []
+    for y in range(height):
+        row = src[y * row_bytes:(y + 1) * row_bytes]
+        tail = (bytes([fill]) * (extra * channels) if fill is not None
+                else bytes(row[-channels:]) * extra)
+        rows.append(bytes(row) + tail)
+    last = rows[-1] if fill is None else bytes([fill]) * (to_width * channels)
+    rows += [last] * (to_height - height)
+    return b"".join(rows)
+
+
+def crop(data, width: int, height: int, channels: int, to_width: int, to_height: int
+         ) -> bytes:
+    """The top-left to_width x to_height of an image (undoes pad)."""
+    _check(data, width, height, channels)
+    if (to_width, to_height) == (width, height):
+        return bytes(data)
+    if to_width > width or to_height > height:
+        raise ValueError("crop larger than the image")
+    src = memoryview(bytes(data))
+    row_bytes = width * channels
+    return b"".join(src[y * row_bytes:y * row_bytes + to_width * channels]
+                    for y in range(to_height))

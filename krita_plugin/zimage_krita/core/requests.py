@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from . import shared
+from . import pixels, shared
 from .link import Raw
 
 GENERATE, IMG2IMG, INPAINT = "generate", "img2img", "inpaint"
@@ -51,16 +51,28 @@ class Capture:
     mask: bytes | None = None
 
 
-def target_size(settings: KritaSettings, canvas: tuple[int, int]) -> tuple[int, int]:
+def canvas_size_for_engine(canvas: tuple[int, int], limits: EngineLimits) -> tuple[int, int]:
+    """The canvas grown to the engine's side multiple (and minimum side): the engine works
+    on that, and the result is cropped back, so every canvas pixel keeps its place."""
+    m = limits.side_multiple
+    return tuple(max(-(-side // m) * m, -(-limits.min_side // m) * m) for side in canvas)
+
+
+def target_size(settings: KritaSettings, canvas: tuple[int, int],
+                limits: EngineLimits = EngineLimits()) -> tuple[int, int]:
     """Image to image and inpainting work on the canvas as it is; generation may use a
     preset or custom size."""
     if settings.mode != GENERATE or settings.size == SIZE_CANVAS:
-        return canvas
+        return canvas_size_for_engine(canvas, limits)
     if settings.size == SIZE_CUSTOM:
         return int(settings.width), int(settings.height)
     if settings.size in shared.requests.PRESET_SIZES:
         return shared.requests.PRESET_SIZES[settings.size]
     raise RequestError("invalid_params", f"unknown size {settings.size!r}")
+
+
+def crops_to_canvas(settings: KritaSettings) -> bool:
+    return settings.mode != GENERATE or settings.size == SIZE_CANVAS
 
 
 def build(settings: KritaSettings, limits: EngineLimits, caps: set[str] | None,
@@ -69,7 +81,7 @@ def build(settings: KritaSettings, limits: EngineLimits, caps: set[str] | None,
     """caps None: the engine has not said yet (not connected); it checks on arrival."""
     if settings.mode not in MODES:
         raise RequestError("invalid_params", f"unknown mode {settings.mode!r}")
-    width, height = target_size(settings, canvas)
+    width, height = target_size(settings, canvas, limits)
     base = shared.requests.Settings(
         prompt=settings.prompt, width=width, height=height, steps=int(settings.steps),
         seed_random=bool(settings.seed_random), seed=int(settings.seed),
@@ -85,9 +97,10 @@ def build(settings: KritaSettings, limits: EngineLimits, caps: set[str] | None,
         need("tile", "seamless tiles")
         params["tile"] = "xy"
     if settings.mode in (IMG2IMG, INPAINT):
-        if capture is None or (capture.width, capture.height) != (width, height):
+        if capture is None or (capture.width, capture.height) != tuple(canvas):
             raise RequestError("capture_failed", "the canvas could not be read")
-        blobs["init_image"] = Raw(width, height, 3, capture.rgb)
+        blobs["init_image"] = Raw(width, height, 3, pixels.pad(
+            capture.rgb, capture.width, capture.height, 3, width, height))
         params["init_image"] = "init_image"
     if settings.mode == IMG2IMG:
         need("img2img", "image to image")
@@ -96,6 +109,7 @@ def build(settings: KritaSettings, limits: EngineLimits, caps: set[str] | None,
         need("inpaint", "inpainting")
         if not capture.mask or not any(capture.mask):
             raise RequestError("no_selection", "nothing is selected")
-        blobs["mask"] = Raw(width, height, 1, capture.mask)
+        blobs["mask"] = Raw(width, height, 1, pixels.pad(
+            capture.mask, capture.width, capture.height, 1, width, height, fill=0))
         params["mask"] = "mask"              # strength: the engine's (1.0 with a mask)
     return shared.requests.Request(params, blobs)

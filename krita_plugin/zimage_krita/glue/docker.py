@@ -18,7 +18,7 @@ from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, 
                              QListWidgetItem, QPlainTextEdit, QProgressBar, QPushButton,
                              QSpinBox, QVBoxLayout, QWidget)
 
-from ..core import messages, requests
+from ..core import messages, pixels, requests
 from ..core.requests import KritaSettings
 from ..core.session import Session
 from . import canvas
@@ -314,7 +314,8 @@ class Panel(QWidget):
             if self.session.link is None:
                 return
         mask = capture.mask if settings.mode == requests.INPAINT else None
-        self.session.submit(request, {"document": doc, "settings": settings, "mask": mask})
+        self.session.submit(request, {"document": doc, "settings": settings, "mask": mask,
+                                      "canvas": canvas.size(doc)})
         self._shown = None
         self.preview.clear()
         self.refresh()
@@ -364,13 +365,14 @@ class Panel(QWidget):
         try:
             canvas.check(doc)
             seeds = job.params.get("seed")
+            cw, ch = job.context["canvas"]
             for i, image in enumerate(job.images):
                 seed = image.seed if image.seed is not None else int(seeds) + i
                 name = requests.image_name(job.params["prompt"], seed)
                 w, h, rgb = image.width, image.height, image.to_rgb_bytes()
-                canvas.add_result_layer(doc, name, w, h, rgb,
-                                        mask if mask is not None and
-                                        (w, h) == canvas.size(doc) else None)
+                if requests.crops_to_canvas(settings) and (w, h) != (cw, ch):
+                    rgb, w, h = pixels.crop(rgb, w, h, 3, cw, ch), cw, ch   # undo the padding
+                canvas.add_result_layer(doc, name, w, h, rgb, mask)
                 entries.append(self.session.record(job, settings, seed, name))
         except canvas.CanvasError as exc:
             self.session.fail(job, exc.code if exc.code != "capture_failed" else
