@@ -164,6 +164,18 @@ def sc_odd_canvas(env):
     return out
 
 
+def sc_seamless(env):
+    doc = env.doc(64, 64)
+    panel = env.panel(doc, prompt="mossy stones", seed=2, steps=2, seamless=True)
+    panel.generate_button.click()
+    done = env.wait_done(panel)
+    top = doc.topLevelNodes()[-1]
+    out = {"done": done, "status": panel.status.text(), "top": top.name(),
+           "pixels": env.save("seamless.bgra", top.pixelData(0, 0, 64, 64))}
+    panel.shutdown()
+    return out
+
+
 def sc_two_images(env):
     doc = env.doc(64, 64)
     before = env.state(doc)
@@ -299,6 +311,8 @@ def main(*_args):
         import zimage_krita
         from zimage_krita.core import deps, shared
         results["plugin"] = {"file": zimage_krita.__file__, "built": shared.BUILT,
+                             "extension": [type(e).__name__ for e in
+                                           Krita.instance().extensions()],
                              "pyzmq": deps.ensure_pyzmq(), "krita": Krita.instance().version()}
         import zmq
         results["plugin"]["zmq_file"] = zmq.__file__

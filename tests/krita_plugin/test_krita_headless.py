@@ -129,7 +129,7 @@ def rgb_of(bgra_pixels: np.ndarray) -> np.ndarray:
 def test_plugin_loads_from_the_zip_with_its_own_pyzmq(krita_run, pykrita_dir):
     p = krita_run["plugin"]
     assert "exception" not in p, p.get("exception")
-    assert p["built"] and p["pyzmq"] is None
+    assert p["built"] and p["pyzmq"] is None and "ZImageExtension" in p["extension"]
     assert Path(p["file"]).is_relative_to(pykrita_dir)
     assert Path(p["zmq_file"]).is_relative_to(pykrita_dir / "zimage_krita" / ".deps")
 
@@ -145,6 +145,17 @@ def test_generate_makes_a_layer_with_the_engines_pixels(krita_run, engine):
                                  "steps": 4, "seed": 11})
     assert np.array_equal(rgb_of(layer), want)
     assert (layer[..., 3] == 255).all()
+
+
+def test_seamless_toggle_asks_for_tiles(krita_run, engine):
+    r = scenario(krita_run, "seamless")
+    assert r["done"] and r["status"] == "Done" and r["top"] == "mossy stones (2)"
+    want = engine_image(engine, {"prompt": "mossy stones", "width": 64, "height": 64,
+                                 "steps": 2, "seed": 2, "tile": "xy"})
+    plain = engine_image(engine, {"prompt": "mossy stones", "width": 64, "height": 64,
+                                  "steps": 2, "seed": 2})
+    got = rgb_of(bgra(krita_run, r["pixels"], 64, 64))
+    assert np.array_equal(got, want) and not np.array_equal(got, plain)
 
 
 def test_several_images_become_several_layers(krita_run):
