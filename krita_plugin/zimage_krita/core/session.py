@@ -194,7 +194,10 @@ class Session:
                     self.notice = messages.explain(
                         "invalid_params" if code == "bad_endpoint" else code,
                         event.data.get("message")).text
-        effects += self.board.tick()
+        for effect in self.board.tick():       # never reached the engine: drop it there too
+            if self.link is not None:
+                self.link.cancel(effect.job.job_id)
+            effects.append(effect)
         if self.process is not None and self.process.poll() == "exited":
             job = self.board.active(SLOT)
             if job is not None:
@@ -204,6 +207,10 @@ class Session:
                 e.job.error = messages.localize(e.job.error)
                 self.board.last_error = e.job.error
         return effects
+
+    def view_key(self) -> tuple:
+        """Changes whenever something the docker shows changes."""
+        return (self.board.snapshot(), self.notice, self.engine_line(), len(self.history))
 
     def status_text(self) -> str:
         job = self.job

@@ -343,7 +343,8 @@ class Panel(QWidget):
                 self._show_preview(effect.job.preview)
             elif effect.kind == "result":
                 self._apply(effect.job)
-        self.refresh()
+        if self.session.view_key() != self._shown:
+            self.refresh()
 
     def _show_preview(self, image) -> None:
         if image is None:
@@ -397,6 +398,7 @@ class Panel(QWidget):
     # ---- drawing ------------------------------------------------------------------------
     def refresh(self) -> None:
         s = self.session
+        self._shown = s.view_key()
         busy = s.busy
         job = s.job
         self.generate_button.setEnabled(not busy)
