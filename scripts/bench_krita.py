@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""The Krita plugin's cost on Krita's UI thread, in real headless Krita (kritarunner, Xvfb).
+
+    .venv/bin/python scripts/bench_krita.py [--runs 7] [--sides 1000,1024,2048]
+
+Builds the plugin zip, installs it with Krita's own importer into a throw-away resources
+folder, and times, per canvas side (median and max of --runs, ms), the plugin's own UI-thread
+work around a job, without an engine (the socket work is on the client's thread anyway):
+
+* capture: Panel.generate's read of the canvas (visible projection -> RGB) and of a
+  selection mask, plus the padding to the engine's multiple of 16 (requests.build);
+* apply: what the QTimer pump runs when a result arrives (_apply's crop to the canvas,
+  RGB -> BGRA, new paint layer, setPixelData, refreshProjection), once plain and once with a
+  selection mask as alpha (inpainting); `wait` is Krita finishing the projection after it
+  (Krita's own work on its threads, listed for scale).
+
+Prints a markdown table (docs/benchmarks.md, "Krita plugin").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+IMPORTER = Path("/usr/share/krita/pykrita/plugin_importer/plugin_importer.py")
+
+
+def krita_main(*_args):
+    """Runs inside Krita."""
+    from krita import Krita, Selection
+    from PyQt5.QtCore import QByteArray
+    from zimage_krita.core import pixels, requests
+    from zimage_krita.glue import canvas
+
+    cfg = json.loads(os.environ["ZIMAGE_BENCH"])
+    rows = []
+    limits = requests.EngineLimits()
+    for side in cfg["sides"]:
+        doc = Krita.instance().createDocument(side, side, "bench", "RGBA", "U8", "", 72.0)
+        noise = os.urandom(side * side * 3)
+        doc.topLevelNodes()[0].setPixelData(QByteArray(pixels.rgb_to_bgra(noise, side, side)),
+                                            0, 0, side, side)
+        sel = Selection()
+        sel.select(side // 4, side // 4, side // 2, side // 2, 255)
+        doc.setSelection(sel)
+        doc.refreshProjection()
+        doc.waitForDone()
+        w, h = requests.canvas_size_for_engine((side, side), limits)
+        result = os.urandom(w * h * 3)
+        times = {"capture": [], "apply": [], "apply_mask": [], "wait": []}
+        for _ in range(cfg["runs"]):
+            t0 = time.perf_counter()
+            cap = canvas.capture(doc, requests.CANVAS, True)
+            requests.build(requests.KritaSettings("x", mode=requests.INPAINT), limits, None,
+                           (side, side), cap)
+            times["capture"].append(time.perf_counter() - t0)
+            for key, mask in (("apply", None), ("apply_mask", cap.mask)):
+                t0 = time.perf_counter()
+                rgb = pixels.crop(result, w, h, 3, side, side)
+                node = canvas.add_result_layer(doc, "bench", side, side, rgb, mask)
+                times[key].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                doc.waitForDone()
+                times["wait"].append(time.perf_counter() - t0)
+                node.remove()
+        rows.append({"side": side, "engine_size": [w, h],
+                     **{k: [round(v * 1000, 1) for v in vs] for k, vs in times.items()}})
+        doc.close()
+    with open(cfg["out"], "w") as fh:
+        json.dump(rows, fh)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--sides", default="1000,1024,2048")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        zip_path = tmp / "zimage_krita.zip"
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "build_krita_plugin.py"),
+                        "--platforms", "linux-x64", "--out", str(zip_path)], check=True,
+                       capture_output=True)
+        (tmp / "res").mkdir()
+        subprocess.run([sys.executable, str(IMPORTER), str(zip_path), str(tmp / "res")],
+                       check=True, capture_output=True)
+        out = tmp / "bench.json"
+        r, w = os.pipe()
+        xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "1280x1024x24",
+                                 "-nolisten", "tcp"], pass_fds=(w,))
+        os.close(w)
+        with os.fdopen(r) as fh:
+            display = ":" + fh.readline().strip()
+        env = dict(os.environ, DISPLAY=display, HOME=str(tmp), XDG_RUNTIME_DIR=str(tmp),
+                   XDG_CONFIG_HOME=str(tmp / "config"), XDG_DATA_HOME=str(tmp / "data"),
+                   PYTHONPATH=f"{tmp / 'res' / 'pykrita'}{os.pathsep}{ROOT / 'scripts'}",
+                   ZIMAGE_BENCH=json.dumps({"out": str(out), "runs": args.runs,
+                                            "sides": [int(s) for s in args.sides.split(",")]}))
+        try:
+            res = subprocess.run(["kritarunner", "-s", "bench_krita", "-f", "krita_main"],
+                                 env=env, capture_output=True, text=True, timeout=900)
+        finally:
+            xvfb.terminate()
+            xvfb.wait()
+        if not out.exists():
+            print(res.stdout[-2000:] + res.stderr[-3000:], file=sys.stderr)
+            return 1
+        rows = json.loads(out.read_text())
+    print("| canvas | engine size | capture + request ms | apply ms | apply with mask ms | "
+          "Krita finishing the projection ms |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        cell = [f"{statistics.median(row[k]):.1f} / {max(row[k]):.1f}"
+                for k in ("capture", "apply", "apply_mask", "wait")]
+        print(f"| {row['side']}² | {row['engine_size'][0]} x {row['engine_size'][1]} | "
+              + " | ".join(cell) + " |")
+    print("\n(median / max of", args.runs, "runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
