@@ -188,7 +188,6 @@ def sc_two_images(env):
 
 
 def sc_img2img(env):
-    from krita import Krita  # noqa: F401
     from PyQt5.QtCore import QByteArray
     from zimage_krita.core import pixels
     doc = env.doc(64, 64, salt=0)

@@ -3,6 +3,7 @@ unpacks the one matching the running interpreter on first use."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import sysconfig
@@ -61,7 +62,7 @@ def _target(wheel: Path) -> Path:
 def ensure_pyzmq() -> str | None:
     """Make `import zmq` work. Returns None, or a sentence saying why it cannot."""
     try:
-        import zmq  # noqa: F401
+        importlib.import_module("zmq")
         return None
     except ImportError:
         pass
@@ -78,7 +79,7 @@ def ensure_pyzmq() -> str | None:
             (target / ".complete").write_text("ok")
         if str(target) not in sys.path:
             sys.path.insert(0, str(target))
-        import zmq  # noqa: F401,F811
+        importlib.import_module("zmq")
     except Exception as exc:      # a broken wheel or folder: say so in the docker
         return f"Could not load pyzmq from {wheel.name}: {exc}"
     return None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import messages, shared
 from .link import EngineLink, LinkError
@@ -26,7 +26,6 @@ class Entry:
     mode: str = "generate"
     strength: float = 0.6
     seamless: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
