@@ -104,6 +104,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "krita-docker.png")
     ap.add_argument("--engine", default="", help="engine address to generate one image with")
     ap.add_argument("--timeout", type=float, default=180)
+    ap.add_argument("--log", type=Path, default=None, help="keep Krita's log here")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -143,8 +144,11 @@ def main(argv=None) -> int:
             krita.wait()
             xvfb.terminate()
             xvfb.wait()
+        log = (tmp / "krita.log").read_text(errors="replace")
+        if args.log:
+            args.log.write_text(log)
         if not out.exists():
-            print((tmp / "krita.log").read_text()[-3000:], file=sys.stderr)
+            print(log[-3000:], file=sys.stderr)
             print("no screenshot was taken", file=sys.stderr)
             return 1
     print(f"wrote {out}")

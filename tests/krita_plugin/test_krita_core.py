@@ -222,3 +222,11 @@ def test_history_survives_a_restart_and_ignores_junk():
     for junk in ("", "not json", "{}", '[1, {"record": {}}, {"record": {"seed": "x"}}]'):
         t.load_history(junk)
         assert t.history == []
+
+
+def test_start_local_engine_with_a_wrong_python_is_a_message(tmp_path):
+    s = Session()
+    assert not s.start_local(str(tmp_path / "no-python"), str(tmp_path), "model",
+                             "tcp://127.0.0.1:5555")
+    assert s.notice.startswith("The image engine is not running.")
+    assert "engine Python not found" in s.notice and s.process is None and s.link is None
