@@ -12,9 +12,12 @@ work around a job, without an engine (the socket work is on the client's thread 
 * apply: what the QTimer pump runs when a result arrives (_apply's crop to the canvas,
   RGB -> BGRA, new paint layer, setPixelData, refreshProjection), once plain and once with a
   selection mask as alpha (inpainting); `wait` is Krita finishing the projection after it
-  (Krita's own work on its threads, listed for scale).
+  (Krita's own work on its threads, listed for scale);
+* pump ticks during whole jobs: a stand-in engine (`engine serve --standin --step-seconds
+  0.05`), `--jobs` 1024² 8-step jobs with a preview every step, every QTimer tick of the
+  docker timed (event loop spun by the script, the timer firing for real).
 
-Prints a markdown table (docs/benchmarks.md, "Krita plugin").
+Prints markdown tables (docs/benchmarks.md, "Krita plugin").
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -74,14 +78,73 @@ def krita_main(*_args):
         rows.append({"side": side, "engine_size": [w, h],
                      **{k: [round(v * 1000, 1) for v in vs] for k, vs in times.items()}})
         doc.close()
+    ticks = jobs_ticks(cfg) if cfg.get("engine") else []
     with open(cfg["out"], "w") as fh:
-        json.dump(rows, fh)
+        json.dump({"rows": rows, "jobs": ticks}, fh)
+
+
+def jobs_ticks(cfg) -> list[dict]:
+    from krita import Krita
+    from PyQt5.QtWidgets import QApplication
+    from zimage_krita.glue.docker import Panel
+
+    class Store(dict):
+        def read(self, key, default=""):
+            return self.get(key, default)
+
+        def write(self, key, value):
+            self[key] = value
+
+    app = QApplication.instance()
+    doc = Krita.instance().createDocument(1024, 1024, "bench", "RGBA", "U8", "", 72.0)
+    panel = Panel(document=lambda: doc, store=Store())
+    ticks: list[tuple[float, str]] = []
+
+    def timed():
+        t0 = time.perf_counter()
+        phase = panel.session.job.phase if panel.session.job else None
+        panel.pump()
+        after = panel.session.job.phase if panel.session.job else None
+        ticks.append((time.perf_counter() - t0, "result" if phase != after == "done" else ""))
+
+    panel.timer.timeout.disconnect()
+    panel.timer.timeout.connect(timed)
+    panel.address.setText(cfg["engine"])
+    panel.connect_button.click()
+
+    def spin(pred, timeout):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and not pred():
+            app.processEvents()
+            time.sleep(0.002)
+
+    spin(lambda: panel.session.connected, 30)
+    panel.prompt.setPlainText("bench")
+    panel.steps.setValue(8)
+    out = []
+    for _ in range(cfg["jobs"]):
+        ticks.clear()
+        t0 = time.perf_counter()
+        panel.generate_button.click()
+        generate_ms = (time.perf_counter() - t0) * 1000
+        spin(lambda: not panel.session.busy and any(k for _, k in ticks), 60)
+        durations = [d * 1000 for d, _ in ticks]
+        result = [d * 1000 for d, k in ticks if k]
+        before = [d * 1000 for d, k in ticks[:-1] if not k] or [0.0]
+        out.append({"ticks": len(durations), "median": statistics.median(durations),
+                    "max_before": max(before), "result": result[0] if result else None,
+                    "generate": generate_ms, "phase": panel.session.job.phase})
+        for node in doc.topLevelNodes()[1:]:
+            node.remove()
+    panel.shutdown()
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--sides", default="1000,1024,2048")
+    ap.add_argument("--jobs", type=int, default=3)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -93,6 +156,14 @@ def main(argv=None) -> int:
         subprocess.run([sys.executable, str(IMPORTER), str(zip_path), str(tmp / "res")],
                        check=True, capture_output=True)
         out = tmp / "bench.json"
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        engine = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--standin",
+                                   "--step-seconds", "0.05", "--bind",
+                                   f"tcp://127.0.0.1:{port}"], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        engine.stdout.readline()              # "ready ..."
         r, w = os.pipe()
         xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "1280x1024x24",
                                  "-nolisten", "tcp"], pass_fds=(w,))
@@ -103,6 +174,8 @@ def main(argv=None) -> int:
                    XDG_CONFIG_HOME=str(tmp / "config"), XDG_DATA_HOME=str(tmp / "data"),
                    PYTHONPATH=f"{tmp / 'res' / 'pykrita'}{os.pathsep}{ROOT / 'scripts'}",
                    ZIMAGE_BENCH=json.dumps({"out": str(out), "runs": args.runs,
+                                            "engine": f"tcp://127.0.0.1:{port}",
+                                            "jobs": args.jobs,
                                             "sides": [int(s) for s in args.sides.split(",")]}))
         try:
             res = subprocess.run(["kritarunner", "-s", "bench_krita", "-f", "krita_main"],
@@ -110,10 +183,13 @@ def main(argv=None) -> int:
         finally:
             xvfb.terminate()
             xvfb.wait()
+            engine.terminate()
+            engine.wait()
         if not out.exists():
             print(res.stdout[-2000:] + res.stderr[-3000:], file=sys.stderr)
             return 1
-        rows = json.loads(out.read_text())
+        data = json.loads(out.read_text())
+    rows = data["rows"]
     print("| canvas | engine size | capture + request ms | apply ms | apply with mask ms | "
           "Krita finishing the projection ms |")
     print("|---|---|---|---|---|---|")
@@ -122,7 +198,14 @@ def main(argv=None) -> int:
                 for k in ("capture", "apply", "apply_mask", "wait")]
         print(f"| {row['side']}² | {row['engine_size'][0]} x {row['engine_size'][1]} | "
               + " | ".join(cell) + " |")
-    print("\n(median / max of", args.runs, "runs)")
+    print("\n(median / max of", args.runs, "runs)\n")
+    print("| job | pump ticks | median tick ms | longest tick before the result ms | "
+          "tick that applied the result ms | Generate click ms | end |")
+    print("|---|---|---|---|---|---|---|")
+    for i, job in enumerate(data["jobs"], 1):
+        res = f"{job['result']:.1f}" if job["result"] is not None else "-"
+        print(f"| {i} | {job['ticks']} | {job['median']:.2f} | {job['max_before']:.1f} | "
+              f"{res} | {job['generate']:.1f} | {job['phase']} |")
     return 0
 
 
