@@ -9,10 +9,11 @@ work around a job, without an engine (the socket work is on the client's thread 
 
 * capture: Panel.generate's read of the canvas (visible projection -> RGB) and of a
   selection mask, plus the padding to the engine's multiple of 16 (requests.build);
-* apply: what the QTimer pump runs when a result arrives (_apply's crop to the canvas,
-  RGB -> BGRA, new paint layer, setPixelData, refreshProjection), once plain and once with a
-  selection mask as alpha (inpainting); `wait` is Krita finishing the projection after it
-  (Krita's own work on its threads, listed for scale);
+* result -> layer pixels: core.pixels.layer_pixels (crop to the canvas, RGB -> BGRA, the
+  selection as alpha), which the docker runs on its worker thread;
+* new layer: what the QTimer pump then runs on the UI thread (new paint layer,
+  setPixelData, refreshProjection), plain and with a mask; `wait` is Krita finishing the
+  projection after it (Krita's own work on its threads, listed for scale);
 * pump ticks during whole jobs: a stand-in engine (`engine serve --standin --step-seconds
   0.05`), `--jobs` 1024² 8-step jobs with a preview every step, every QTimer tick of the
   docker timed (event loop spun by the script, the timer firing for real).
@@ -37,6 +38,16 @@ ROOT = Path(__file__).resolve().parents[1]
 IMPORTER = Path("/usr/share/krita/pykrita/plugin_importer/plugin_importer.py")
 
 
+class Image:
+    """An engine result as the client hands it over (raw RGB)."""
+
+    def __init__(self, width, height, rgb):
+        self.width, self.height, self.rgb, self.seed = width, height, rgb, 0
+
+    def to_rgb_bytes(self):
+        return self.rgb
+
+
 def krita_main(*_args):
     """Runs inside Krita."""
     from krita import Krita, Selection
@@ -59,18 +70,22 @@ def krita_main(*_args):
         doc.waitForDone()
         w, h = requests.canvas_size_for_engine((side, side), limits)
         result = os.urandom(w * h * 3)
-        times = {"capture": [], "apply": [], "apply_mask": [], "wait": []}
+        image = Image(w, h, result)
+        times = {"capture": [], "convert": [], "convert_mask": [], "apply": [],
+                 "apply_mask": [], "wait": []}
         for _ in range(cfg["runs"]):
             t0 = time.perf_counter()
             cap = canvas.capture(doc, requests.CANVAS, True)
             requests.build(requests.KritaSettings("x", mode=requests.INPAINT), limits, None,
                            (side, side), cap)
             times["capture"].append(time.perf_counter() - t0)
-            for key, mask in (("apply", None), ("apply_mask", cap.mask)):
+            for key, mask in (("", None), ("_mask", cap.mask)):
                 t0 = time.perf_counter()
-                rgb = pixels.crop(result, w, h, 3, side, side)
-                node = canvas.add_result_layer(doc, "bench", side, side, rgb, mask)
-                times[key].append(time.perf_counter() - t0)
+                lw, lh, bgra = pixels.layer_pixels(image, (side, side), True, mask)
+                times["convert" + key].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                node = canvas.add_result_layer(doc, "bench", lw, lh, bgra)
+                times["apply" + key].append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 doc.waitForDone()
                 times["wait"].append(time.perf_counter() - t0)
@@ -190,12 +205,14 @@ def main(argv=None) -> int:
             return 1
         data = json.loads(out.read_text())
     rows = data["rows"]
-    print("| canvas | engine size | capture + request ms | apply ms | apply with mask ms | "
-          "Krita finishing the projection ms |")
-    print("|---|---|---|---|---|---|")
+    print("| canvas | engine size | UI: capture + request ms | worker: result -> layer "
+          "pixels ms | worker, with mask ms | UI: new layer ms | UI: new layer, with mask ms "
+          "| Krita finishing the projection ms |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         cell = [f"{statistics.median(row[k]):.1f} / {max(row[k]):.1f}"
-                for k in ("capture", "apply", "apply_mask", "wait")]
+                for k in ("capture", "convert", "convert_mask", "apply", "apply_mask",
+                          "wait")]
         print(f"| {row['side']}² | {row['engine_size'][0]} x {row['engine_size'][1]} | "
               + " | ".join(cell) + " |")
     print("\n(median / max of", args.runs, "runs)\n")

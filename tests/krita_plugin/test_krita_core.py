@@ -230,3 +230,20 @@ def test_start_local_engine_with_a_wrong_python_is_a_message(tmp_path):
                              "tcp://127.0.0.1:5555")
     assert s.notice.startswith("The image engine is not running.")
     assert "engine Python not found" in s.notice and s.process is None and s.link is None
+
+
+def test_layer_pixels_crop_the_padding_and_take_the_selection_as_alpha():
+    class Img:
+        width, height, seed = 64, 64, 1
+        rgb = bytes(i % 251 for i in range(64 * 64 * 3))
+
+        def to_rgb_bytes(self):
+            return self.rgb
+
+    mask = bytes([0, 255] * (5 * 3 // 2) + [0])
+    w, h, bgra = pixels.layer_pixels(Img(), (5, 3), True, mask)
+    assert (w, h) == (5, 3)
+    assert pixels.bgra_to_rgb(bgra, 5, 3) == pixels.crop(Img.rgb, 64, 64, 3, 5, 3)
+    assert bgra[3::4] == mask
+    w, h, bgra = pixels.layer_pixels(Img(), (5, 3), False, mask)    # a preset size: as is
+    assert (w, h) == (64, 64) and bgra[3::4] == b"\xff" * (64 * 64)

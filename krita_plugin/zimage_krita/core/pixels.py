@@ -63,3 +63,16 @@ def crop(data, width: int, height: int, channels: int, to_width: int, to_height:
     row_bytes = width * channels
     return b"".join(src[y * row_bytes:y * row_bytes + to_width * channels]
                     for y in range(to_height))
+
+
+def layer_pixels(image, canvas: tuple[int, int], crop_to_canvas: bool, mask=None
+                 ) -> tuple[int, int, bytes]:
+    """One engine result (RGB) -> (width, height, BGRA) for a new layer: cropped back to the
+    canvas when the canvas was padded, the selection (canvas-sized) as alpha. Pure bytes work:
+    the docker runs it on a worker thread."""
+    w, h, rgb = image.width, image.height, image.to_rgb_bytes()
+    cw, ch = canvas
+    if crop_to_canvas and (w, h) != (cw, ch):
+        rgb, w, h = crop(rgb, w, h, 3, cw, ch), cw, ch
+    return w, h, rgb_to_bgra(rgb, w, h, mask if mask is not None and (w, h) == (cw, ch)
+                             else None)

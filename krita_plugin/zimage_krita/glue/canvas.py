@@ -66,11 +66,10 @@ def capture(doc, source: str, with_mask: bool, layer=None) -> Capture:
     return Capture(w, h, pixels.bgra_to_rgb(bgra, w, h), mask)
 
 
-def add_result_layer(doc, name: str, width: int, height: int, rgb: bytes,
-                     mask: bytes | None = None):
-    """A new paint layer above the current one (or on top) with the engine's pixels at the
-    canvas origin; with a mask the layer is transparent outside it, so only the selection
-    changes."""
+def add_result_layer(doc, name: str, width: int, height: int, bgra: bytes):
+    """A new paint layer above the current one (or on top) with the given pixels at the
+    canvas origin (core.pixels.layer_pixels made them: with a selection, transparent outside
+    it, so only the selection changes)."""
     check(doc)
     node = doc.createNode(name, "paintlayer")
     active = doc.activeNode()
@@ -80,7 +79,6 @@ def add_result_layer(doc, name: str, width: int, height: int, rgb: bytes,
         parent.addChildNode(node, active)
     else:
         root.addChildNode(node, None)
-    node.setPixelData(QByteArray(pixels.rgb_to_bgra(rgb, width, height, mask)), 0, 0,
-                      width, height)
+    node.setPixelData(QByteArray(bgra), 0, 0, width, height)
     doc.refreshProjection()
     return node

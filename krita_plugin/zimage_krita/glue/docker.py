@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 from krita import DockWidget, Krita
 from PyQt5.QtCore import Qt, QTimer
@@ -77,6 +78,8 @@ class Panel(QWidget):
         self._load_engine_settings()
         self.session.load_history(self.store.read("history", ""))
         self._fill_history()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zimage-krita")
+        self._pending: list = []               # (job, future of its layers' pixels)
         self.timer = QTimer(self)
         self.timer.setInterval(PUMP_MS)
         self.timer.timeout.connect(self.pump)
@@ -342,7 +345,8 @@ class Panel(QWidget):
             if effect.kind == "preview":
                 self._show_preview(effect.job.preview)
             elif effect.kind == "result":
-                self._apply(effect.job)
+                self._prepare(effect.job)
+        self._apply_ready()
         if self.session.view_key() != self._shown:
             self.refresh()
 
@@ -358,28 +362,39 @@ class Panel(QWidget):
             self.preview.setPixmap(QPixmap.fromImage(qimg).scaled(
                 PREVIEW_SIDE, PREVIEW_SIDE, Qt.KeepAspectRatio, Qt.SmoothTransformation))
 
-    def _apply(self, job) -> None:
-        """Result -> one new layer per image, named after prompt and seed."""
+    def _prepare(self, job) -> None:
+        """Result -> layer pixels on the worker thread (the bytes work of a 2048² result
+        would stall the UI for tens of ms); the pump adds the layers when they are ready."""
+        settings, canvas_size = job.context["settings"], job.context["canvas"]
+        crop, mask = requests.crops_to_canvas(settings), job.context.get("mask")
+        images = list(job.images)
+        work = self._worker.submit(lambda: [(image.seed,) + pixels.layer_pixels(
+            image, canvas_size, crop, mask) for image in images])
+        self._pending.append((job, work))
+
+    def _apply_ready(self) -> None:
+        while self._pending and self._pending[0][1].done():
+            job, work = self._pending.pop(0)
+            if job.active:                    # not cancelled while converting
+                self._apply(job, work)
+
+    def _apply(self, job, work) -> None:
+        """One new layer per image, named after prompt and seed."""
         doc, settings = job.context["document"], job.context["settings"]
-        mask = job.context.get("mask")
         entries = []
         try:
+            layers = work.result()
             canvas.check(doc)
-            seeds = job.params.get("seed")
-            cw, ch = job.context["canvas"]
-            for i, image in enumerate(job.images):
-                seed = image.seed if image.seed is not None else int(seeds) + i
+            for i, (seed, w, h, bgra) in enumerate(layers):
+                seed = seed if seed is not None else int(job.params["seed"]) + i
                 name = requests.image_name(job.params["prompt"], seed)
-                w, h, rgb = image.width, image.height, image.to_rgb_bytes()
-                if requests.crops_to_canvas(settings) and (w, h) != (cw, ch):
-                    rgb, w, h = pixels.crop(rgb, w, h, 3, cw, ch), cw, ch   # undo the padding
-                canvas.add_result_layer(doc, name, w, h, rgb, mask)
+                canvas.add_result_layer(doc, name, w, h, bgra)
                 entries.append(self.session.record(job, settings, seed, name))
         except canvas.CanvasError as exc:
             self.session.fail(job, exc.code if exc.code != "capture_failed" else
                               "apply_failed", exc.detail)
             return
-        except Exception as exc:        # Krita refused the layer: say so, keep going
+        except Exception as exc:        # bad pixels, or Krita refused the layer: say so
             self.session.fail(job, "apply_failed", str(exc))
             return
         self.session.complete(job, entries)
@@ -423,6 +438,7 @@ class Panel(QWidget):
 
     def shutdown(self) -> None:
         self.timer.stop()
+        self._worker.shutdown(wait=False)
         self.session.close()
 
 
