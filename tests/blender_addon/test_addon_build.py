@@ -58,8 +58,10 @@ def test_zip_layout_and_manifest(addon_zip):
         assert "wheels" not in manifest
 
 
-# numpy ships with Blender; only the texturing code needs it (docs/texture-projection.md)
-NUMPY_USERS = {"core/projection.py", "blender/project.py", "blender/project_scene.py"}
+# numpy ships with Blender; only pixel-heavy code uses it (texturing: docs/texture-projection.md;
+# touch-up)
+NUMPY_USERS = {"core/projection.py", "blender/project.py", "blender/project_scene.py",
+               "core/touchup.py", "blender/operators.py"}
 
 
 def test_addon_never_touches_sys_path_or_torch():
