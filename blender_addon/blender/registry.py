@@ -6,13 +6,14 @@ import atexit
 
 import bpy
 
-from . import operators, panels, props, pump, runtime
+from . import install, operators, panels, props, pump, runtime
 
-CLASSES = props.CLASSES + operators.CLASSES + panels.CLASSES
+CLASSES = props.CLASSES + operators.CLASSES + panels.CLASSES + install.CLASSES
 
 
 def _at_exit():
-    # Blender quitting: stop the engine we own (the stdin pipe also covers crashes)
+    # Blender quitting: stop the engine we own (the stdin pipe also covers crashes) and pip
+    install.shutdown()
     runtime.destroy()
 
 
@@ -34,6 +35,7 @@ def unregister():
     atexit.unregister(_at_exit)
     if runtime.on_load_pre in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(runtime.on_load_pre)
+    install.shutdown()
     runtime.destroy()
     for menu, fn in operators.MENUS:
         getattr(bpy.types, menu).remove(fn)
