@@ -311,6 +311,7 @@ class Installer:
         self.fraction = 0.0
         self.result: Event | None = None
         self.choice: TorchChoice | None = None
+        self._seen: dict[str, int] = {}
 
     # ---- control -----------------------------------------------------------------------
     def start(self) -> None:
@@ -557,7 +558,7 @@ class Installer:
         self._write_log(f"-- {STEP_LABELS[step]}: {' '.join(cmd[:1] + cmd[1:12])}"
                         + (" ..." if len(cmd) > 12 else ""))
         lines: list[str] = []
-        seen = 0
+        seen = self._seen.get(step, 0)      # a step of two commands keeps moving forward
         try:
             self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, env=pip_env(),
@@ -580,6 +581,7 @@ class Installer:
                 proc.terminate()
         code = proc.wait()
         self._proc = None
+        self._seen[step] = seen
         self._check_cancel()
         out = "\n".join(lines)
         if code != 0:
