@@ -39,6 +39,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 import engine
+from engine import download_progress
 from engine.errors import Cancelled, EngineError
 from protocol import PROTOCOL_VERSION
 from protocol.errors import CODES, ProtocolError
@@ -162,6 +163,7 @@ class EngineServer:
         self.epoch = uuid.uuid4().hex[:16]
         self.model_state = "ready" if pipeline is not None else "loading"
         self.model_error: str | None = None
+        self.download: dict | None = None   # the model download while loading (engine.download)
         self.endpoint: str | None = None
 
         self.sessions: dict[str, Session] = {}
@@ -550,7 +552,9 @@ class EngineServer:
              "engine": {"name": self.name, "version": engine.__version__,
                         "model": info.get("model"), "device": info.get("device"),
                         "dtype": info.get("dtype"), "state": self.model_state,
-                        "error": self.model_error},
+                        "error": self.model_error,
+                        **({"download": self.download}
+                           if self.download and self.model_state == "loading" else {})},
              "caps": caps, "limits": self.limits.to_dict(),
              "heartbeat_ms": self.ping_interval_ms,
              "jobs": [self._snapshot(j, s.id) for j in resume_jobs]}
@@ -899,6 +903,11 @@ class EngineServer:
                 for sess in list(self.sessions.values()):   # tell clients: caps, model, device
                     if sess.attached:
                         self._send(sess, self._welcome(sess, None, []))
+            elif kind == "download":      # while loading: unsolicited welcomes carry it
+                self.download = ev[1]
+                for sess in list(self.sessions.values()):
+                    if sess.attached:
+                        self._send(sess, self._welcome(sess, None, []))
             elif kind == "load_failed":
                 self.model_state = "failed"
                 self.model_error = ev[1]
@@ -958,7 +967,9 @@ class EngineServer:
                 continue
             if kind == "load":
                 try:
-                    pipe = self._loader()
+                    with download_progress.listening(
+                            lambda p: self._post("download", p.to_dict())):
+                        pipe = self._loader()
                     self._post("loaded", pipe)
                 except BaseException as exc:  # noqa: BLE001 - reported, engine keeps serving
                     log.error("model failed to load: %s", exc)

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+from . import download
 from .errors import ProtocolError
 
 
@@ -49,6 +50,7 @@ def cmd_generate(args) -> int:
     job_id = client.submit(params, result_format=args.format, preview_every=0,
                            deadline_ms=int(args.timeout * 1000))
     show = not args.quiet
+    downloading = False         # the engine reports its model download: keep that line
     end = time.monotonic() + args.timeout
     try:
         while True:
@@ -57,6 +59,13 @@ def cmd_generate(args) -> int:
                 time.sleep(0.2)
                 raise ProtocolError("deadline_exceeded", f"no result within {args.timeout:g}s")
             for ev in client.poll(timeout=0.2):
+                if ev.kind == "welcome" and show:     # the engine fetching its model
+                    report = download.parse((ev.data or {}).get("engine"))
+                    downloading = report is not None and not report["finished"]
+                    if report is not None:
+                        sys.stderr.write(_bar(download.fraction(report),
+                                              download.describe(report)))
+                        sys.stderr.flush()
                 if ev.job_id != job_id:
                     if ev.kind == "disconnected" and show:
                         sys.stderr.write(("\n" if _BAR["open"] else "")
@@ -68,7 +77,7 @@ def cmd_generate(args) -> int:
                     label = f"{d.get('stage')} {d.get('step')}/{d.get('steps')}"
                     sys.stderr.write(_bar(float(d.get("fraction") or 0.0), label))
                     sys.stderr.flush()
-                elif ev.kind == "queued" and show:
+                elif ev.kind == "queued" and show and not downloading:
                     pos = ev.data.get("position")
                     sys.stderr.write(_bar(0.0, "model loading" if pos is None else
                                           f"queued, position {pos}"))

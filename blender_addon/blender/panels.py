@@ -6,6 +6,7 @@ from __future__ import annotations
 import bpy
 
 from ..core import requests as rq
+from ..core.download import download_report
 from . import runtime
 from .apply import PREVIEW_NAME
 
@@ -24,6 +25,9 @@ def draw_connection(layout, context, prefs_view: bool = False) -> None:
     row = box.row(align=True)
     if state == "connected" and info.get("state") == "loading":
         row.label(text="Engine loading the model...", icon="SORTTIME")
+        download = download_report(info)
+        if download is not None:      # the first start fetches the weights: show it
+            box.progress(factor=download["fraction"], type="BAR", text=download["text"])
     elif state == "connected" and info.get("state") == "failed":
         row.label(text=f"Model failed: {info.get('error') or 'see the engine log'}"[:90],
                   icon="ERROR")

@@ -41,7 +41,8 @@ def tick():
                 rt.board.fail(eff.job, "apply_failed", str(exc))
     try:
         snap = (rt.board.snapshot(), rt.connection, rt.engine_state, rt.notice,
-                install.state().snapshot())
+                install.state().snapshot(),
+                ((rt.board.welcome or {}).get("engine") or {}).get("download"))
         if snap != rt.last_snapshot:
             rt.last_snapshot = snap
             redraw()
