@@ -31,6 +31,13 @@ def draw_connection(layout, context, prefs_view: bool = False) -> None:
     elif state == "connected" and info.get("state") == "failed":
         row.label(text=f"Model failed: {info.get('error') or 'see the engine log'}"[:90],
                   icon="ERROR")
+        if prefs_view:      # the whole sentence, and where the alternative is set
+            import textwrap
+            col = box.column(align=True)
+            for line in textwrap.wrap(str(info.get("error") or ""), 100)[:8]:
+                col.label(text=line)
+            col.label(text="Or set Model below to a model folder or a ComfyUI .safetensors "
+                      "file.", icon="INFO")
     elif state == "connected":
         text = f"Engine: {info.get('model') or 'ready'}"
         if info.get("device"):

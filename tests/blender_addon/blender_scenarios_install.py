@@ -175,5 +175,60 @@ def remove_engine(out):
     out["engine_python"], out["engine_dir"] = p.engine_python, p.engine_dir
 
 
+def connection_box() -> list:
+    log = []
+    addon("blender.panels").draw_connection(FakeLayout(log), bpy.context, prefs_view=True)
+    return log
+
+
+@scenario
+def download_visible(out):
+    """Start Local Engine with a repo id the cache lacks: while the engine downloads it (from
+    the test's hub mirror), the connection box shows a bar with bytes, speed and the file;
+    then the engine is ready. Offline, the same start fails with the one-line error."""
+    p = prefs()
+    p.address = f"tcp://127.0.0.1:{args().local_port}"
+    p.engine_python, p.engine_dir, p.model = sys.executable, args().repo, args().repo_id
+    p.auto_start, p.standin = False, False
+    os.environ.update(HF_ENDPOINT=args().hub, HF_HOME=args().hf_home, HF_HUB_OFFLINE="0",
+                      TRANSFORMERS_OFFLINE="0")
+    r = rt()
+    r.disconnect()
+    assert bpy.ops.zimage.start_engine() == {"FINISHED"}
+    bars, seen = [], []
+    pump = addon("blender.pump")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 180:
+        pump.tick()
+        info = (r.board.welcome or {}).get("engine") or {}
+        if info.get("download"):
+            seen.append(info["download"])
+        for e in connection_box():
+            if e[0] == "progress":
+                bars.append((round(e[2]["factor"], 4), e[2]["text"]))
+        if r.connection == "connected" and info.get("state") == "ready":
+            break
+        if r.engine is not None and not r.engine.alive:
+            break
+        time.sleep(0.02)
+    out["engine_log"] = r.engine.log_tail(8) if r.engine else []
+    out["state"] = ((r.board.welcome or {}).get("engine") or {}).get("state")
+    out["bars"] = bars
+    out["last_report"] = seen[-1] if seen else None
+    out["bar_after_ready"] = any(e[0] == "progress" for e in connection_box())
+    r.stop_engine()
+    # offline, with an empty cache: the load fails with the one-line error
+    os.environ.update(HF_HUB_OFFLINE="1", HF_HOME=args().hf_home + "-empty")
+    r.disconnect()
+    assert bpy.ops.zimage.start_engine() == {"FINISHED"}
+    ok = tick_until(lambda: ((r.board.welcome or {}).get("engine") or {}).get("state")
+                    == "failed", 120)
+    out["offline_failed"] = ok
+    out["offline_error"] = ((r.board.welcome or {}).get("engine") or {}).get("error")
+    out["offline_lines"] = [e[2].get("text", "") for e in connection_box() if e[0] == "label"]
+    r.stop_engine()
+
+
 if __name__ == "__main__":
-    sys.exit(base.main(extra_args=(("--install-dir", ""), ("--refusing-index", ""))))
+    sys.exit(base.main(extra_args=(("--install-dir", ""), ("--refusing-index", ""),
+                                   ("--hub", ""), ("--hf-home", ""), ("--repo-id", ""))))
