@@ -100,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Engine Python: {run.python}\nEngine Folder: {run.folder}")
         return 0
     print(result.message, file=sys.stderr)
-    if result.failure:
+    if result.failure and result.failure.code == "needs_confirmation":
+        print("What to try: run again with --yes to use it, or with --torch cpu.",
+              file=sys.stderr)
+    elif result.failure:
         print(f"What to try: {result.failure.hint}", file=sys.stderr)
     print(f"Log: {run.log_path}", file=sys.stderr)
     return 1 if result.kind == "failed" else 130

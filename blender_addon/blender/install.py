@@ -193,7 +193,8 @@ class ZIMAGE_OT_engine_install(bpy.types.Operator):
                         "with scripts/build_addon.py.")
             return {"CANCELLED"}
         try:
-            begin(self.action, p, confirmed=self.action == ins.INSTALL)
+            # Install: the CUDA question (if any) was answered in invoke's dialog
+            begin(self.action, p, confirmed=self.action != ins.REMOVE)
         except RuntimeError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}

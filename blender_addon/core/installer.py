@@ -160,6 +160,27 @@ def base_python() -> str:
     return str(exe)
 
 
+def system_pythons() -> list[list[str]]:
+    """Other Pythons 3.11+ on this machine, best first (the Windows launcher `py` included)."""
+    out = []
+    for name in ("python3.12", "python3.11", "python3.13", "python3"):
+        path = shutil.which(name)
+        if path:
+            out.append([path])
+    if shutil.which("py"):
+        out += [[shutil.which("py"), f"-3.{m}"] for m in (12, 11, 13)]
+    return out
+
+
+def _python_ok(cmd: list[str]) -> bool:
+    try:
+        return subprocess.run([*cmd, "-c", "import sys, venv; sys.exit(sys.version_info < "
+                               "(3, 11))"], capture_output=True, timeout=30,
+                              **_no_window()).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 def installed(folder: str | os.PathLike) -> dict | None:
     """The marker's record when a complete engine is installed in folder, else None."""
     try:
@@ -434,7 +455,7 @@ class Installer:
                 "no_nvidia_driver", "This machine has an NVIDIA GPU but no NVIDIA driver.",
                 "Install the current NVIDIA driver (nvidia.com/drivers) and click Install "
                 "again, or choose the CPU build."))
-        if choice.confirm and not self.opts.confirmed:
+        if choice.confirm and not self.opts.confirmed and self._torch_version() is None:
             raise StepFailed(Failure("needs_confirmation", choice.confirm,
                                      "Confirm to install the CUDA build, or choose the CPU "
                                      "build."))
@@ -452,7 +473,7 @@ class Installer:
                 self._write_log("   the environment does not run; recreating it")
                 shutil.rmtree(self.venv, ignore_errors=True)
         if not self.venv.exists():
-            self._run("venv", [self.opts.python or base_python(), "-m", "venv", str(self.venv)])
+            self._make_venv()
         self._progress("venv", 1.0)
 
         self._progress("torch", 0.0)
@@ -494,6 +515,27 @@ class Installer:
         tmp.replace(self.folder / MARKER)
         self._progress("verify", 1.0)
         return info
+
+    def _make_venv(self) -> None:
+        """From the chosen Python; if that one cannot make a venv (some bundled Pythons lack
+        parts of `venv`), from a system Python 3.11+ when there is one."""
+        first = self.opts.python or base_python()
+        try:
+            self._run("venv", [first, "-m", "venv", str(self.venv)])
+            return
+        except StepFailed as exc:
+            failure = exc
+        for alt in system_pythons():
+            if alt[0] == first or not _python_ok(alt):
+                continue
+            shutil.rmtree(self.venv, ignore_errors=True)
+            self._write_log(f"   trying {' '.join(alt)} instead")
+            try:
+                self._run("venv", [*alt, "-m", "venv", str(self.venv)])
+                return
+            except StepFailed:
+                continue
+        raise failure
 
     def _torch_index(self) -> str | None:
         if self.opts.torch == "pypi" or self.choice is None:

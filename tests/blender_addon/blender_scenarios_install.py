@@ -162,6 +162,27 @@ def install_engine(out):
 
 
 @scenario
+def update_engine(out):
+    """Update Engine on the installed folder: torch is kept, the engine goes in again, the
+    marker is rewritten, the preferences still point at the engine."""
+    ins = addon("core.installer")
+    p = prefs()
+    folder = os.path.join(args().install_dir, "engine")
+    p.engine_install_dir = folder
+    before = ins.installed(folder)
+    p.engine_python = ""          # the update fills it in again
+    assert bpy.ops.zimage.engine_install(action="update") == {"FINISHED"}
+    out.update(drive_install(600))
+    after = ins.installed(folder)
+    out["torch_same"] = bool(before and after and before["torch"] == after["torch"])
+    out["marker_rewritten"] = bool(before and after and after["installed"] >= before["installed"])
+    out["engine_python"] = p.engine_python
+    out["marker_python"] = after["python"] if after else None
+    with open(os.path.join(folder, ins.LOG_NAME), encoding="utf-8") as fh:
+        out["kept_torch_logged"] = "keeping torch" in fh.read()
+
+
+@scenario
 def remove_engine(out):
     """Remove Engine: the environment and the marker go; the preferences forget them."""
     ins = addon("core.installer")

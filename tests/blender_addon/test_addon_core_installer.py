@@ -251,3 +251,50 @@ def test_the_engine_wheel_carries_the_packages_and_pyprojects_requirements(tmp_p
                 data = zf.read(name)
                 assert digest == "sha256=" + base64.urlsafe_b64encode(
                     hashlib.sha256(data).digest()).rstrip(b"=").decode() and int(size) == len(data)
+
+
+def test_a_python_that_cannot_make_a_venv_falls_back_to_a_system_python(tmp_path, local_index):
+    if not any(ins._python_ok(p) for p in ins.system_pythons()):
+        pytest.skip("no system Python 3.11+ here")
+    folder = tmp_path / "engine"
+    broken = tmp_path / "python-without-venv"
+    broken.write_text("#!/bin/sh\necho 'No module named venv' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    result = ins.Installer(ins.Options(folder=folder, source=_wheel(tmp_path), gpu="none",
+                                       torch="pypi", python=str(broken),
+                                       index_url=local_index("refuse"))).run()
+    # the venv step passed with the fallback; the refusing index stops it at PyTorch
+    assert result.failure.code == "index_unreachable", result.message
+    log = (folder / ins.LOG_NAME).read_text()
+    assert "No module named venv" in log and "instead" in log
+
+
+def test_update_keeps_an_installed_torch_without_asking_again(tmp_path, monkeypatch):
+    """Windows + NVIDIA: Install asks about the CUDA index; Update of an environment that
+    already has torch does not (it keeps that torch). The commands are recorded, not run
+    (a stand-in for pip: this machine has no Windows and no CUDA torch)."""
+    monkeypatch.setattr(ins.platform, "system", lambda: "Windows")
+    monkeypatch.setattr(ins.platform, "machine", lambda: "AMD64")
+    run = ins.Installer(ins.Options(folder=tmp_path / "e", source="x.whl", gpu="nvidia",
+                                    action=ins.UPDATE))
+    monkeypatch.setattr(run, "_torch_version", lambda: "2.13.0+cu128")
+    monkeypatch.setattr(run, "_check_space", lambda device: None)
+    calls = []
+    monkeypatch.setattr(run, "_run", lambda step, cmd: calls.append((step, cmd)) or
+                        'ZIMAGE-VERIFY {"torch": "2.13.0+cu128", "cuda": true, "mps": false}')
+    monkeypatch.setattr(run, "_make_venv", lambda: (tmp_path / "e" / "venv").mkdir())
+    result = run.run()
+    assert result.kind == "done", result.message
+    assert [s for s, _ in calls] == ["engine", "engine", "verify"]     # no torch step
+    assert (tmp_path / "e" / ins.MARKER).is_file()
+    assert "runs on CUDA" in result.message
+
+
+def test_the_terminal_installer_says_what_failed_and_where_the_log_is(tmp_path):
+    """scripts/install.py (no bash): the same installer, its outcome and hint on stderr."""
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "install.py"), "--remove",
+                          "--dir", str(tmp_path / "nothing")], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 1
+    assert "No engine is installed in" in res.stderr and "What to try:" in res.stderr
+    assert "Log:" in res.stderr and not (tmp_path / "nothing" / ins.MARKER).exists()

@@ -37,7 +37,8 @@ def results(addon_zip, tmp_path_factory):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         yield run_scenarios(
-            addon_zip["path"], ["install", "install_refused", "install_engine", "remove_engine"],
+            addon_zip["path"], ["install", "install_refused", "install_engine", "update_engine",
+                                "remove_engine"],
             tmp_path_factory.mktemp("blender"), timeout=1500,
             script="blender_scenarios_install.py", local_port=free_port(), model=model,
             install_dir=tmp_path_factory.mktemp("engines"),
@@ -76,6 +77,14 @@ def test_install_engine_then_a_texture_from_the_installed_engine(results):
     assert r["image_size"] == [128, 128] and r["pixels_equal_engine"]
     assert "zimage.engine_install" in r["buttons_after"]       # now Update / Remove
     print(f"install took {r['seconds']} s")
+
+
+def test_update_engine(results):
+    r = check(results, "update_engine")
+    assert r["outcome"] == "done" and "updated" in r["message"], r["message"]
+    assert r["torch_same"] and r["kept_torch_logged"] and r["marker_rewritten"]
+    assert r["engine_python"] == r["marker_python"]
+    assert r["slowest_tick_s"] < 0.5
 
 
 def test_remove_engine(results):
