@@ -61,7 +61,8 @@ def drive_install(timeout: float) -> dict:
     return {"outcome": st.outcome, "message": st.message, "fractions": list(st.fractions),
             "failure": st.failure.code if st.failure else None,
             "hint": st.failure.hint if st.failure else None,
-            "slowest_tick_s": round(slowest, 3), "seconds": round(time.monotonic() - t0, 1),
+            "slowest_tick_s": round(slowest, 3),
+            "install_seconds": round(time.monotonic() - t0, 1),
             "progress_bar_drawn": bars > 0, "log_path": st.log_path}
 
 
@@ -101,6 +102,47 @@ def install_refused(out):
         if e[0] == "label":
             out["error_lines"].append(e[2].get("text", ""))
         log.append(e)
+
+
+@scenario
+def install_cancelled(out):
+    """Cancel Install while pip waits for a package index that never answers: the install
+    ends as cancelled, and the folder holds only the log."""
+    ins = addon("core.installer")
+    inst = addon("blender.install")
+    p = prefs()
+    folder = os.path.join(args().install_dir, "cancelled")
+    p.engine_install_dir = folder
+    p.engine_index_url = args().stalling_index
+    p.engine_torch = "PYPI"
+    p.engine_python = p.engine_dir = ""
+    saved = {k: os.environ.get(k) for k in ("PIP_CONFIG_FILE", "PIP_FIND_LINKS")}
+    os.environ["PIP_CONFIG_FILE"] = os.devnull
+    os.environ.pop("PIP_FIND_LINKS", None)
+    pump = addon("blender.pump")
+    try:
+        assert bpy.ops.zimage.engine_install(action="install") == {"FINISHED"}
+        st = inst.state()
+        end = time.monotonic() + 120
+        while time.monotonic() < end and "PyTorch" not in st.message:
+            pump.tick()
+            time.sleep(0.05)
+        time.sleep(1.0)                   # pip is now waiting for the index
+        out["cancel_poll"] = bpy.ops.zimage.engine_install_cancel.poll()
+        t0 = time.monotonic()
+        assert bpy.ops.zimage.engine_install_cancel() == {"FINISHED"}
+        out.update(drive_install(60))
+        out["cancel_seconds"] = round(time.monotonic() - t0, 1)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        p.engine_index_url = ""
+    out["listing"] = sorted(os.listdir(folder)) if os.path.isdir(folder) else None
+    out["installed"] = ins.installed(folder)
+    out["engine_python"] = p.engine_python
 
 
 @scenario
@@ -252,4 +294,5 @@ def download_visible(out):
 
 if __name__ == "__main__":
     sys.exit(base.main(extra_args=(("--install-dir", ""), ("--refusing-index", ""),
+                                   ("--stalling-index", ""),
                                    ("--hub", ""), ("--hf-home", ""), ("--repo-id", ""))))

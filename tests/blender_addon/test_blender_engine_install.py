@@ -10,6 +10,7 @@ import http.server
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -27,6 +28,14 @@ class _Refuse(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _Stall(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        time.sleep(60)
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture(scope="module")
 def results(addon_zip, tmp_path_factory):
     model = tmp_path_factory.mktemp("tiny") / "zimage-tiny"
@@ -34,17 +43,23 @@ def results(addon_zip, tmp_path_factory):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refuse)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    stall = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stall)
+    stall.daemon_threads = True
+    for s in (srv, stall):
+        threading.Thread(target=s.serve_forever, daemon=True).start()
     try:
         yield run_scenarios(
-            addon_zip["path"], ["install", "install_refused", "install_engine", "update_engine",
+            addon_zip["path"], ["install", "install_refused", "install_cancelled", "install_engine",
+                                "update_engine",
                                 "remove_engine"],
             tmp_path_factory.mktemp("blender"), timeout=1500,
             script="blender_scenarios_install.py", local_port=free_port(), model=model,
             install_dir=tmp_path_factory.mktemp("engines"),
-            refusing_index=f"http://127.0.0.1:{srv.server_address[1]}/simple")
+            refusing_index=f"http://127.0.0.1:{srv.server_address[1]}/simple",
+            stalling_index=f"http://127.0.0.1:{stall.server_address[1]}/simple")
     finally:
         srv.shutdown()
+        stall.shutdown()
 
 
 def test_a_refused_install_says_what_to_try_and_leaves_no_engine(results):
@@ -58,6 +73,14 @@ def test_a_refused_install_says_what_to_try_and_leaves_no_engine(results):
     assert r["listing"] == ["install.log"]     # no venv, no marker: only the log to open
     assert r["installed"] is None and r["engine_python"] == ""
     assert r["log_opens"]
+
+
+def test_cancel_install_leaves_only_the_log(results):
+    r = check(results, "install_cancelled")
+    assert r["cancel_poll"] and r["outcome"] == "cancelled", r["message"]
+    assert r["cancel_seconds"] < 20
+    assert r["listing"] == ["install.log"] and r["installed"] is None
+    assert r["engine_python"] == ""
 
 
 def test_install_engine_then_a_texture_from_the_installed_engine(results):
@@ -76,7 +99,7 @@ def test_install_engine_then_a_texture_from_the_installed_engine(results):
     assert r["phase"] == "done", r["error"]
     assert r["image_size"] == [128, 128] and r["pixels_equal_engine"]
     assert "zimage.engine_install" in r["buttons_after"]       # now Update / Remove
-    print(f"install took {r['seconds']} s")
+    print(f"install took {r['install_seconds']} s")
 
 
 def test_update_engine(results):
