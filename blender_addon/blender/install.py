@@ -76,9 +76,9 @@ def begin(action: str, p, *, confirmed: bool = False) -> InstallState:
     if rt is not None and rt.engine is not None and \
             _inside(rt.engine.python, folder):
         rt.stop_engine()
-    torch = {"CPU": "cpu", "PYPI": "pypi"}.get(p.engine_torch, "auto")
+    torch_build = {"CPU": "cpu", "PYPI": "pypi"}.get(p.engine_torch, "auto")
     opts = ins.Options(folder=folder, action=action, source=engine_wheel(), extras="engine",
-                       torch=torch, index_url=p.engine_index_url.strip() or None,
+                       torch=torch_build, index_url=p.engine_index_url.strip() or None,
                        confirmed=confirmed)
     st.installer = ins.Installer(opts)
     st.action, st.fraction, st.failure, st.outcome = action, 0.0, None, ""

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MARKER = "zimage-engine.json"
@@ -277,7 +277,7 @@ class Options:
 
 @dataclass
 class Event:
-    kind: str                       # "progress" | "log" | "done" | "failed" | "cancelled"
+    kind: str                       # "progress" | "done" | "failed" | "cancelled"
     fraction: float = 0.0
     step: str = ""
     message: str = ""
@@ -608,6 +608,8 @@ class Installer:
         except OSError as exc:
             raise StepFailed(classify(str(exc), step)) from None
         proc = self._proc
+        if self._cancel.is_set():       # cancel() came while the process was being made
+            proc.terminate()
         assert proc.stdout is not None
         for raw in proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip()
@@ -670,8 +672,3 @@ def _force_remove(func, path, _exc):
 def _short(line: str, limit: int = 80) -> str:
     line = " ".join(line.split())
     return line if len(line) <= limit else line[:limit - 3] + "..."
-
-
-def as_dict(ev: Event) -> dict:
-    d = asdict(ev)
-    return d

@@ -7,7 +7,6 @@ helpers and runner it reuses): Install Engine / Remove Engine from the preferenc
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
