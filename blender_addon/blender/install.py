@@ -16,8 +16,9 @@ from bpy.props import EnumProperty
 from ..core import installer as ins
 from . import runtime
 
-ACTION_ITEMS = [(ins.INSTALL, "Install Engine", ""), (ins.UPDATE, "Update Engine", ""),
-                (ins.REMOVE, "Remove Engine", "")]
+ACTION_ITEMS = [(ins.INSTALL, "Install Engine", "Create the engine's environment"),
+                (ins.UPDATE, "Update Engine", "Install this add-on's engine version again"),
+                (ins.REMOVE, "Remove Engine", "Delete the engine's environment")]
 
 
 class InstallState:
@@ -152,13 +153,13 @@ def shutdown() -> None:
 # ---- operators --------------------------------------------------------------------------
 
 class ZIMAGE_OT_engine_install(bpy.types.Operator):
-    """Install, update or remove the engine's own Python environment (torch, the engine) in
-    the Install Folder"""
+    """Install, update or remove the engine's own Python environment in the Install Folder"""
     bl_idname = "zimage.engine_install"
     bl_label = "Install Engine"
     bl_options = {"INTERNAL"}
 
-    action: EnumProperty(name="Action", items=ACTION_ITEMS, default=ins.INSTALL)
+    action: EnumProperty(name="Action", items=ACTION_ITEMS, default=ins.INSTALL,
+                         description="Install, update or remove the engine")
 
     @classmethod
     def description(cls, _context, props):
