@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import bpy
-from bpy.props import EnumProperty
+from bpy.props import EnumProperty, StringProperty
 
 from ..core import installer as ins
 from . import runtime
@@ -234,6 +234,35 @@ class ZIMAGE_OT_open_install_log(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class ZIMAGE_OT_choose_model(bpy.types.Operator):
+    """Choose a model folder (the official layout) or a ComfyUI .safetensors file"""
+    bl_idname = "zimage.choose_model"
+    bl_label = "Choose Model"
+    bl_options = {"INTERNAL"}
+
+    filepath: StringProperty(subtype="FILE_PATH", description="The model folder or file")
+    directory: StringProperty(subtype="DIR_PATH", description="The folder being browsed")
+    filter_glob: StringProperty(default="*.safetensors", options={"HIDDEN"},
+                                description="Files shown")
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        p = runtime.prefs()
+        path = bpy.path.abspath(self.filepath or self.directory)
+        if os.path.isfile(path) and path.lower().endswith(".safetensors"):
+            p.model = path
+        elif os.path.isdir(path) or os.path.isdir(os.path.dirname(path)):
+            # no file picked: the folder (a model in the official layout)
+            p.model = path if os.path.isdir(path) else os.path.dirname(path)
+        else:
+            self.report({"ERROR"}, f"Not a model folder or .safetensors file: {path}")
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
 def _log_path() -> str:
     if _STATE.log_path:
         return _STATE.log_path
@@ -287,4 +316,4 @@ def draw_install(layout, p) -> None:
 
 
 CLASSES = (ZIMAGE_OT_engine_install, ZIMAGE_OT_engine_install_cancel,
-           ZIMAGE_OT_open_install_log)
+           ZIMAGE_OT_open_install_log, ZIMAGE_OT_choose_model)

@@ -180,9 +180,10 @@ class ZIMAGE_AP_preferences(bpy.types.AddonPreferences):
         box.label(text="Local Engine", icon="CONSOLE")
         box.prop(self, "engine_python")
         box.prop(self, "engine_dir")
-        row = box.row()
+        row = box.row(align=True)
         row.active = not self.standin
         row.prop(self, "model")
+        row.operator("zimage.choose_model", text="", icon="FILEBROWSER")
         box.prop(self, "extra_args")
         box.prop(self, "auto_start")
         from .install import draw_install

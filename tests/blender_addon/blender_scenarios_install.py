@@ -289,6 +289,15 @@ def download_visible(out):
     out["offline_error"] = ((r.board.welcome or {}).get("engine") or {}).get("error")
     out["offline_lines"] = [e[2].get("text", "") for e in connection_box() if e[0] == "label"]
     r.stop_engine()
+    # the local alternative, picked in the preferences: a folder, or a ComfyUI file
+    assert bpy.ops.zimage.choose_model(filepath=os.path.join(args().hf_home, "")) == \
+        {"FINISHED"}
+    out["model_folder"] = p.model
+    st = os.path.join(args().hf_home, "z.safetensors")
+    open(st, "wb").close()
+    assert bpy.ops.zimage.choose_model(filepath=st) == {"FINISHED"}
+    out["model_file"] = p.model
+    out["model_buttons"] = [e[1] for e in draw_prefs() if e[0] == "operator"]
 
 
 if __name__ == "__main__":

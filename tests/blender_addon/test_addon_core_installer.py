@@ -299,3 +299,18 @@ def test_the_terminal_installer_says_what_failed_and_where_the_log_is(tmp_path):
     assert res.returncode == 1
     assert "No engine is installed in" in res.stderr and "What to try:" in res.stderr
     assert "Log:" in res.stderr and not (tmp_path / "nothing" / ins.MARKER).exists()
+
+
+def test_an_nvidia_gpu_without_its_driver_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(ins.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(ins.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(ins, "detect_gpu", lambda system=None: ("none", True))
+    result = ins.Installer(ins.Options(folder=tmp_path / "e", source="x.whl")).run()
+    assert result.failure.code == "no_nvidia_driver" and "no NVIDIA driver" in result.message
+    assert "CPU build" in result.failure.hint
+    assert not (tmp_path / "e" / ins.VENV_DIR).exists()
+    # choosing the CPU build goes past that check (to the disk-space check here)
+    monkeypatch.setattr(ins.shutil, "disk_usage", lambda p: type("U", (), {"free": 0})())
+    result = ins.Installer(ins.Options(folder=tmp_path / "e", source="x.whl",
+                                       torch="cpu")).run()
+    assert result.failure.code == "disk_space"

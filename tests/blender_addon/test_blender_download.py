@@ -43,4 +43,8 @@ def test_the_panel_shows_the_engines_model_download(addon_zip, tiny_engine_model
     err = r["offline_error"]
     assert "\n" not in err and REPO in err and "--model PATH" in err
     assert any("Or set Model below" in line for line in r["offline_lines"])
+    hf_home = str(tmp_path / "hf")
+    assert r["model_folder"].rstrip("/\\") == hf_home
+    assert r["model_file"] == str(tmp_path / "hf" / "z.safetensors")
+    assert "zimage.choose_model" in r["model_buttons"]
     assert results["_process"]["rc"] == 0, results["_process"]["stderr"]
