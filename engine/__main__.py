@@ -39,13 +39,6 @@ def _progress_bar(stage: str, step: int, steps: int) -> None:
     sys.stderr.flush()
 
 
-def _download_line(p) -> None:
-    """The model download on one line (a new line when it is done)."""
-    from engine.download_progress import describe
-    sys.stderr.write("\r" + describe(p)[:150].ljust(150) + ("\n" if p.finished else ""))
-    sys.stderr.flush()
-
-
 def png_parameters(prompt: str, seed: int, steps: int, width: int, height: int,
                    model: str) -> str:
     """The PNG text chunk ("parameters") every producer of ours writes, as JSON."""
@@ -92,8 +85,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         control_type=args.control_type, control_scale=args.control_scale, tile=args.tile)
     check_request(req, Limits())  # fail fast, before loading gigabytes
     t0 = time.perf_counter()
-    from engine.download_progress import listening
-    with listening(_download_line):
+    from engine.download_progress import listening, print_line
+    with listening(print_line):
         if args.controlnet:
             pipe = ZImagePipeline.load(args.model, device=args.device, dtype=args.dtype,
                                        controlnet=args.controlnet, **memory_kwargs(args))

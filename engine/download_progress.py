@@ -57,6 +57,13 @@ def describe(p: dict | DownloadProgress) -> str:
     return line(p.to_dict() if isinstance(p, DownloadProgress) else p)
 
 
+def print_line(p: DownloadProgress) -> None:
+    """The terminal's listener: one line, rewritten in place; a new line when done."""
+    import sys
+    sys.stderr.write("\r" + describe(p)[:150].ljust(150) + ("\n" if p.finished else ""))
+    sys.stderr.flush()
+
+
 # ---- listeners (the server forwards reports while it loads) ------------------------------
 
 _listeners: list[Callable[[DownloadProgress], None]] = []

@@ -173,8 +173,10 @@ def run_serve(args) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    while server.model_state == "loading" and not stop.is_set():
-        stop.wait(0.05)
+    from engine.download_progress import listening, print_line
+    with listening(print_line):     # the first start's download, on this terminal too
+        while server.model_state == "loading" and not stop.is_set():
+            stop.wait(0.05)
     if server.model_state == "failed":
         server.stop()
         return _fail(f"model failed to load: {server.model_error}")

@@ -169,6 +169,7 @@ def test_protocol_cli_shows_the_engines_download(tiny_engine_model_dir, tmp_path
     assert "Downloading model: 100 %" in reports[-1] and "100.0%" in reports[-1]
     assert any("MB/s" in r or "kB/s" in r for r in reports)
     assert (tmp_path / "y.png").is_file() and time.monotonic() - t0 < 300
+    assert "Downloading model: 100 %" in log       # `engine serve`'s own terminal line
 
 
 def test_wire_parse_bounds_hostile_reports():
