@@ -65,7 +65,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    from engine.pipeline import GenerateRequest, Limits, ZImagePipeline, check_request
+    from engine.loading import load_pipeline
+    from engine.pipeline import GenerateRequest, Limits, check_request
 
     from engine.conditioning import default_size
 
@@ -86,16 +87,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_request(req, Limits())  # fail fast, before loading gigabytes
     t0 = time.perf_counter()
     from engine.download_progress import listening, print_line
-    with listening(print_line):
+    with listening(print_line):     # the model download, when the hub has to be asked
         if args.controlnet:
-            pipe = ZImagePipeline.load(args.model, device=args.device, dtype=args.dtype,
-                                       controlnet=args.controlnet, **memory_kwargs(args))
+            pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype,
+                                 controlnet=args.controlnet, **memory_kwargs(args))
         else:
-            pipe = ZImagePipeline.load(args.model, device=args.device, dtype=args.dtype,
-                                       **memory_kwargs(args))
+            pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype,
+                                 **memory_kwargs(args))
     print(f"loaded {pipe.info['model']} on {pipe.info['device']} ({pipe.info['dtype']}) in "
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    if getattr(pipe, "compile_seconds", None) is not None:
+    if pipe.compile_seconds is not None:
         print(f"compiled and warmed up in {pipe.compile_seconds:.1f}s", file=sys.stderr)
     result = pipe.generate(req, on_progress=lambda p: _progress_bar(p.stage, p.step, p.steps))
     for i, (image, seed) in enumerate(zip(result.images, result.seeds)):

@@ -32,9 +32,9 @@ def should_compile(flag: bool | None, device: torch.device) -> bool:
 
 def use_cuda_graphs(pipe, flag: bool | None = None) -> bool:
     """CUDA graphs pay only with everything resident (no streamed layers) on CUDA."""
-    plan = getattr(pipe, "plan", None)
-    streaming = bool(getattr(pipe, "streamers", {}))
-    allowed = pipe.device.type == "cuda" and not streaming and (plan is None or plan.mode == "max")
+    plan = pipe.memory.plan
+    allowed = (pipe.device.type == "cuda" and not pipe.memory.streaming
+               and (plan is None or plan.mode == "max"))
     return allowed if flag is None else (flag and allowed)
 
 
@@ -54,19 +54,17 @@ def compile_pipeline(pipe, *, cuda_graphs: bool | None = False,
         torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
     except AttributeError:  # older name
         torch._dynamo.config.cache_size_limit = RECOMPILE_LIMIT
+    if pipe.compiled:  # once per pipeline
+        return pipe.compiled
     mode = "reduce-overhead" if use_cuda_graphs(pipe, cuda_graphs) else None
     t = pipe.transformer
     parts = []
     for name in ("noise_refiner", "context_refiner", "layers"):
         for block in getattr(t, name):
-            if not getattr(block, "_compiled", False):
-                block.forward = _compile(block.forward, mode, dynamic)
-                block._compiled = True
+            block.forward = _compile(block.forward, mode, dynamic)
         parts.append(f"transformer.{name}")
     dec = pipe.vae.decoder
-    if not getattr(dec, "_compiled", False):
-        dec.forward = _compile(dec.forward, None, dynamic)  # once per image: no CUDA graphs
-        dec._compiled = True
+    dec.forward = _compile(dec.forward, None, dynamic)  # once per image: no CUDA graphs
     parts.append("vae.decoder")
     pipe.compiled = parts
     log.info("torch.compile on %s (mode %s)", ", ".join(parts), mode or "default")

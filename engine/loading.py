@@ -4,18 +4,21 @@ tensor straight from its safetensors file into its final dtype and device (engin
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from engine import devices
 from engine.config import SchedulerParams, TransformerParams, VaeParams
 from engine.errors import EngineError
+from engine.model.controlnet import ZImageControlNet
 from engine.model.transformer import ZImageTransformer
 from engine.model.vae import AutoEncoder
 from engine.pipeline import ZImagePipeline
 from engine.text_encoder import TextEncoder
-from engine.weights import load_safetensors_into, meta_tensors
+from engine.weights import Target, load_safetensors_into, meta_tensors, read_header
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,81 @@ def load_vae(config: Path, files, *, dtype, device, key_map=None) -> AutoEncoder
     with torch.device("meta"):
         model = AutoEncoder(read_params(VaeParams, config))
     load_safetensors_into(model, files, dtype=dtype, device=device, key_map=key_map or "identity")
+    return model.eval().requires_grad_(False)
+
+
+# The ControlNet (Z-Image-Turbo-Fun-Controlnet-Union): one released .safetensors file, its
+# version told by its structure (engine/model/controlnet.py)
+
+CONTROL_EMBED_KEY = "control_all_x_embedder.{}.weight"
+
+
+CONTROL_EMBED_KEY = "control_all_x_embedder.{}.weight"
+
+
+def inspect_controlnet(path: str | Path, p: TransformerParams) -> dict:
+    """Read a ControlNet file's header (and one small tensor) and describe it:
+    {version, control_in_dim, n_control_layers, drop_refiner}. Raises EngineError
+    (model_unavailable, field "controlnet") when the file is not a Z-Image ControlNet Union or
+    does not fit the base model."""
+    path = Path(path)
+
+    def unavailable(message: str) -> EngineError:
+        return EngineError("model_unavailable", f"ControlNet {path}: {message}",
+                           field="controlnet")
+
+    if not path.is_file():
+        raise unavailable("file not found (give the .safetensors file of "
+                          "Z-Image-Turbo-Fun-Controlnet-Union)")
+    header = read_header(path)
+    embed = header.get(CONTROL_EMBED_KEY.format(p.patch_key))
+    if embed is None:
+        raise unavailable("not a Z-Image ControlNet Union file "
+                          f"(no {CONTROL_EMBED_KEY.format(p.patch_key)})")
+    dim, patch_in = embed[1]
+    if dim != p.dim:
+        raise unavailable(f"made for a transformer of width {dim}, but the loaded model has "
+                          f"{p.dim}")
+    per_patch = p.f_patch_size * p.patch_size * p.patch_size
+    control_in_dim = patch_in // per_patch
+    layers = sorted({int(m.group(1)) for k in header
+                     if (m := re.match(r"control_layers\.(\d+)\.", k))})
+    if not layers or layers != list(range(len(layers))) or len(layers) > p.n_layers:
+        raise unavailable(f"unexpected control layers {layers[:8]} for a {p.n_layers}-layer model")
+    refiner = sorted({int(m.group(1)) for k in header
+                      if (m := re.match(r"control_noise_refiner\.(\d+)\.", k))})
+    before = "control_noise_refiner.0.before_proj.weight"
+    if before in header:
+        with safe_open(str(path), framework="pt") as f:
+            zero = bool(torch.all(f.get_tensor(before) == 0))
+        version = "2.0" if zero else "2.1"
+    elif "control_noise_refiner.0.after_proj.weight" in header or not refiner:
+        version = "2.0"
+    else:
+        version = "1.0"
+    if version != "2.0" and refiner != list(range(p.n_refiner_layers)):
+        raise unavailable(f"{len(refiner)} control refiner blocks, the model has "
+                          f"{p.n_refiner_layers} refiner layers")
+    return {"version": version, "control_in_dim": control_in_dim,
+            "n_control_layers": len(layers), "drop_refiner": version == "2.0" and bool(refiner)}
+
+
+def load_controlnet(path: str | Path, transformer: ZImageTransformer, *, dtype: torch.dtype,
+                    device: torch.device | str,
+                    layers_places: list[int] | None = None) -> ZImageControlNet:
+    p = transformer.params
+    info = inspect_controlnet(path, p)
+    with torch.device("meta"):
+        model = ZImageControlNet(p, control_in_dim=info["control_in_dim"],
+                                 n_control_layers=info["n_control_layers"],
+                                 version=info["version"], layers_places=layers_places)
+
+    def key_map(key: str, shape: tuple[int, ...]) -> list[Target]:
+        if info["drop_refiner"] and key.startswith("control_noise_refiner."):
+            return []
+        return [Target(key)]
+
+    load_safetensors_into(model, path, dtype=dtype, device=device, key_map=key_map)
     return model.eval().requires_grad_(False)
 
 
@@ -100,8 +178,6 @@ def load_pipeline(model: str, *, device: str = "auto", dtype: str = "auto",
                                 key_map=src.key_maps.get("text_encoder", "qwen3"))
         control_model = None
         if controlnet:
-            from engine.model.controlnet import load_controlnet
-
             control_model = load_controlnet(controlnet, transformer, dtype=dt, device=dev)
     except torch.OutOfMemoryError:
         devices.empty_cache(dev)
@@ -112,9 +188,6 @@ def load_pipeline(model: str, *, device: str = "auto", dtype: str = "auto",
     pipe = ZImagePipeline(transformer, vae, TextEncoder(tokenizer, text_model, cache_size),
                           shift=shift, device=dev, dtype=dt, model_id=src.name,
                           controlnet=control_model)
-    transformer.fuse_projections()  # fused QKV and w1/w3 matmuls (same math, fewer launches)
-    if control_model is not None:
-        control_model.fuse_projections()
     try:
         memory_modes.apply_plan(pipe, plan, dev)
     except torch.OutOfMemoryError:

@@ -28,7 +28,7 @@ import functools
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -332,7 +332,6 @@ def quantize_fp8(transformer: nn.Module, device: torch.device) -> None:
         block.to(device)
         quantize_(block, config, filter_fn=_is_quantizable)
     transformer.to(device)
-    transformer._fp8 = True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -481,6 +480,21 @@ def device_of(module: nn.Module) -> set[str]:
 # Applying a plan to a pipeline
 
 
+@dataclass
+class MemoryState:
+    """Where a pipeline's weights are: the one record of it, declared on ZImagePipeline as
+    `pipe.memory` and changed only by the functions below."""
+
+    plan: Plan | None = None  # None until apply_plan (a pipeline built by hand: all resident)
+    streamers: dict[str, LayerStreamer] = field(default_factory=dict)  # component -> streamer
+    resident: bool = True  # False between unload() and the next ensure_resident()
+    dit_fp8: bool = False  # the DiT's blocks hold torchao fp8 weights (one-way)
+
+    @property
+    def streaming(self) -> bool:
+        return bool(self.streamers)
+
+
 def streamed_dit_layers(n_layers: int, k: int) -> list[int]:
     """Which k of n main layers to stream: spread evenly, so resident layers between two streamed
     ones give the copy engine time to prefetch."""
@@ -494,13 +508,15 @@ def streamed_dit_layers(n_layers: int, k: int) -> list[int]:
 def apply_plan(pipe, plan: Plan, device: torch.device | str | None = None) -> None:
     """Put the pipeline's weights where `plan` says. Components may start anywhere (load_pipeline
     puts them on `plan.load_device`); applying a second plan first undoes the first's streaming.
-    Sets pipe.plan and pipe.streamers. The fp8 conversion is one-way.
+    Records the plan and the streamers in pipe.memory. The fp8 conversion is one-way.
     """
     device = torch.device(device) if device is not None else pipe.device
     release(pipe)
+    state: MemoryState = pipe.memory
     transformer, text_model = pipe.transformer, pipe.text_encoder.model
-    if plan.dit_fp8 and not getattr(transformer, "_fp8", False):
+    if plan.dit_fp8 and not state.dit_fp8:
         quantize_fp8(transformer, device)
+        state.dit_fp8 = True
     streamers = {}
     ids = streamed_dit_layers(len(transformer.layers), plan.dit_streamed)
     streamed = {id(transformer.layers[i]) for i in ids}
@@ -524,37 +540,39 @@ def apply_plan(pipe, plan: Plan, device: torch.device | str | None = None) -> No
     else:
         text_model.to(device)
     pipe.vae.to(device)
-    pipe.plan = plan
-    pipe.streamers = streamers
+    if pipe.controlnet is not None:  # resident in every plan
+        pipe.controlnet.to(device)
+    state.plan, state.streamers = plan, streamers
     log.info("%s", plan.describe())
 
 
 def release(pipe) -> None:
     """Undo streaming (blocks back on the device); used before applying another plan."""
-    for streamer in getattr(pipe, "streamers", {}).values():
+    for streamer in pipe.memory.streamers.values():
         streamer.remove()
-    pipe.streamers = {}
+    pipe.memory.streamers = {}
 
 
 def _components(pipe) -> list[nn.Module]:
     parts = [pipe.transformer, pipe.vae, pipe.text_encoder.model]
-    return parts + ([pipe.controlnet] if getattr(pipe, "controlnet", None) is not None else [])
+    return parts + ([pipe.controlnet] if pipe.controlnet is not None else [])
 
 
 def unload(pipe, host: torch.device | str = "cpu") -> int:
     """Free the GPU between jobs ("free VRAM"): streaming undone and every component moved to host
-    memory; `ensure_resident` re-applies pipe.plan before the next job. The prompt cache stays
+    memory; `ensure_resident` re-applies the pipeline's plan before the next job. The prompt cache stays
     (a few hundred KB), so a repeated prompt still skips the text encoder. Returns the device
     bytes freed (0 where the device keeps no count)."""
-    if not getattr(pipe, "resident", True):
+    state: MemoryState = pipe.memory
+    if not state.resident:
         return 0
     before = _allocated(pipe.device)
-    for streamer in getattr(pipe, "streamers", {}).values():
+    for streamer in state.streamers.values():
         streamer.remove(to=host)
-    pipe.streamers = {}
+    state.streamers = {}
     for m in _components(pipe):
         m.to(host)
-    pipe.resident = False
+    state.resident = False
     if pipe.device.type == "cuda":
         torch.cuda.empty_cache()
     return max(0, before - _allocated(pipe.device))
@@ -562,12 +580,15 @@ def unload(pipe, host: torch.device | str = "cpu") -> int:
 
 def ensure_resident(pipe) -> None:
     """Undo `unload`: weights back where the pipeline's plan puts them."""
-    if getattr(pipe, "resident", True):
+    state: MemoryState = pipe.memory
+    if state.resident:
         return
-    apply_plan(pipe, pipe.plan, pipe.device)
-    if getattr(pipe, "controlnet", None) is not None:  # plans do not place the ControlNet
-        pipe.controlnet.to(pipe.device)
-    pipe.resident = True
+    if state.plan is not None:
+        apply_plan(pipe, state.plan, pipe.device)
+    else:
+        for m in _components(pipe):
+            m.to(pipe.device)
+    state.resident = True
 
 
 def _allocated(device: torch.device) -> int:
@@ -576,7 +597,7 @@ def _allocated(device: torch.device) -> int:
 
 def reset_after_error(pipe) -> None:
     """After an exception (OOM, cancel) mid-forward: streamed blocks back to host memory."""
-    for streamer in getattr(pipe, "streamers", {}).values():
+    for streamer in pipe.memory.streamers.values():
         streamer.evict_all()
 
 
@@ -607,14 +628,13 @@ def choose_plan(mode: str, device: torch.device, fp8: bool | None = None) -> Pla
     return plan_for(free_bytes(device), fp8_available=avail, mode=mode, fp8=fp8)
 
 
-def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """VAE decode, tiled when the pipeline's plan says the whole image would not fit."""
-    plan = getattr(pipe, "plan", None)
+def decode_latents(pipe, latents: torch.Tensor, wrap: str = "") -> torch.Tensor:
+    """VAE decode, tiled when the pipeline's plan says the whole image would not fit. Seamless
+    textures (`wrap`) decode whole: tiles would wrap within themselves."""
+    plan = pipe.memory.plan
     h, w = latents.shape[-2] * 8, latents.shape[-1] * 8
-    # Seamless textures wrap the decoder's borders; tiles would wrap within themselves.
-    wrapping = getattr(pipe.vae.decoder.conv_in, "wrap_axes", "")
-    if plan is not None and plan.tile_decode(w, h) and not wrapping:
+    if plan is not None and plan.tile_decode(w, h) and not wrap:
         from engine.tiled_vae import tiled_decode
 
         return tiled_decode(pipe.vae, latents, tile=VAE_TILE, overlap=VAE_TILE_OVERLAP)
-    return pipe.vae.decode(latents)
+    return pipe.vae.decode(latents, wrap=wrap)

@@ -1,7 +1,7 @@
 """The speed and memory flags, shared by `generate` and `serve` (no torch import: argparse only).
 
     add_memory_args(parser)                      --memory, --compile/--no-compile, --fp8
-    ZImagePipeline.load(model, ..., **memory_kwargs(args))
+    load_pipeline(model, ..., **memory_kwargs(args))
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
 """Prompt -> images: text encoding, Euler denoising with the S3-DiT, VAE decode. No sockets here.
+Built by engine.loading.load_pipeline (this module imports no loader: no import circle).
 
 `ZImagePipeline.generate(request, on_progress, should_cancel)` is the one entry point that the CLI
 and the server call; it raises `Cancelled` or `EngineError`, never a bare library exception for
@@ -28,6 +29,7 @@ from engine.conditioning import (
     resolve_strength,
 )
 from engine.errors import Cancelled, EngineError
+from engine.model.transformer import Control
 from protocol.messages import Limits  # one definition of what requests an engine accepts
 from engine.sampling import (
     LATENT_CHANNELS,
@@ -157,13 +159,9 @@ class ZImagePipeline:
         self.dtype = dtype
         self.model_id = model_id
         self.limits = limits
-
-    @classmethod
-    def load(cls, model: str, *, device: str = "auto", dtype: str = "auto",
-             **options) -> ZImagePipeline:
-        from engine.loading import load_pipeline
-
-        return load_pipeline(model, device=device, dtype=dtype, **options)
+        self.memory = memory.MemoryState()  # where the weights are (engine/memory.py changes it)
+        self.compiled: list[str] = []  # parts wrapped in torch.compile (engine/compile.py)
+        self.compile_seconds: float | None = None  # compile + warm-up time at load, if compiled
 
     @property
     def info(self) -> dict:
@@ -227,8 +225,6 @@ class ZImagePipeline:
             timings["text_ms"] = _ms_since(t0, self.device)
 
             t0 = time.perf_counter()
-            if req.tile:
-                self.vae.set_padding_mode("circular", axes=req.tile)
             x, sigmas, velocity, after_step = self._prepare(req, seeds, caps)
             steps = len(sigmas) - 1  # fewer than req.steps for image-to-image (strength < 1)
 
@@ -242,16 +238,13 @@ class ZImagePipeline:
 
             t0 = time.perf_counter()
             report(Progress("decode", 0, 1))
-            images = to_uint8(memory.decode_latents(self, x))  # tiled if the plan says so
+            images = to_uint8(memory.decode_latents(self, x, wrap=req.tile or ""))
             timings["decode_ms"] = _ms_since(t0, self.device)
         except torch.OutOfMemoryError:
             memory.reset_after_error(self)  # streamed layers back to host memory
             devices.empty_cache(self.device)
-            raise memory.oom_error(getattr(self, "plan", None), req.width, req.height,
+            raise memory.oom_error(self.memory.plan, req.width, req.height,
                                    req.num_images, memory.free_bytes(self.device)) from None
-        finally:
-            if req.tile:
-                self.vae.set_padding_mode("zeros")
         return Result(images=images, seeds=seeds, timings=timings)
 
     def run(self, req: GenerateRequest) -> Result:
@@ -263,6 +256,7 @@ class ZImagePipeline:
         after_step). img2img = cut schedule + noised image start; inpaint = a latent blend after
         each step; control = hints through the transformer's control hook; tile = rolls."""
         dev, W, H = self.device, req.width, req.height
+        wrap = req.tile or ""  # seamless: every VAE conv wraps on these axes
         lh, lw = H // VAE_SCALE, W // VAE_SCALE
         strength = resolve_strength(req)
         control_inpaint = req.control_type == "inpaint"
@@ -280,7 +274,7 @@ class ZImagePipeline:
         if req.mask is not None:
             mask = mask_tensor(fit_mask(req.mask, W, H)).to(dev)
         if use_init:
-            init = self.vae.encode(image, noise=torch.cat([d[0] for d in draws]))
+            init = self.vae.encode(image, noise=torch.cat([d[0] for d in draws]), wrap=wrap)
             x = scale_noise(init, sigmas[0], noise) if len(sigmas) > 1 else init
 
         after_step = None
@@ -295,11 +289,13 @@ class ZImagePipeline:
         if req.control_type is not None:
             cn = self.controlnet
             if req.control_image is not None:
-                parts = [self.vae.encode(image_tensor(fit_image(req.control_image, W, H)).to(dev))]
+                ctrl = image_tensor(fit_image(req.control_image, W, H)).to(dev)
+                parts = [self.vae.encode(ctrl, wrap=wrap)]
             else:
                 parts = [torch.zeros(1, LATENT_CHANNELS, lh, lw, device=dev)]
             if control_inpaint:  # [control, 1 - mask, masked image], as ZImageControlNetInpaint
-                parts += [latent_mask(1 - mask, lh, lw), self.vae.encode(image * (mask < 0.5))]
+                parts += [latent_mask(1 - mask, lh, lw),
+                          self.vae.encode(image * (mask < 0.5), wrap=wrap)]
             control = torch.cat(parts, dim=1)
             if control.shape[1] < cn.control_in_dim:  # unused channels are zeros
                 pad = cn.control_in_dim - control.shape[1]
@@ -307,11 +303,11 @@ class ZImagePipeline:
             control = control.to(self.dtype)
 
         def model(x_: torch.Tensor, t: torch.Tensor, shift=(0, 0)) -> torch.Tensor:
-            hook = None
+            ctrl = None
             if control is not None:
                 c = torch.roll(control, shift, dims=(-2, -1)) if any(shift) else control
-                hook = lambda s: cn(self.transformer, s, c, req.control_scale)  # noqa: E731
-            return self.transformer(x_.to(self.dtype), t, caps, control=hook)
+                ctrl = Control(cn, c, req.control_scale)
+            return self.transformer(x_.to(self.dtype), t, caps, control=ctrl)
 
         velocity = seamless(model, len(sigmas) - 1, req.tile) if req.tile else model
         return x, sigmas, velocity, after_step

@@ -152,8 +152,8 @@ def run_serve(args) -> int:
             kw.update(memory_kwargs(args))
 
         def loader():
-            from engine.pipeline import ZImagePipeline
-            return ZImagePipeline.load(model, **kw)
+            from engine.loading import load_pipeline
+            return load_pipeline(model, **kw)
     try:
         server = EngineServer(pipeline, loader=loader, bind=bind, limits=limits,
                               heartbeat_ivl_ms=args.heartbeat_ivl_ms,

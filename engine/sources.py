@@ -1,8 +1,10 @@
-"""Resolve `--model` to files: an official folder, a Hugging Face repo id, or ComfyUI split files.
+"""Resolve `--model` to files: an official folder, a Hugging Face repo id, ComfyUI split files or a
+ComfyUI all-in-one checkpoint (DiT + Qwen3 + VAE in one file, recognised by its key prefixes).
 
     source = resolve_model("Tongyi-MAI/Z-Image-Turbo")      # cache first, then download
     source = resolve_model("/models/Z-Image-Turbo")         # a folder in the official layout
     source = resolve_model("ComfyUI/models/diffusion_models/z_image_turbo_bf16.safetensors")
+    source = resolve_model("ComfyUI/models/checkpoints/z_image_turbo_aio.safetensors")
     load_safetensors_into(dit, source.transformer_files, dtype=..., device=...,
                           key_map=source.key_maps["transformer"])
 
@@ -13,6 +15,7 @@ Nothing here loads tensors; only safetensors headers are read (to recognise key 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -21,16 +24,20 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from engine.errors import EngineError
-from engine.weights import read_header, read_index
+from engine.weights import checkpoint_prefix, read_header, read_index
+
+log = logging.getLogger(__name__)
 
 DEFAULT_REPO = "Tongyi-MAI/Z-Image-Turbo"
 CONFIG_DIR = Path(__file__).parent / "configs" / "z-image-turbo"
 CODE = "model_unavailable"
 
 COMPONENTS = ("scheduler", "text_encoder", "tokenizer", "transformer", "vae")
-# Approximate download sizes of the real repo (transformer stored in float32, Qwen3 in bf16).
-APPROX_SIZE_GB = {"transformer": 24.6, "text_encoder": 8.0, "vae": 0.3, "tokenizer": 0.011,
+# Approximate download sizes of the real repo (transformer stored in float32, Qwen3 and the VAE in
+# bf16). ComfyUI's vae/ae.safetensors is the same VAE in float32: 0.3 GB.
+APPROX_SIZE_GB = {"transformer": 24.6, "text_encoder": 8.0, "vae": 0.17, "tokenizer": 0.011,
                   "scheduler": 0.0}
+COMFY_VAE_GB = 0.3
 APPROX_TOTAL = "about 33 GB"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 HUB_PATTERNS = ["model_index.json", "scheduler/*", "text_encoder/*", "tokenizer/*",
@@ -42,9 +49,10 @@ PROBE_TIMEOUT_S = 3.0
 class ModelSource:
     """Where each part of the model lives. `*_files` go straight to weights.load_safetensors_into
     (an index json, or the .safetensors files) with `key_maps[component]` (a weights.key_map_for
-    name: "identity", "comfyui-transformer", "bfl-vae", "qwen3")."""
+    name: "identity", "comfyui-transformer", "bfl-vae", "qwen3", or "checkpoint:<part>:<map>" for
+    one part of an all-in-one file)."""
 
-    kind: str  # "folder" | "hub" | "comfyui"
+    kind: str  # "folder" | "hub" | "comfyui" | "checkpoint" (ComfyUI all-in-one file)
     name: str  # what to show the user: repo id, folder or file name
     root: Path  # the model folder / hub snapshot / the ComfyUI models folder (or the file's folder)
     transformer_files: tuple[Path, ...]
@@ -56,6 +64,7 @@ class ModelSource:
     scheduler_config: Path  # SchedulerParams.from_json
     text_encoder_config: Path  # transformers Qwen3Config json (AutoConfig.from_pretrained takes it)
     text_encoder_dir: Path | None = None  # a transformers folder (from_pretrained), if there is one
+    vae_used: Path | None = None  # ComfyUI modes: the VAE file picked (named in logs and errors)
     key_maps: Mapping[str, str] = field(default_factory=lambda: {
         "transformer": "identity", "text_encoder": "qwen3", "vae": "identity"})
 
@@ -213,7 +222,7 @@ def _size_hint(repo_id: str, missing_components: set[str]) -> str:
         return "The download size is unknown for this repo."
     if not missing_components or missing_components >= {"transformer", "text_encoder"}:
         return (f"The download is {APPROX_TOTAL} (transformer ~24.6 GB, text encoder ~8.0 GB, "
-                "VAE ~0.3 GB, tokenizer ~11 MB; approximate).")
+                "VAE ~0.17 GB, tokenizer ~11 MB; approximate).")
     parts = ", ".join(f"{c} ~{APPROX_SIZE_GB[c]:g} GB" for c in sorted(missing_components))
     return f"Still to download (approximate): {parts}."
 
@@ -258,9 +267,11 @@ def resolve_hub(repo_id: str, *, cache_dir: str | Path | None = None, allow_down
 # --------------------------------------------------------------------------------------------
 # (c) ComfyUI split files
 
-COMFY_DIT_DIRS = ("diffusion_models", "unet")
+COMFY_DIT_DIRS = ("diffusion_models", "unet", "checkpoints")
 COMFY_TE_DIRS = ("text_encoders", "clip")
 COMFY_VAE_DIRS = ("vae",)
+FLUX_VAE_NAME = "ae.safetensors"  # Comfy-Org's name for the FLUX VAE that Z-Image uses
+LATENT_CHANNELS = 16
 
 
 def _is_zimage_dit(keys: set[str]) -> str | None:
@@ -272,6 +283,15 @@ def _is_zimage_dit(keys: set[str]) -> str | None:
                 return "identity"
             return "comfyui-transformer"
     return None
+
+
+def checkpoint_parts(keys: set[str]) -> set[str]:
+    """The parts of a ComfyUI all-in-one checkpoint that a file holds besides its DiT
+    ("text_encoder", "vae"); empty for a plain diffusion-model file."""
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        return set()
+    return {part for part in ("text_encoder", "vae")
+            if any(checkpoint_prefix(part, k) for k in keys)}
 
 
 def _header_keys(path: Path) -> set[str]:
@@ -286,14 +306,55 @@ def _looks_like_vae(path: Path) -> bool:
         return False
 
 
-def _vae_key_map(path: Path) -> str:
-    keys = _header_keys(path)
+def flux_vae_problem(header: dict[str, tuple[str, tuple[int, ...]]], prefix: str = "") -> str:
+    """Why a safetensors header is not a FLUX-layout image VAE with 16 latent channels, or ""
+    when it is. The checks read shapes only: 2-D convs (video VAEs such as Wan 2.1 and
+    Qwen-Image's have 5-D weights), a 16-channel latent in and out, no quant convs."""
+    def shape(name: str) -> tuple[int, ...] | None:
+        entry = header.get(prefix + name)
+        return tuple(entry[1]) if entry else None
+
+    conv_in, conv_out = shape("decoder.conv_in.weight"), shape("encoder.conv_out.weight")
+    if conv_in is None or conv_out is None:
+        return "no decoder.conv_in / encoder.conv_out tensors (not a FLUX-layout VAE)"
+    if len(conv_in) != 4 or len(conv_out) != 4:
+        return f"{len(conv_in) - 2}-D convolutions (a video or audio VAE, not FLUX's 2-D one)"
+    if conv_in[1] != LATENT_CHANNELS or conv_out[0] != 2 * LATENT_CHANNELS:
+        return (f"{conv_in[1]} latent channels (Z-Image uses the FLUX VAE's "
+                f"{LATENT_CHANNELS})")
+    if shape("quant_conv.weight") is not None or shape("post_quant_conv.weight") is not None:
+        return "quant convs (an SD-style VAE, not FLUX's)"
+    return ""
+
+
+def _vae_key_map(path: Path, prefix: str = "") -> str:
+    keys = {k[len(prefix):] for k in _header_keys(path) if k.startswith(prefix)}
     if any(k.startswith("decoder.up_blocks.") for k in keys):
         return "identity"
     if any(".up.0.block." in k or k.startswith("decoder.up.") for k in keys):
         return "bfl-vae"
     raise _err(f"{path} does not look like a FLUX/Z-Image VAE (no decoder.up.* or "
                "decoder.up_blocks.* tensors).")
+
+
+def pick_vae(candidates: list[Path]) -> tuple[Path | None, list[Path]]:
+    """(the FLUX VAE to use, the candidates skipped as not one). The exact name ae.safetensors
+    first, then names that say flux / z_image, then the rest; each checked by its tensors."""
+    def rank(p: Path) -> tuple:
+        n = p.name.lower()
+        return (n != FLUX_VAE_NAME, not any(s in n for s in ("flux", "z_image", "zimage")), n)
+
+    skipped = []
+    for p in sorted(candidates, key=rank):
+        try:
+            why = flux_vae_problem(read_header(p))
+        except EngineError as e:
+            why = e.message
+        if not why:
+            return p, skipped
+        log.info("not using %s as the VAE: %s", p, why)
+        skipped.append(p)
+    return None, skipped
 
 
 def _check_unquantised(path: Path, what: str) -> None:
@@ -391,21 +452,27 @@ def resolve_comfyui(path: Path, *, tokenizer: str | Path | None = None,
         dit = _pick(cands, ("z_image_turbo_bf16", "z_image_turbo", "z_image", "zimage"))
         if len(cands) > 1:
             others = [p.name for p in cands if p != dit]
-            import logging
-            logging.getLogger(__name__).info("using %s (also found: %s)", dit.name,
-                                             ", ".join(others))
+            log.info("using %s (also found: %s)", dit.name, ", ".join(others))
     else:
         dit = path
         models = _comfy_models_dir(dit)
-    dit_map = _is_zimage_dit(_header_keys(dit))
+    dit_keys = _header_keys(dit)
+    dit_map = _is_zimage_dit(dit_keys)
     if dit_map is None:
         raise _err(f"{dit} is not a Z-Image diffusion model (no layers.0.adaLN_modulation / pad "
                    "token tensors). Pass the z_image_turbo_*.safetensors file from "
                    "ComfyUI/models/diffusion_models.")
     _check_unquantised(dit, "diffusion-model")
+    inside = checkpoint_parts(dit_keys)  # an all-in-one checkpoint: these parts are in the file
+    key_maps = {"transformer": dit_map, "text_encoder": "qwen3"}
+    if inside:
+        key_maps["transformer"] = f"checkpoint:transformer:{dit_map}"
 
-    missing = []
-    if text_encoder is not None:
+    missing, skipped = [], []
+    if text_encoder is None and "text_encoder" in inside:
+        te = dit
+        key_maps["text_encoder"] = "checkpoint:text_encoder:qwen3"
+    elif text_encoder is not None:
         te = Path(text_encoder).expanduser()
         if not te.is_file():
             raise _err(f"text encoder file {te} not found")
@@ -415,17 +482,29 @@ def resolve_comfyui(path: Path, *, tokenizer: str | Path | None = None,
         if te is None:
             missing.append(f"the text encoder qwen_3_4b.safetensors (8.0 GB; looked in "
                            f"{models}/{{{','.join(COMFY_TE_DIRS)}}} and {dit.parent})")
-    if vae is not None:
+    if vae is None and "vae" in inside:
+        ae = dit
+        problem = flux_vae_problem(read_header(dit), prefix="vae.")
+        if problem:
+            raise _err(f"the VAE inside {dit.name} is not the FLUX VAE Z-Image uses: {problem}.")
+        key_maps["vae"] = f"checkpoint:vae:{_vae_key_map(dit, prefix='vae.')}"
+    elif vae is not None:
         ae = Path(vae).expanduser()
         if not ae.is_file():
             raise _err(f"VAE file {ae} not found")
     else:
         cands = [p for p in _find(models, dit.parent, COMFY_VAE_DIRS, "*.safetensors")
                  if p != dit and _looks_like_vae(p)]
-        ae = _pick(cands, ("ae.safetensors", "z_image", "flux"))
+        ae, skipped = pick_vae(cands)
+        if ae is not None:  # said louder when other VAEs were there: the pick was not obvious
+            log.log(logging.WARNING if skipped else logging.INFO, "VAE: %s%s", ae,
+                    f" (skipped, not a FLUX VAE: {', '.join(p.name for p in skipped)})"
+                    if skipped else "")
         if ae is None:
-            missing.append(f"the VAE ae.safetensors (0.3 GB; looked in {models}/vae and "
-                           f"{dit.parent})")
+            missing.append(f"the FLUX VAE ae.safetensors ({COMFY_VAE_GB:g} GB; looked in "
+                           f"{models}/vae and {dit.parent}"
+                           + (f"; skipped, not a FLUX VAE: {', '.join(p.name for p in skipped)}"
+                              if skipped else "") + ")")
     if missing:
         raise _err(f"ComfyUI model {dit.name}: missing " + "; ".join(missing) + ". Put them in "
                    "ComfyUI's models/text_encoders and models/vae folders (Comfy-Org/z_image_turbo "
@@ -436,8 +515,9 @@ def resolve_comfyui(path: Path, *, tokenizer: str | Path | None = None,
         raise _err(f"{te} is not a Qwen3 text encoder (no layers.0.self_attn.q_norm.weight).")
     tok = find_tokenizer(tokenizer, cache_dir=cache_dir, allow_download=allow_download,
                          reachable=reachable)
+    key_maps.setdefault("vae", _vae_key_map(ae))
     return ModelSource(
-        kind="comfyui", name=dit.name, root=models,
+        kind="checkpoint" if inside else "comfyui", name=dit.name, root=models,
         transformer_files=(dit,), text_encoder_files=(te,), vae_files=(ae,),
         tokenizer_dir=tok,
         transformer_config=CONFIG_DIR / "transformer.json",
@@ -445,7 +525,7 @@ def resolve_comfyui(path: Path, *, tokenizer: str | Path | None = None,
         scheduler_config=CONFIG_DIR / "scheduler.json",
         text_encoder_config=CONFIG_DIR / "text_encoder.json",
         text_encoder_dir=None,
-        key_maps={"transformer": dit_map, "text_encoder": "qwen3", "vae": _vae_key_map(ae)},
+        key_maps=key_maps, vae_used=ae,
     )
 
 

@@ -14,7 +14,9 @@ raises one naming the file.
 Key maps translate other checkpoint namings to ours (diffusers naming = engine.model module names):
 `comfyui_transformer_key_map` (ComfyUI / original single-file DiT), `bfl_vae_key_map` (BFL/LDM
 `ae.safetensors`) and `qwen3_key_map` (Qwen3 `model.`-prefixed files such as ComfyUI's
-`qwen_3_4b.safetensors`, for a transformers `Qwen3Model`). A key map is a function
+`qwen_3_4b.safetensors`, for a transformers `Qwen3Model`); `checkpoint_key_map` takes one part
+out of a ComfyUI all-in-one checkpoint (`model.diffusion_model.`, `text_encoders.<name>.transformer.`
+and `vae.` prefixes) and drops the rest. A key map is a function
 `(source_key, source_shape) -> list[Target]`; an empty list drops the source tensor.
 """
 
@@ -280,7 +282,14 @@ def load_safetensors_into(
     expected = {k: tuple(v.shape) for k, v in current.items()}
     plans = plan_load(expected, files, key_map, weight_map)
 
-    device = torch.device(device)
+    # No reference to the tensors is kept here: load_state_dict holds the only one, so a module
+    # that fuses tensors on load (model.layers.fuse_on_load) frees each part once fused.
+    module.load_state_dict(_read_tensors(plans, dtype, torch.device(device)), strict=True,
+                           assign=True)
+
+
+def _read_tensors(plans: list[_Plan], dtype: torch.dtype | None,
+                  device: torch.device) -> dict[str, torch.Tensor]:
     open_device = str(device) if device.type in ("cpu", "cuda") else "cpu"
     by_file: dict[Path, list[_Plan]] = {}
     for p in plans:
@@ -303,7 +312,7 @@ def load_safetensors_into(
             raise
         except Exception as e:  # data region unreadable: truncated after the header, I/O error
             raise _corrupt(path, e) from None
-    module.load_state_dict(state, strict=True, assign=True)
+    return state
 
 
 def meta_tensors(module: torch.nn.Module) -> list[str]:
@@ -465,6 +474,35 @@ def qwen3_key_map(key: str, shape: tuple[int, ...]) -> list[Target]:
     return [Target(key[len("model."):] if key.startswith("model.") else key)]
 
 
+# ComfyUI all-in-one checkpoints (models/checkpoints/*.safetensors) hold the three parts under
+# these prefixes, each in ComfyUI's own naming (fused-qkv DiT, Qwen3 causal LM, BFL VAE).
+CHECKPOINT_PREFIXES = {"transformer": COMFY_PREFIX,
+                       "text_encoder": re.compile(r"^text_encoders\.[^.]+\.transformer\."),
+                       "vae": "vae."}
+
+
+def checkpoint_prefix(component: str, key: str) -> str | None:
+    """The all-in-one prefix of `key` if it belongs to `component`, else None."""
+    prefix = CHECKPOINT_PREFIXES[component]
+    if isinstance(prefix, str):
+        return prefix if key.startswith(prefix) else None
+    m = prefix.match(key)
+    return m.group(0) if m else None
+
+
+def checkpoint_key_map(component: str, inner: KeyMap) -> KeyMap:
+    """One part of an all-in-one checkpoint: its tensors (prefix stripped) through `inner`, every
+    other part's tensors dropped."""
+
+    def key_map(key: str, shape: tuple[int, ...]) -> list[Target]:
+        prefix = checkpoint_prefix(component, key)
+        if prefix is None:
+            return []
+        return list(inner(key[len(prefix):], shape))
+
+    return key_map
+
+
 def _count_up_blocks(module: torch.nn.Module) -> int:
     ids = {int(m.group(1)) for k in module.state_dict()
            if (m := re.match(r"^decoder\.up_blocks\.(\d+)\.", k))}
@@ -481,7 +519,12 @@ def key_map_for(name: str, module: torch.nn.Module | None = None) -> KeyMap:
         return qwen3_key_map
     if name in ("", "diffusers", "identity"):
         return identity_key_map
+    if name.startswith("checkpoint:"):  # "checkpoint:<component>:<key map of that part>"
+        _, component, inner = name.split(":", 2)
+        if component in CHECKPOINT_PREFIXES:
+            return checkpoint_key_map(component, key_map_for(inner, module))
     raise ValueError(f"unknown key map {name!r}; known: {sorted(KEY_MAPS)}")
 
 
-KEY_MAPS = ("comfyui-transformer", "bfl-vae", "qwen3", "identity")
+KEY_MAPS = ("comfyui-transformer", "bfl-vae", "qwen3", "identity",
+            "checkpoint:<transformer|text_encoder|vae>:<one of the above>")

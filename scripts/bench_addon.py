@@ -22,6 +22,14 @@ throwaway Blender user profile exactly as the tests do, starts a stand-in engine
     the longest, and the tick that applied the final result. The Generate operator's own time
     (building and sending the request) is listed too.
 
+(c) texturing from views (`--parts projection`; blender/project.py): Suzanne with a
+    Subdivision Surface modifier (`--subdiv`, level 2: 15.7k triangles, 3: 63k), no UV map
+    (Smart UV Project runs), "Texture All Sides" with 6 views (5 around + 1 above) at 1024²
+    into a `--texture` (2048) texture, against a stand-in engine with depth control and
+    inpainting (tests/blender_addon/standin_server.py). It records the operator's own time,
+    every timer tick (pump + projection, called as Blender's timers would), the time from the
+    last view's image arriving to the texture applied, and the peak RSS the run added.
+
 Prints markdown tables (docs/benchmarks.md, "Add-on (Blender)").
 """
 
@@ -91,7 +99,12 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--step-seconds", type=float, default=0.05)
     ap.add_argument("--zip", type=Path, default=None, help="an already built add-on zip")
+    ap.add_argument("--parts", default="apply,stalls,projection",
+                    help="which measurements: apply, stalls, projection")
+    ap.add_argument("--subdiv", default="2,3", help="Subdivision levels of Suzanne for (c)")
+    ap.add_argument("--texture", type=int, default=2048)
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
 
     tmp = Path(tempfile.mkdtemp(prefix="zimage_bench_"))
     zip_path = args.zip or build_zip(tmp / "zimage_studio.zip")
@@ -104,8 +117,10 @@ def main() -> int:
         assert res == {"FINISHED"} and MOD in bpy.context.preferences.addons, res
         mods = {n: sys.modules[f"{MOD}.{n}"] for n in
                 ("blender.runtime", "blender.pump", "blender.operators")}
-        apply_rows, decode = bench_apply(bpy, mods, address, args)
-        stall_rows, op_times = bench_stalls(bpy, mods, args)
+        apply_rows, decode = bench_apply(bpy, mods, address, args) if "apply" in parts \
+            else ([], [])
+        stall_rows, op_times = bench_stalls(bpy, mods, args) if "stalls" in parts else ([], [])
+        proj_rows = bench_projection(bpy, mods, args) if "projection" in parts else []
     finally:
         try:
             engine.stdin.close()
@@ -115,6 +130,7 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(PROFILE, ignore_errors=True)
     report(bpy, args, apply_rows, decode, stall_rows, op_times)
+    report_projection(args, proj_rows)
     return 0
 
 
@@ -261,6 +277,124 @@ def bench_stalls(bpy, mods, args):
     return rows, op_times
 
 
+# ---- (c) texturing from views -----------------------------------------------------------
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+class RssWatch:
+    """The process's resident memory, sampled every 5 ms on a thread: peak above the start."""
+
+    def __init__(self):
+        import threading
+        self.base = rss_mib()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss_mib())
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak - self.base
+
+
+def bench_projection(bpy, mods, args):
+    caps = "txt2img,img2img,inpaint,control,control.depth"
+    address = f"tcp://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "blender_addon" /
+                                                 "standin_server.py"), "--bind", address,
+                             "--step-seconds", str(args.step_seconds), "--caps", caps],
+                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    if not proc.stdout.readline().decode().startswith("ready"):
+        proc.kill()
+        raise SystemExit("the stand-in engine with depth control did not start")
+    rows = []
+    try:
+        connect(bpy, mods, address)
+        project = sys.modules[f"{MOD}.blender.project"]
+        pump = mods["blender.pump"]
+        for level in [int(v) for v in args.subdiv.split(",") if v]:
+            for o in list(bpy.data.objects):
+                if o.type == "MESH":
+                    bpy.data.objects.remove(o)
+            bpy.ops.mesh.primitive_monkey_add(size=2.0)
+            obj = bpy.context.active_object
+            bpy.ops.object.shade_smooth()
+            mod = obj.modifiers.new("Subdivision", "SUBSURF")
+            mod.levels = mod.render_levels = level
+            while len(obj.data.uv_layers):
+                obj.data.uv_layers.remove(obj.data.uv_layers[0])
+            obj.select_set(True)
+            bpy.context.view_layer.objects.active = obj
+            dg = bpy.context.evaluated_depsgraph_get()
+            tris = len(obj.evaluated_get(dg).data.loop_triangles) or sum(
+                len(p.vertices) - 2 for p in obj.evaluated_get(dg).data.polygons)
+            s = bpy.context.scene.zimage
+            s.prompt, s.steps, s.seed_random, s.seed = "weathered bronze statue", args.steps, \
+                False, 5
+            p = bpy.context.scene.zimage_projection
+            p.views_source, p.views_around, p.view_above = "ORBIT", 5, True
+            p.texture_size, p.image_size = str(args.texture), "1024"
+            import gc
+            gc.collect()
+            watch = RssWatch()
+            t0 = time.perf_counter()
+            assert bpy.ops.zimage.project_all() == {"FINISHED"}
+            op_time = time.perf_counter() - t0
+            ticks = []
+            end = time.monotonic() + 600
+            while project.current() is not None and time.monotonic() < end:
+                t0 = time.perf_counter()
+                pump.tick()
+                project.tick()
+                ticks.append(time.perf_counter() - t0)
+                time.sleep(0.02)
+            last = project.last()
+            assert last.get("phase") == "done", last
+            rows.append({"level": level, "tris": tris, "op": op_time, "ticks": ticks,
+                         "apply": last["apply_seconds"], "rss": watch.stop(),
+                         "message": last["message"]})
+            for name in last["images"]:
+                image = bpy.data.images.get(name)
+                if image is not None:
+                    bpy.data.images.remove(image)
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return rows
+
+
+def report_projection(args, rows) -> None:
+    if not rows:
+        return
+    print(f"\n(c) Texture All Sides: 6 views of 1024² into a {args.texture}² texture, "
+          f"Suzanne without UVs, stand-in engine ({args.steps} steps x {args.step_seconds}s)\n")
+    print("| triangles | last image -> texture applied s | longest timer tick ms | median "
+          "tick ms | ticks | operator (read mesh, Smart UV Project) ms | extra RAM at peak "
+          "(RSS) MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['tris']} | {r['apply']:.2f} | {ms(max(r['ticks']))} | "
+              f"{ms(statistics.median(r['ticks']))} | {len(r['ticks'])} | {ms(r['op'])} | "
+              f"{r['rss']:.0f} |")
+    for r in rows:
+        print(f"\n{r['tris']} triangles: {r['message']}")
+
+
 # ---- report ------------------------------------------------------------------------------
 
 def cpu_name() -> str:
@@ -275,6 +409,10 @@ def cpu_name() -> str:
 
 def report(bpy, args, apply_rows, decode, stall_rows, op_times) -> None:
     side = args.side
+    if not apply_rows and not stall_rows:
+        print(f"\nMachine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()}; "
+              f"bpy {bpy.app.version_string} (headless), Python {platform.python_version()}.")
+        return
     print(f"\nMachine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()}; "
           f"bpy {bpy.app.version_string} (headless), Python {platform.python_version()}.")
     print(f"\n(a) apply a {side}x{side} result (operators.apply_job: packed PNG image + "

@@ -357,7 +357,7 @@ def attach_controlnet(pipe, t_cfg, dims, work, use_diffusers):
     released key layout, written by the tests' builder (tests/engine/conditioning_refs.py: a
     re-randomised diffusers ZImageControlNetModel, every main layer controlled, like 2.1's 15 of
     30) and loaded through our loader (load_controlnet: version detection, strict keys)."""
-    from engine.model.controlnet import load_controlnet
+    from engine.loading import load_controlnet
 
     device, dtype = pipe.device, pipe.dtype
     dcn = None
@@ -387,7 +387,6 @@ def attach_controlnet(pipe, t_cfg, dims, work, use_diffusers):
             save_file({k: v.contiguous() for k, v in cn.state_dict().items()}, str(path))
         cn = load_controlnet(path, pipe.transformer, dtype=dtype, device=device)
         assert cn.version == "2.1", cn.version
-    cn.fuse_projections()  # after diffusers took the unfused tensors
     pipe.controlnet = cn
     return dcn
 
@@ -454,8 +453,10 @@ def bench_conditioning(pipe, dpipe, tasks, args, w, h, t_cfg, dims, work) -> Non
             ratio = statistics.median(r["total"] for r in theirs) / statistics.median(
                 r["total"] for r in ours)
             diff = abs(ours[-1]["image"].astype(int) - theirs[-1]["image"].astype(int))
+            why = (" (expected: ours adds the refiner hints to the main noise refiner as the "
+                   "trainer did, diffusers does not)" if "ControlNet" in name else "")
             lines.append(f"{name}: speed-up over diffusers (warm total) {ratio:.2f}x; same "
-                         f"seed, mean |Δ| {diff.mean():.2f} / max {diff.max()} (0-255)")
+                         f"seed, mean |Δ| {diff.mean():.2f} / max {diff.max()} (0-255){why}")
     say(f"### image conditioning at {w}x{h}, {args.steps} steps requested, median of "
         f"{args.runs} (ms; encode = VAE encode of the input or control image)")
     table(["pipeline", "steps run", "text", "image encode", "per step", "denoise",
@@ -500,7 +501,6 @@ def check_full_on_meta() -> None:
         diffusers_controlnet(cn, t_cfg)
         say("diffusers' ZImageControlNetModel accepts our ControlNet state dict (strict, real "
             "dims, released 2.1 key layout)")
-    transformer.fuse_projections()
     rows = [[p.mode, "fp8" if p.dit_fp8 else "bf16", p.dit_streamed, p.text_encoder,
              f"{p.peak_gib():.1f}"]
             for p in (memory.make_plan(m, fp8=True, sizes=sizes)
@@ -627,7 +627,6 @@ def main(argv=None) -> int:
             dpipe = diffusers_from_modules(transformer, text_model, vae, tokenizer, t_cfg, v_cfg)
         pipe = ZImagePipeline(transformer, vae, TextEncoder(tokenizer, text_model), shift=3.0,
                               device=device, dtype=dtype, model_id=f"random-{dims}")
-        transformer.fuse_projections()
         memory.apply_plan(pipe, memory.Plan("max"), device)
         del transformer, text_model, vae
 
@@ -722,7 +721,7 @@ def main(argv=None) -> int:
     say(f"### memory modes at {main_w}x{main_h} (GPU alloc peak includes a text-encoder run)")
     table(["mode", "DiT", "layers streamed", "text encoder", "est. peak GiB", "measured peak GiB",
            "first call ms", "warm ms", "mean |Δ| vs max (0-255)"], rows)
-    if probe is not None and getattr(pipe.transformer, "_fp8", False):
+    if probe is not None and pipe.memory.dit_fp8:
         x, t, cap, ref = probe
         memory.apply_plan(pipe, memory.Plan("max"), device)
         with torch.no_grad():

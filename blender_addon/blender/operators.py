@@ -361,13 +361,13 @@ class ZIMAGE_OT_touch_up(bpy.types.Operator):
         if known and not rq.can_inpaint(caps):
             return refuse(self, "capability_unavailable", "inpainting")
         w, h = image.size
-        rgba = touchup.rgba_rows(image.pixels[:], w, h)
+        rgba = touchup.rgba_rows(float_pixels(image), w, h)
         if s.touchup_mask == "IMAGE":
             m = s.touchup_mask_image
             if m is None or m.size[0] == 0:
                 return refuse(self, "nothing_to_touch_up", "pick a mask image")
             mw, mh = m.size
-            mask = touchup.mask_from_grey(touchup.rgba_rows(m.pixels[:], mw, mh), mw, mh, w, h)
+            mask = touchup.mask_from_grey(touchup.rgba_rows(float_pixels(m), mw, mh), mw, mh, w, h)
         else:
             mask = touchup.mask_from_alpha(rgba)
         if touchup.is_empty(mask):
@@ -378,6 +378,19 @@ class ZIMAGE_OT_touch_up(bpy.types.Operator):
         info = {"image": image.name, "original": original, "mask": mask, "size": (w, h)}
         return submit(self, context, "touchup", info, size=(w, h), num_images=1,
                       extra=lambda req, caps: rq.add_inpaint(req, image_png, mask_png, caps))
+
+
+def float_pixels(image):
+    """An image's RGBA floats in one copy (pixels[:] builds a Python float per channel)."""
+    import numpy as np
+    c = image.channels
+    buf = np.empty(image.size[0] * image.size[1] * c, np.float32)
+    image.pixels.foreach_get(buf)
+    if c == 4:
+        return buf
+    px = buf.reshape(-1, c)  # grey or RGB images: as RGBA, opaque
+    rgb = np.repeat(px[:, :1], 3, axis=1) if c < 3 else px[:, :3]
+    return np.concatenate([rgb, np.ones((len(px), 1), np.float32)], axis=1).ravel()
 
 
 def touchup_image(context):

@@ -52,8 +52,10 @@ def tick():
 
 
 def handle_effect(eff) -> None:
-    from . import apply
+    from . import apply, project
     rt = runtime.get()
+    if project.handle_effect(eff):          # a view of a projection run
+        return
     if eff.kind == "preview":
         apply.update_preview(eff.job.preview, runtime.user_dir())
     elif eff.kind == "result":

@@ -6,9 +6,10 @@ import atexit
 
 import bpy
 
-from . import install, operators, panels, props, pump, runtime
+from . import install, operators, panels, project_ui, props, pump, runtime
 
-CLASSES = props.CLASSES + operators.CLASSES + panels.CLASSES + install.CLASSES
+CLASSES = (props.CLASSES + operators.CLASSES + panels.CLASSES + project_ui.CLASSES
+           + install.CLASSES)
 
 
 def _at_exit():
@@ -23,6 +24,7 @@ def register():
     props.register_props()
     for menu, fn in operators.MENUS:
         getattr(bpy.types, menu).append(fn)
+    project_ui.register_props()
     runtime.create()
     if runtime.on_load_pre not in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.append(runtime.on_load_pre)
@@ -39,6 +41,7 @@ def unregister():
     runtime.destroy()
     for menu, fn in operators.MENUS:
         getattr(bpy.types, menu).remove(fn)
+    project_ui.unregister_props()
     props.unregister_props()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

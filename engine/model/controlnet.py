@@ -1,4 +1,5 @@
-"""Z-Image-Turbo-Fun-ControlNet-Union (alibaba-pai, VACE-style) = diffusers' ZImageControlNetModel.
+"""Z-Image-Turbo-Fun-ControlNet-Union (alibaba-pai, VACE-style): the weights of diffusers'
+ZImageControlNetModel, run the way the trainer ran them.
 
 Module names equal the keys of the released single safetensors file:
   control_all_x_embedder.2-1           Linear(4 * control_in_dim -> dim): 2x2 patches of the
@@ -8,19 +9,20 @@ Module names equal the keys of the released single safetensors file:
                                        control_layers_places[K]
   control_noise_refiner.N              2.1: control blocks of the refiner stage (before_proj on 0)
 
-It owns no embeddings: the base transformer's timestep/caption/patch embedders, pad tokens, noise
-and context refiners and RoPE are shared, through `ZImageTransformer.forward(control=...)`, which
-hands over the embedded streams once per forward.
+It owns no embeddings: the base transformer's timestep embedding, pad token, refined streams and
+RoPE tables are handed over by `ZImageTransformer.forward(control=Control(net, latents, scale))`,
+which calls `embed`, `refine` and `layer_hints` at the points the trainer does.
 
 Versions, told apart by the file's structure (diffusers' single-file rule for 2.0 vs 2.1):
   "2.1"  control_noise_refiner.0.before_proj present and non-zero: the refiner-stage hints come
-         from control_noise_refiner (2.1 full: 15 control layers; 2.1 lite: 3 control layers)
+         from control_noise_refiner (2.1 full: 15 control layers; lite: 3; tile as 2.1)
   "2.0"  control_noise_refiner.0.before_proj absent or all zero: the refiner-stage hints come
-         from a first pass of control_layers (the released 2.0 bug, kept for parity); the file's
-         control_noise_refiner tensors are unused and dropped
+         from a first pass of control_layers (the trainer's `add_control_noise_refiner_correctly:
+         false`, how 2.0 was trained); the file's control_noise_refiner tensors are unused
   "1.0"  control_noise_refiner blocks without projections: plain blocks, no refiner-stage hints
-As in diffusers, refiner-stage hints only shape the ControlNet's own copy of the image stream
-(the input of its control layers); the main transformer gets hints after its main layers only.
+As the trainer (VideoX-Fun's ZImageControlTransformer2DModel, and ComfyUI) runs them, and unlike
+diffusers 0.42.1, refiner-stage hints are added to the MAIN transformer's noise-refiner output, so
+the main layers and the control layers both see them (shared/reference: controlnet-trainer.md).
 
 Control layer placement is not stored in the file: the K control layers sit on main layers
 0, s, 2s, ... with s = n_layers // K (15 of 30 -> 0, 2, ..., 28; lite 3 of 30 -> 0, 10, 20;
@@ -29,15 +31,12 @@ Control layer placement is not stored in the file: the K control layers sit on m
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 
 from engine.config import TransformerParams
-from engine.errors import EngineError
-from engine.model.transformer import Streams, TransformerBlock, ZImageTransformer, _pad_with
+from engine.model.layers import fuse_on_load, patchify
+from engine.model.transformer import TransformerBlock
 
 
 class ControlBlock(TransformerBlock):
@@ -89,125 +88,34 @@ class ZImageControlNet(nn.Module):
                 [TransformerBlock(p, modulation=True) for _ in range(p.n_refiner_layers)])
         else:
             self.control_noise_refiner = None
-
-    def fuse_projections(self) -> None:
-        """As ZImageTransformer.fuse_projections (after loading the weights)."""
-        blocks = [*self.control_layers, *(self.control_noise_refiner or [])]
-        for block in blocks:
-            block.attention.fuse()
-            block.feed_forward.fuse()
+        fuse_on_load(self)
 
     @property
     def dtype(self) -> torch.dtype:
         return self.control_all_x_embedder[self.params.patch_key].weight.dtype
 
-    def forward(self, base: ZImageTransformer, s: Streams, control: Tensor,
-                scale: float = 1.0) -> dict[int, Tensor]:
-        """control: [B or 1, control_in_dim, H, W] latents (H, W = the image latents').
-        Returns {main layer index: hint * scale} for `ZImageTransformer.forward`."""
-        p = self.params
-        B = s.img_embedded.shape[0]
-        _, C, H, W = control.shape
-        ps = p.patch_size
-        h_tok, w_tok = H // ps, W // ps
-        patches = control.to(self.dtype).view(-1, C, h_tok, ps, w_tok, ps)
-        patches = patches.permute(0, 2, 4, 3, 5, 1).reshape(-1, h_tok * w_tok, ps * ps * C)
-        c = self.control_all_x_embedder[p.patch_key](patches).expand(B, -1, -1)
-        c = _pad_with(c, base.x_pad_token)
+    def embed(self, latents: Tensor, batch: int) -> Tensor:
+        """Control latents [1 or B, control_in_dim, H, W] -> tokens [B, N_img, dim] (unpadded)."""
+        tokens = patchify(latents.to(self.dtype), self.params.patch_size)
+        return self.control_all_x_embedder[self.params.patch_key](tokens).expand(batch, -1, -1)
 
+    def refine(self, c: Tensor, x: Tensor, rope_img: tuple[Tensor, Tensor],
+               t_emb: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
+        """The refiner stage on the padded control tokens c, with x = the main image stream after
+        embedding and padding (before the main noise refiner). Returns the control stream for
+        `layer_hints` and {main refiner layer: hint} (unscaled)."""
         if self.version == "1.0":
-            x = s.img_refined
             for block in self.control_noise_refiner:
-                c = block(c, *s.rope_img, s.t_emb)
-        else:
-            blocks = self.control_noise_refiner if self.version == "2.1" else self.control_layers
-            c, hints = _run_control(blocks, c, s.img_embedded, s.rope_img, s.t_emb)
-            refiner_hints = {i: hints[k] * scale for k, i in enumerate(self.refiner_places)}
-            x = s.img_embedded
-            for i, block in enumerate(base.noise_refiner):
-                x = block(x, *s.rope_img, s.t_emb)
-                if i in refiner_hints:
-                    x = x + refiner_hints[i]
+                c = block(c, *rope_img, t_emb)
+            return c, {}
+        blocks = self.control_noise_refiner if self.version == "2.1" else self.control_layers
+        c, hints = _run_control(blocks, c, x, rope_img, t_emb)
+        return c, {i: hints[k] for k, i in enumerate(self.refiner_places)}
 
-        unified = torch.cat([x, s.cap], dim=1)
-        c = torch.cat([c, s.cap], dim=1)
-        _, hints = _run_control(self.control_layers, c, unified, s.rope_unified, s.t_emb)
-        return {i: hints[k] * scale for k, i in enumerate(self.layers_places)}
-
-
-# --------------------------------------------------------------------------------------------
-# Loading from the released single file
-
-EMBED_KEY = "control_all_x_embedder.{}.weight"
-
-
-def inspect_controlnet(path: str | Path, p: TransformerParams) -> dict:
-    """Read a ControlNet file's header (and one small tensor) and describe it:
-    {version, control_in_dim, n_control_layers, drop_refiner}. Raises EngineError
-    (model_unavailable, field "controlnet") when the file is not a Z-Image ControlNet Union or
-    does not fit the base model."""
-    from engine.weights import read_header
-
-    path = Path(path)
-
-    def unavailable(message: str) -> EngineError:
-        return EngineError("model_unavailable", f"ControlNet {path}: {message}",
-                           field="controlnet")
-
-    if not path.is_file():
-        raise unavailable("file not found (give the .safetensors file of "
-                          "Z-Image-Turbo-Fun-Controlnet-Union)")
-    header = read_header(path)
-    embed = header.get(EMBED_KEY.format(p.patch_key))
-    if embed is None:
-        raise unavailable("not a Z-Image ControlNet Union file "
-                          f"(no {EMBED_KEY.format(p.patch_key)})")
-    dim, patch_in = embed[1]
-    if dim != p.dim:
-        raise unavailable(f"made for a transformer of width {dim}, but the loaded model has "
-                          f"{p.dim}")
-    per_patch = p.f_patch_size * p.patch_size * p.patch_size
-    control_in_dim = patch_in // per_patch
-    layers = sorted({int(m.group(1)) for k in header
-                     if (m := re.match(r"control_layers\.(\d+)\.", k))})
-    if not layers or layers != list(range(len(layers))) or len(layers) > p.n_layers:
-        raise unavailable(f"unexpected control layers {layers[:8]} for a {p.n_layers}-layer model")
-    refiner = sorted({int(m.group(1)) for k in header
-                      if (m := re.match(r"control_noise_refiner\.(\d+)\.", k))})
-    before = "control_noise_refiner.0.before_proj.weight"
-    if before in header:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            zero = bool(torch.all(f.get_tensor(before) == 0))
-        version = "2.0" if zero else "2.1"
-    elif "control_noise_refiner.0.after_proj.weight" in header or not refiner:
-        version = "2.0"
-    else:
-        version = "1.0"
-    if version != "2.0" and refiner != list(range(p.n_refiner_layers)):
-        raise unavailable(f"{len(refiner)} control refiner blocks, the model has "
-                          f"{p.n_refiner_layers} refiner layers")
-    return {"version": version, "control_in_dim": control_in_dim,
-            "n_control_layers": len(layers), "drop_refiner": version == "2.0" and bool(refiner)}
-
-
-def load_controlnet(path: str | Path, transformer: ZImageTransformer, *, dtype: torch.dtype,
-                    device: torch.device | str,
-                    layers_places: list[int] | None = None) -> ZImageControlNet:
-    from engine.weights import Target, load_safetensors_into
-
-    p = transformer.params
-    info = inspect_controlnet(path, p)
-    with torch.device("meta"):
-        model = ZImageControlNet(p, control_in_dim=info["control_in_dim"],
-                                 n_control_layers=info["n_control_layers"],
-                                 version=info["version"], layers_places=layers_places)
-
-    def key_map(key: str, shape: tuple[int, ...]) -> list[Target]:
-        if info["drop_refiner"] and key.startswith("control_noise_refiner."):
-            return []
-        return [Target(key)]
-
-    load_safetensors_into(model, path, dtype=dtype, device=device, key_map=key_map)
-    return model.eval().requires_grad_(False)
+    def layer_hints(self, c: Tensor, cap: Tensor, unified: Tensor,
+                    rope_unified: tuple[Tensor, Tensor], t_emb: Tensor) -> dict[int, Tensor]:
+        """The control layers on [control tokens, refined caption] with x = the main unified
+        sequence; returns {main layer: hint} (unscaled)."""
+        c = torch.cat([c, cap], dim=1)
+        _, hints = _run_control(self.control_layers, c, unified, rope_unified, t_emb)
+        return {i: hints[k] for k, i in enumerate(self.layers_places)}

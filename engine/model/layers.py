@@ -38,40 +38,55 @@ class RMSNorm(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x), no biases. `fuse()` merges w1 and w3 into one matmul."""
+    """SwiGLU: w2(silu(w1 x) * w3 x), no biases; w1 and w3 live fused as one matmul, w13."""
 
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w13 = nn.Linear(dim, 2 * hidden_dim, bias=False)  # checkpoint: w1, w3 (fuse_on_load)
         self.w2 = nn.Linear(hidden_dim, dim, bias=False)
-        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
-
-    def fuse(self) -> None:
-        if hasattr(self, "w13"):
-            return
-        self.w13 = _fused_linear(self.w1, self.w3)
-        del self.w1, self.w3
 
     def forward(self, x: Tensor) -> Tensor:
-        if hasattr(self, "w13"):
-            a, b = self.w13(x).chunk(2, dim=-1)
-        else:
-            a, b = self.w1(x), self.w3(x)
+        a, b = self.w13(x).chunk(2, dim=-1)
         return self.w2(F.silu(a) * b)
 
 
-def _fused_linear(*linears: nn.Linear) -> nn.Linear:
-    """One Linear whose output rows are the given Linears' rows stacked (biases must match)."""
-    first = linears[0]
-    has_bias = first.bias is not None
-    out_features = sum(lin.out_features for lin in linears)
-    # Built on meta and then assigned, so fusing a loaded model allocates only the fused weight.
-    fused = nn.Linear(first.in_features, out_features, bias=has_bias, device="meta")
-    with torch.no_grad():
-        fused.weight = nn.Parameter(torch.cat([lin.weight for lin in linears]))
-        if has_bias:
-            fused.bias = nn.Parameter(torch.cat([lin.bias for lin in linears]))
-    return fused
+# Checkpoints store these projections apart; the modules hold them fused (one matmul each).
+FUSED = {"attention.qkv.weight": ("attention.to_q.weight", "attention.to_k.weight",
+                                  "attention.to_v.weight"),
+         "feed_forward.w13.weight": ("feed_forward.w1.weight", "feed_forward.w3.weight")}
+
+
+def fuse_on_load(module: nn.Module) -> nn.Module:
+    """Let `module` (a model whose blocks have Attention/FeedForward) speak the checkpoints' key
+    names: load_state_dict fuses to_q/to_k/to_v -> qkv and w1/w3 -> w13 (each part popped as soon
+    as it is fused, so the peak is one fused weight more than the model), and state_dict shows the
+    parts again (views of the fused weights). Forward has one path: the fused one."""
+
+    def fuse(mod, state_dict, prefix, *args) -> None:
+        for fused, parts in FUSED.items():
+            first = "." + parts[0]
+            for key in [k for k in state_dict if k.startswith(prefix) and k.endswith(first)]:
+                head = key[: -len(parts[0])]
+                names = [head + part for part in parts]
+                if all(n in state_dict for n in names):
+                    state_dict[head + fused] = torch.cat([state_dict.pop(n) for n in names])
+
+    def split(mod, state_dict, prefix, local_metadata) -> None:
+        items = []
+        for key, value in state_dict.items():
+            fused = next((f for f in FUSED if key.startswith(prefix) and key.endswith("." + f)),
+                         None)
+            if fused is None:
+                items.append((key, value))
+                continue
+            head, parts = key[: -len(fused)], FUSED[fused]
+            items += [(head + part, chunk) for part, chunk in zip(parts, value.chunk(len(parts)))]
+        state_dict.clear()
+        state_dict.update(items)
+
+    module.register_load_state_dict_pre_hook(fuse)
+    module.register_state_dict_post_hook(split)
+    return module
 
 
 def rope_angles(pos: Tensor, axes_dims: tuple[int, ...], theta: float) -> Tensor:
@@ -113,3 +128,18 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
+
+
+def patchify(x: Tensor, ps: int) -> Tensor:
+    """[B, C, H, W] -> tokens [B, (H/ps)(W/ps), ps*ps*C], row-major over the patch grid; each
+    token's values ordered (ph, pw, c), channels fastest (unlike Flux's (c, ph, pw))."""
+    B, C, H, W = x.shape
+    patches = x.view(B, C, H // ps, ps, W // ps, ps).permute(0, 2, 4, 3, 5, 1)
+    return patches.reshape(B, (H // ps) * (W // ps), ps * ps * C)
+
+
+def unpatchify(tokens: Tensor, h_tok: int, w_tok: int, ps: int) -> Tensor:
+    """The inverse of `patchify`: [B, h_tok * w_tok, ps*ps*C] -> [B, C, h_tok*ps, w_tok*ps]."""
+    B = tokens.shape[0]
+    x = tokens.view(B, h_tok, w_tok, ps, ps, -1).permute(0, 5, 1, 3, 2, 4)
+    return x.reshape(B, -1, h_tok * ps, w_tok * ps)

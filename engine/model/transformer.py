@@ -15,8 +15,8 @@ Output convention (as diffusers): the model predicts x0 - noise; the sampler neg
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +26,13 @@ from engine.config import TransformerParams
 from engine.model.layers import (
     FeedForward,
     RMSNorm,
-    _fused_linear,
     apply_rope,
     attention,
+    fuse_on_load,
+    patchify,
     rope_angles,
     timestep_embedding,
+    unpatchify,
 )
 
 SEQ_MULTIPLE = 32  # both streams are padded to this length multiple with learned pad tokens
@@ -41,30 +43,19 @@ FINAL_NORM_EPS = 1e-6
 
 
 class Attention(nn.Module):
-    """Self-attention with per-head RMSNorm on q and k, then RoPE. Keys: to_q/to_k/to_v/to_out.0."""
+    """Self-attention with per-head RMSNorm on q and k, then RoPE. Keys: to_q/to_k/to_v (held
+    fused as qkv, see layers.fuse_on_load), to_out.0, norm_q, norm_k."""
 
     def __init__(self, dim: int, n_heads: int, qk_norm: bool):
         super().__init__()
         self.n_heads = n_heads
-        self.to_q = nn.Linear(dim, dim, bias=False)
-        self.to_k = nn.Linear(dim, dim, bias=False)
-        self.to_v = nn.Linear(dim, dim, bias=False)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim, bias=False)])  # key "to_out.0"
         self.norm_q = RMSNorm(dim // n_heads, eps=QK_NORM_EPS) if qk_norm else None
         self.norm_k = RMSNorm(dim // n_heads, eps=QK_NORM_EPS) if qk_norm else None
 
-    def fuse(self) -> None:
-        if hasattr(self, "qkv"):
-            return
-        self.qkv = _fused_linear(self.to_q, self.to_k, self.to_v)
-        del self.to_q, self.to_k, self.to_v
-
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        if hasattr(self, "qkv"):
-            q, k, v = self.qkv(x).chunk(3, dim=-1)
-        else:
-            q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
-        q, k, v = (t.unflatten(-1, (self.n_heads, -1)) for t in (q, k, v))  # [B, L, H, D]
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.n_heads, -1)).unbind(-3)  # [B, L, H, D]
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
         # RoPE in float32; cast back to v's dtype (an fp32 RMSNorm weight would otherwise leak).
@@ -135,19 +126,26 @@ class FinalLayer(nn.Module):
         return self.linear(x)
 
 
-@dataclass
-class Streams:
-    """What a ControlNet needs from one forward pass (see `ZImageTransformer.forward(control=)`):
-    the embedded image tokens before the noise refiner (padded), the refined caption tokens, the
-    timestep embedding and the RoPE tables of the image stream and of the unified sequence."""
+class ControlNet(Protocol):
+    """What the forward pass needs of a ControlNet (engine.model.controlnet.ZImageControlNet)."""
 
-    img_embedded: Tensor  # [B, N_img padded, dim]
-    img_refined: Tensor  # the same after the noise refiner (what the main layers get)
-    cap: Tensor  # [B, N_cap padded, dim], after the context refiner
-    t_emb: Tensor
-    rope_img: tuple[Tensor, Tensor]
-    rope_unified: tuple[Tensor, Tensor]
-    n_img: int  # real (unpadded) image tokens
+    def embed(self, latents: Tensor, batch: int) -> Tensor: ...
+
+    def refine(self, c: Tensor, x: Tensor, rope_img: tuple[Tensor, Tensor],
+               t_emb: Tensor) -> tuple[Tensor, dict[int, Tensor]]: ...
+
+    def layer_hints(self, c: Tensor, cap: Tensor, unified: Tensor,
+                    rope_unified: tuple[Tensor, Tensor], t_emb: Tensor) -> dict[int, Tensor]: ...
+
+
+@dataclass
+class Control:
+    """A ControlNet's input for one forward: the net, its control latents [1 or B, C, H, W] (the
+    image latents' H, W) and the conditioning scale its hints are multiplied by."""
+
+    net: ControlNet
+    latents: Tensor
+    scale: float = 1.0
 
 
 class ZImageTransformer(nn.Module):
@@ -176,6 +174,7 @@ class ZImageTransformer(nn.Module):
         # RoPE cos/sin depend only on (caption length, latent grid, device): computed lazily,
         # shared by every block, never part of the state dict. One entry is enough per run.
         self._rope_cache: tuple[tuple, tuple[Tensor, ...]] | None = None
+        fuse_on_load(self)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -184,15 +183,6 @@ class ZImageTransformer(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.x_pad_token.device
-
-    def fuse_projections(self) -> None:
-        """Fuse to_q/to_k/to_v -> qkv and w1/w3 -> w13 in every block (after loading weights).
-
-        Same math, fewer kernel launches. The state dict then no longer has the checkpoint's keys.
-        """
-        for block in [*self.noise_refiner, *self.context_refiner, *self.layers]:
-            block.attention.fuse()
-            block.feed_forward.fuse()
 
     def _rope(
         self, cap_len: int, h_tok: int, w_tok: int, device: torch.device
@@ -226,19 +216,13 @@ class ZImageTransformer(nn.Module):
         self._rope_cache = (key, tuple(tables))
         return self._rope_cache[1]
 
-    def forward(
-        self,
-        x: Tensor,
-        t: Tensor,
-        cap_feats: Tensor,
-        control_hints: dict[int, Tensor] | None = None,
-        control: Callable[[Streams], dict[int, Tensor]] | None = None,
-    ) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, cap_feats: Tensor,
+                control: Control | None = None) -> Tensor:
         """x: latents [B, C, H, W] (H, W multiples of patch_size); t: [B] = 1 - sigma in [0, 1];
         cap_feats: [B or 1, L, cap_feat_dim], one caption length for the whole batch (so no mask);
-        control_hints: {main layer index: [B, N_unified, dim]} added after that layer.
-        control: a ControlNet hook, called once per forward with the `Streams` (after the caption
-        refiner, before the main layers); it returns more hints of the same form.
+        control: a ControlNet and its latents. As the released ControlNets were trained
+        (VideoX-Fun), its refiner-stage hints are added after this model's noise-refiner layers
+        and its layer hints after the main layers, each times the scale.
         Returns [B, C, H, W] in x's dtype: diffusers' raw output (x0 - noise), not negated.
         """
         p = self.params
@@ -261,45 +245,47 @@ class ZImageTransformer(nn.Module):
         n_img = h_tok * w_tok
         cap_len = _round_up(cap_feats.shape[1])
         cos_img, sin_img, cos_cap, sin_cap = self._rope(cap_len, h_tok, w_tok, x.device)
+        rope_img = (cos_img, sin_img)
 
         t_emb = self.t_embedder(t.reshape(-1).expand(B).float() * p.t_scale).to(dtype)
 
-        # Patchify: [B, C, H, W] -> [B, h*w, (ph pw c)]; channels fastest, unlike Flux's (c ph pw).
-        patches = x.to(dtype).view(B, C, h_tok, ps, w_tok, ps).permute(0, 2, 4, 3, 5, 1)
-        img = self.all_x_embedder[p.patch_key](patches.reshape(B, n_img, p.patch_dim))
-        img = img_embedded = _pad_with(img, self.x_pad_token)
-        for block in self.noise_refiner:
-            img = block(img, cos_img, sin_img, t_emb)
+        img = self.all_x_embedder[p.patch_key](patchify(x.to(dtype), ps))
+        img = pad_with(img, self.x_pad_token)
+        refiner_hints: dict[int, Tensor] = {}
+        if control is not None:
+            net = control.net
+            c = pad_with(net.embed(control.latents, B), self.x_pad_token)
+            c, refiner_hints = net.refine(c, img, rope_img, t_emb)
+        for i, block in enumerate(self.noise_refiner):
+            img = block(img, *rope_img, t_emb)
+            if i in refiner_hints:
+                img = img + refiner_hints[i] * control.scale
 
         cap = self.cap_embedder(cap_feats.to(dtype)).expand(B, -1, -1)
-        cap = _pad_with(cap, self.cap_pad_token)
+        cap = pad_with(cap, self.cap_pad_token)
         for block in self.context_refiner:
             cap = block(cap, cos_cap, sin_cap)
 
         # Unified sequence: image tokens first (padded), then caption tokens (padded).
         xs = torch.cat([img, cap], dim=1)
-        cos, sin = torch.cat([cos_img, cos_cap]), torch.cat([sin_img, sin_cap])
+        rope = (torch.cat([cos_img, cos_cap]), torch.cat([sin_img, sin_cap]))
+        layer_hints: dict[int, Tensor] = {}
         if control is not None:
-            extra = control(Streams(img_embedded, img, cap, t_emb, (cos_img, sin_img), (cos, sin),
-                                    n_img))
-            control_hints = {**(control_hints or {})}
-            for i, hint in extra.items():
-                control_hints[i] = control_hints[i] + hint if i in control_hints else hint
+            layer_hints = net.layer_hints(c, cap, xs, rope, t_emb)
         for i, block in enumerate(self.layers):
-            xs = block(xs, cos, sin, t_emb)
-            if control_hints is not None and i in control_hints:
-                xs = xs + control_hints[i]
+            xs = block(xs, *rope, t_emb)
+            if i in layer_hints:
+                xs = xs + layer_hints[i] * control.scale
 
         out = self.all_final_layer[p.patch_key](xs[:, :n_img], t_emb)
-        out = out.view(B, h_tok, w_tok, ps, ps, C).permute(0, 5, 1, 3, 2, 4)
-        return out.reshape(B, C, H, W).to(out_dtype)
+        return unpatchify(out, h_tok, w_tok, ps).to(out_dtype)
 
 
 def _round_up(n: int) -> int:
     return -(-n // SEQ_MULTIPLE) * SEQ_MULTIPLE
 
 
-def _pad_with(tokens: Tensor, pad_token: Tensor) -> Tensor:
+def pad_with(tokens: Tensor, pad_token: Tensor) -> Tensor:
     """Append copies of the learned pad token up to the next multiple of SEQ_MULTIPLE."""
     B, n, dim = tokens.shape
     n_pad = _round_up(n) - n

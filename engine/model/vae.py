@@ -7,8 +7,9 @@
   mid_block = resnets.0, attentions.0 (single-head self-attention), resnets.1
 
 `AutoEncoder.encode` / `decode` speak the transformer's latent space: scaled and shifted
-(scaling_factor 0.3611, shift_factor 0.1159 for FLUX.1). For seamless textures every 3x3 conv can
-wrap around the image borders: `set_padding_mode("circular")`.
+(scaling_factor 0.3611, shift_factor 0.1159 for FLUX.1). For seamless textures every padded conv
+can wrap around the image borders: `encode(..., wrap="xy")`, `decode(..., wrap="x")`; the wrap is
+an argument of each call (WrapConv2d), not a mode the model is switched into.
 """
 
 from __future__ import annotations
@@ -27,18 +28,37 @@ def _norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels, eps=NORM_EPS, affine=True)
 
 
+def _pad_mode(axis: str, wrap: str) -> str:
+    return "circular" if axis in wrap else "constant"
+
+
+class WrapConv2d(nn.Conv2d):
+    """nn.Conv2d (same keys) whose padding wraps around the borders on the axes named in `wrap`
+    ("x": left/right, "y": top/bottom, "xy"; "" = zero padding, as trained). With every padded
+    conv wrapping, a roll of the input by a multiple of the stride rolls the output exactly
+    (GroupNorm and the attention are global), so the decoder sees the latent as a torus."""
+
+    def forward(self, x: Tensor, wrap: str = "") -> Tensor:
+        if not wrap or self.padding == (0, 0):
+            return super().forward(x)
+        ph, pw = self.padding
+        x = F.pad(x, (pw, pw, 0, 0), mode=_pad_mode("x", wrap))
+        x = F.pad(x, (0, 0, ph, ph), mode=_pad_mode("y", wrap))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
 class ResnetBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, groups: int):
         super().__init__()
         self.norm1 = _norm(in_ch, groups)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.conv1 = WrapConv2d(in_ch, out_ch, 3, padding=1)
         self.norm2 = _norm(out_ch, groups)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.conv2 = WrapConv2d(out_ch, out_ch, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+    def forward(self, x: Tensor, wrap: str = "") -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)), wrap)
+        h = self.conv2(F.silu(self.norm2(h)), wrap)
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
         return x + h
@@ -71,24 +91,21 @@ class Downsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=0)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, wrap: str = "") -> Tensor:
         # Asymmetric pad (right and bottom only) before the stride-2 conv, as in diffusers/LDM.
-        wrap = getattr(self.conv, "wrap_axes", "")
-        if self.conv.padding_mode == "circular" or wrap == "xy":
-            return self.conv(F.pad(x, (0, 1, 0, 1), mode="circular"))
-        if wrap:  # one axis wraps, the other is zero-padded
-            x = F.pad(x, (0, 1, 0, 0) if wrap == "x" else (0, 0, 0, 1), mode="circular")
-            return self.conv(F.pad(x, (0, 0, 0, 1) if wrap == "x" else (0, 1, 0, 0)))
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
+        if not wrap:
+            return self.conv(F.pad(x, (0, 1, 0, 1)))
+        x = F.pad(x, (0, 1, 0, 0), mode=_pad_mode("x", wrap))
+        return self.conv(F.pad(x, (0, 0, 0, 1), mode=_pad_mode("y", wrap)))
 
 
 class Upsample(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv = WrapConv2d(ch, ch, 3, padding=1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def forward(self, x: Tensor, wrap: str = "") -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"), wrap)
 
 
 class DownBlock(nn.Module):
@@ -99,11 +116,11 @@ class DownBlock(nn.Module):
         )
         self.downsamplers = nn.ModuleList([Downsample(out_ch)]) if downsample else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, wrap: str = "") -> Tensor:
         for resnet in self.resnets:
-            x = resnet(x)
+            x = resnet(x, wrap)
         if self.downsamplers is not None:
-            x = self.downsamplers[0](x)
+            x = self.downsamplers[0](x, wrap)
         return x
 
 
@@ -115,11 +132,11 @@ class UpBlock(nn.Module):
         )
         self.upsamplers = nn.ModuleList([Upsample(out_ch)]) if upsample else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, wrap: str = "") -> Tensor:
         for resnet in self.resnets:
-            x = resnet(x)
+            x = resnet(x, wrap)
         if self.upsamplers is not None:
-            x = self.upsamplers[0](x)
+            x = self.upsamplers[0](x, wrap)
         return x
 
 
@@ -129,11 +146,11 @@ class MidBlock(nn.Module):
         self.resnets = nn.ModuleList([ResnetBlock(ch, ch, groups), ResnetBlock(ch, ch, groups)])
         self.attentions = nn.ModuleList([AttnBlock(ch, groups)]) if add_attention else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.resnets[0](x)
+    def forward(self, x: Tensor, wrap: str = "") -> Tensor:
+        x = self.resnets[0](x, wrap)
         if self.attentions is not None:
             x = self.attentions[0](x)
-        return self.resnets[1](x)
+        return self.resnets[1](x, wrap)
 
 
 class Encoder(nn.Module):
@@ -142,7 +159,7 @@ class Encoder(nn.Module):
     def __init__(self, p: VaeParams):
         super().__init__()
         ch, g = p.block_out_channels, p.norm_num_groups
-        self.conv_in = nn.Conv2d(p.in_channels, ch[0], 3, padding=1)
+        self.conv_in = WrapConv2d(p.in_channels, ch[0], 3, padding=1)
         self.down_blocks = nn.ModuleList(
             [
                 DownBlock(
@@ -153,14 +170,14 @@ class Encoder(nn.Module):
         )
         self.mid_block = MidBlock(ch[-1], g, p.mid_block_add_attention)
         self.conv_norm_out = _norm(ch[-1], g)
-        self.conv_out = nn.Conv2d(ch[-1], 2 * p.latent_channels, 3, padding=1)
+        self.conv_out = WrapConv2d(ch[-1], 2 * p.latent_channels, 3, padding=1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.conv_in(x)
+    def forward(self, x: Tensor, wrap: str = "") -> Tensor:
+        x = self.conv_in(x, wrap)
         for block in self.down_blocks:
-            x = block(x)
-        x = self.mid_block(x)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))
+            x = block(x, wrap)
+        x = self.mid_block(x, wrap)
+        return self.conv_out(F.silu(self.conv_norm_out(x)), wrap)
 
 
 class Decoder(nn.Module):
@@ -169,7 +186,7 @@ class Decoder(nn.Module):
     def __init__(self, p: VaeParams):
         super().__init__()
         ch, g = tuple(reversed(p.block_out_channels)), p.norm_num_groups
-        self.conv_in = nn.Conv2d(p.latent_channels, ch[0], 3, padding=1)
+        self.conv_in = WrapConv2d(p.latent_channels, ch[0], 3, padding=1)
         self.mid_block = MidBlock(ch[0], g, p.mid_block_add_attention)
         # One more resnet per stage than the encoder; up_blocks.0 works at the lowest resolution.
         self.up_blocks = nn.ModuleList(
@@ -181,13 +198,13 @@ class Decoder(nn.Module):
             ]
         )
         self.conv_norm_out = _norm(ch[-1], g)
-        self.conv_out = nn.Conv2d(ch[-1], p.out_channels, 3, padding=1)
+        self.conv_out = WrapConv2d(ch[-1], p.out_channels, 3, padding=1)
 
-    def forward(self, z: Tensor) -> Tensor:
-        x = self.mid_block(self.conv_in(z))
+    def forward(self, z: Tensor, wrap: str = "") -> Tensor:
+        x = self.mid_block(self.conv_in(z, wrap), wrap)
         for block in self.up_blocks:
-            x = block(x)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))
+            x = block(x, wrap)
+        return self.conv_out(F.silu(self.conv_norm_out(x)), wrap)
 
 
 class AutoEncoder(nn.Module):
@@ -204,30 +221,13 @@ class AutoEncoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.encoder.conv_in.weight.dtype
 
-    def set_padding_mode(self, mode: str = "zeros", axes: str = "xy") -> None:
-        """"zeros" (default, as trained) or "circular" (tileable output: borders wrap around).
-
-        axes: with "circular", which borders wrap: "x" (left/right), "y" (top/bottom) or "xy";
-        the other axis keeps zero padding. Every conv wraps, so a roll of the input by a multiple
-        of the stride rolls the output exactly (GroupNorm and the attention are global).
-        """
-        if mode not in ("zeros", "circular"):
-            raise ValueError(f"padding mode must be 'zeros' or 'circular', got {mode!r}")
-        if axes not in ("x", "y", "xy"):
-            raise ValueError(f"axes must be 'x', 'y' or 'xy', got {axes!r}")
-        wrap = "" if mode == "zeros" else axes
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                m.padding_mode = "circular" if wrap == "xy" else "zeros"
-                m.wrap_axes = wrap
-                _set_axis_wrap(m, wrap)
-
-    def encode(self, image: Tensor, noise: Tensor | None = None) -> Tensor:
+    def encode(self, image: Tensor, noise: Tensor | None = None, wrap: str = "") -> Tensor:
         """image [B, 3, H, W] in [-1, 1] (H, W multiples of 8) -> float32 latent the transformer
         sees: (z - shift) * scale. Without `noise`, z is the posterior mean (mode); with `noise`
         ([B or N, 16, H/8, W/8], standard normal), z = mean + std * noise, a posterior sample as
         diffusers' `latent_dist.sample(generator)` draws it (logvar clamped to [-30, 20])."""
-        moments = self.encoder(image.to(self.dtype))
+        _check_wrap(wrap)
+        moments = self.encoder(image.to(self.dtype), wrap)
         if self.quant_conv is not None:
             moments = self.quant_conv(moments)
         mean, logvar = (m.float() for m in moments.chunk(2, dim=1))
@@ -237,35 +237,17 @@ class AutoEncoder(nn.Module):
             z = mean + std * noise.to(mean.device, torch.float32)
         return (z - self.params.shift_factor) * self.params.scaling_factor
 
-    def decode(self, latents: Tensor) -> Tensor:
+    def decode(self, latents: Tensor, wrap: str = "") -> Tensor:
         """Transformer-space latents [B, 16, h, w] -> float32 image [B, 3, 8h, 8w], about [-1, 1]
-        (not clamped)."""
+        (not clamped). wrap: "" | "x" | "y" | "xy", the borders that wrap around (WrapConv2d)."""
+        _check_wrap(wrap)
         z = latents.float() / self.params.scaling_factor + self.params.shift_factor
         z = z.to(self.dtype)
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
-        return self.decoder(z).float()
+        return self.decoder(z, wrap).float()
 
 
-def _set_axis_wrap(conv: nn.Conv2d, wrap: str) -> None:
-    """Make a padded conv wrap around on one axis only ("x" or "y"); "" or "xy" clears the hook
-    (nn.Conv2d's own padding_mode covers both axes at once)."""
-    hook = getattr(conv, "_wrap_hook", None)
-    if hook is not None:
-        hook.remove()
-        conv._wrap_hook = None
-        conv.padding = conv._wrap_padding
-    if wrap not in ("x", "y") or conv.padding == (0, 0):
-        return
-    ph, pw = conv._wrap_padding = conv.padding
-
-    def pre_hook(module: nn.Module, args: tuple) -> tuple:
-        x = args[0]
-        if wrap == "x":
-            x = F.pad(F.pad(x, (pw, pw, 0, 0), mode="circular"), (0, 0, ph, ph))
-        else:
-            x = F.pad(F.pad(x, (0, 0, ph, ph), mode="circular"), (pw, pw, 0, 0))
-        return (x,)
-
-    conv.padding = (0, 0)
-    conv._wrap_hook = conv.register_forward_pre_hook(pre_hook)
+def _check_wrap(wrap: str) -> None:
+    if wrap not in ("", "x", "y", "xy"):
+        raise ValueError(f"wrap must be '', 'x', 'y' or 'xy', got {wrap!r}")

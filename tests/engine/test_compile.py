@@ -40,10 +40,10 @@ def test_load_pipeline_compiles_only_when_asked(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(compiling, "compile_pipeline", lambda pipe, **k: calls.append("compile"))
     monkeypatch.setattr(compiling, "warm_up", lambda pipe: calls.append("warm_up") or 1.5)
     pipe = load_pipeline(str(tiny_model_dir), device="cpu", dtype="float32")
-    assert calls == [] and not hasattr(pipe, "compile_seconds")
+    assert calls == [] and pipe.compile_seconds is None
     pipe = load_pipeline(str(tiny_model_dir), device="cpu", dtype="float32", compile=True)
     assert calls == ["compile", "warm_up"] and pipe.compile_seconds == 1.5
-    assert pipe.plan.mode == "max" and pipe.streamers == {}
+    assert pipe.memory.plan.mode == "max" and pipe.memory.streamers == {}
     # Fast path 1: fused projections at load time.
     block = pipe.transformer.layers[0]
     assert hasattr(block.attention, "qkv") and hasattr(block.feed_forward, "w13")

@@ -64,7 +64,8 @@ def test_unmasked_area_keeps_the_input_latents(pipe, monkeypatch):
     so the pixel check is only meaningful with a real VAE; the latent check is exact.)"""
     decoded = []
     original = pipe.vae.decode
-    monkeypatch.setattr(pipe.vae, "decode", lambda z: decoded.append(z.clone()) or original(z))
+    monkeypatch.setattr(pipe.vae, "decode",
+                        lambda z, **kw: decoded.append(z.clone()) or original(z, **kw))
     img, mask = sample_image(64, 64, seed=6), box_mask(64, 64, box=(0, 0, 32, 64))
     pipe.generate(GenerateRequest(PROMPT, 64, 64, steps=4, seed=12, image=img, mask=mask))
     pipe.generate(GenerateRequest(PROMPT, 64, 64, steps=4, seed=12, image=img, strength=0.0))

@@ -136,7 +136,7 @@ def test_streaming_plan_keeps_parity_and_the_prompt_cache(pipe, sizes):
     plan = Plan("8gb", dit_streamed=1, text_encoder="stream", budget_gib=7.0)
     apply_plan(pipe, plan, torch.device("cpu"))
     try:
-        te = pipe.streamers["text_encoder"]
+        te = pipe.memory.streamers["text_encoder"]
         runs, copies = pipe.text_encoder.runs, te.copies
         out = pipe.generate(REQ).images[0]
         assert (out == ref).all()
@@ -144,10 +144,10 @@ def test_streaming_plan_keeps_parity_and_the_prompt_cache(pipe, sizes):
         copies = te.copies
         pipe.generate(REQ)  # the same prompt: the text encoder neither runs nor moves
         assert pipe.text_encoder.runs == runs + 1 and te.copies == copies
-        assert pipe.streamers["transformer"].copies > 0
+        assert pipe.memory.streamers["transformer"].copies > 0
     finally:
         apply_plan(pipe, Plan("max"), torch.device("cpu"))
-    assert pipe.streamers == {}
+    assert pipe.memory.streamers == {}
     assert (pipe.generate(REQ).images[0] == ref).all()
 
 
@@ -182,7 +182,7 @@ def test_simulated_oom_names_a_mode_that_fits_and_the_engine_keeps_running(pipe,
     ref = pipe.generate(REQ).images[0]
     inner = pipe.transformer
     pipe.transformer = SimulatedOOM(inner)
-    pipe.plan = make_plan("16gb", sizes=sizes)
+    pipe.memory.plan = make_plan("16gb", sizes=sizes)
     try:
         with pytest.raises(EngineError) as e:
             pipe.generate(REQ)
@@ -190,13 +190,13 @@ def test_simulated_oom_names_a_mode_that_fits_and_the_engine_keeps_running(pipe,
         assert "--memory 12gb" in e.value.message and "64x64" in e.value.message
         assert (pipe.generate(REQ).images[0] == ref).all()  # same pipeline, next request works
     finally:
-        pipe.transformer, pipe.plan = inner, None
+        pipe.transformer, pipe.memory.plan = inner, None
 
 
 def test_oom_inside_a_streamed_layer_puts_it_back(pipe):
     ref = pipe.generate(REQ).images[0]
     apply_plan(pipe, Plan("8gb", dit_streamed=2, text_encoder="stream"), torch.device("cpu"))
-    streamer = pipe.streamers["transformer"]
+    streamer = pipe.memory.streamers["transformer"]
     layer = streamer.blocks[1]
     state = {"fail": True}
 
@@ -234,10 +234,10 @@ def test_unload_then_the_next_job_restores_the_plan_and_the_image(pipe):
     try:
         assert hooked()
         pipe.unload()
-        assert not pipe.resident and pipe.streamers == {}
+        assert not pipe.memory.resident and pipe.memory.streamers == {}
         assert not hooked()  # no streaming hooks left behind
         assert pipe.unload() == 0  # twice is harmless
         assert (pipe.generate(REQ).images[0] == ref).all()
-        assert pipe.resident and set(pipe.streamers) == {"transformer", "text_encoder"}
+        assert pipe.memory.resident and set(pipe.memory.streamers) == {"transformer", "text_encoder"}
     finally:
         apply_plan(pipe, Plan("max"), torch.device("cpu"))

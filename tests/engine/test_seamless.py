@@ -19,8 +19,7 @@ def pipe(tiny_model_dir):
 
 @pytest.fixture
 def vae(pipe):
-    yield pipe.vae
-    pipe.vae.set_padding_mode("zeros")
+    return pipe.vae
 
 
 def close(a, b):
@@ -32,26 +31,25 @@ def test_circular_vae_is_roll_equivariant(vae, axes):
     g = torch.Generator().manual_seed(0)
     img = torch.rand(1, 3, 64, 48, generator=g) * 2 - 1
     z = torch.randn(1, 16, 8, 6, generator=g)
-    vae.set_padding_mode("circular", axes=axes)
     dy, dx = (3 if "y" in axes else 0), (2 if "x" in axes else 0)  # latent cells
     with torch.no_grad():
-        assert close(vae.decode(torch.roll(z, (dy, dx), (2, 3))),
-                     torch.roll(vae.decode(z), (8 * dy, 8 * dx), (2, 3)))
-        assert close(vae.encode(torch.roll(img, (8 * dy, 8 * dx), (2, 3))),
-                     torch.roll(vae.encode(img), (dy, dx), (2, 3)))
+        assert close(vae.decode(torch.roll(z, (dy, dx), (2, 3)), wrap=axes),
+                     torch.roll(vae.decode(z, wrap=axes), (8 * dy, 8 * dx), (2, 3)))
+        assert close(vae.encode(torch.roll(img, (8 * dy, 8 * dx), (2, 3)), wrap=axes),
+                     torch.roll(vae.encode(img, wrap=axes), (dy, dx), (2, 3)))
         if axes != "xy":  # the other axis keeps zero padding: no equivariance there
             other = (1, 0) if axes == "x" else (0, 1)
-            assert not close(vae.decode(torch.roll(z, other, (2, 3))),
-                             torch.roll(vae.decode(z), (8 * other[0], 8 * other[1]), (2, 3)))
+            assert not close(vae.decode(torch.roll(z, other, (2, 3)), wrap=axes),
+                             torch.roll(vae.decode(z, wrap=axes), (8 * other[0], 8 * other[1]),
+                                        (2, 3)))
 
 
-def test_zero_padding_is_restored(vae):
+def test_wrap_is_per_call_and_leaves_no_state(vae):
     z = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         before = vae.decode(z)
-        vae.set_padding_mode("circular", axes="x")
-        vae.set_padding_mode("circular", axes="xy")
-        vae.set_padding_mode("zeros")
+        assert not torch.equal(vae.decode(z, wrap="x"), before)
+        vae.decode(z, wrap="xy")
         assert torch.equal(vae.decode(z), before)
 
 

@@ -218,6 +218,140 @@ def test_comfyui_rejects_non_zimage_and_scaled_files(comfy_models, tiny_engine_m
 
 
 # --------------------------------------------------------------------------------------------
+# ComfyUI all-in-one checkpoints (models/checkpoints) and the VAE pick
+
+TE_PREFIX = "text_encoders.qwen3_4b.transformer."
+
+
+def write_checkpoint(path: Path, model_dir: Path, *, vae: bool = True) -> Path:
+    """The tiny model's weights as ComfyUI saves a checkpoint: the DiT under model.diffusion_model.
+    (fused qkv), Qwen3 under text_encoders.qwen3_4b.transformer.model., the VAE under vae. (BFL)."""
+    sd = comfyui_transformer_inverse(tensors(model_dir / "transformer"))
+    sd.update({f"{TE_PREFIX}model.{k}": v for k, v in tensors(model_dir / "text_encoder").items()})
+    if vae:
+        sd.update({f"vae.{k}": v for k, v in bfl_vae_inverse(tensors(model_dir / "vae")).items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(path))
+    return path
+
+
+@pytest.fixture
+def tiny_configs(tmp_path, tiny_engine_model_dir, monkeypatch):
+    """ComfyUI files carry no configs; the engine uses the shipped Turbo ones. For the tiny test
+    model, the shipped configs are replaced by the tiny model's own."""
+    d = tmp_path / "tiny-configs"
+    d.mkdir()
+    for src, dst in (("transformer/config.json", "transformer.json"),
+                     ("vae/config.json", "vae.json"),
+                     ("scheduler/scheduler_config.json", "scheduler.json"),
+                     ("text_encoder/config.json", "text_encoder.json")):
+        shutil.copy(tiny_engine_model_dir / src, d / dst)
+    monkeypatch.setattr(sources, "CONFIG_DIR", d)
+    return d
+
+
+def test_all_in_one_checkpoint_is_recognised(tmp_path, tiny_engine_model_dir):
+    ckpt = write_checkpoint(tmp_path / "models" / "checkpoints" / "zit_aio.safetensors",
+                            tiny_engine_model_dir)
+    src = resolve_model(ckpt, tokenizer=tiny_engine_model_dir / "tokenizer", reachable=never)
+    assert src.kind == "checkpoint" and src.root == (tmp_path / "models").resolve()
+    assert src.transformer_files == src.text_encoder_files == src.vae_files == (ckpt.resolve(),)
+    assert src.key_maps == {"transformer": "checkpoint:transformer:comfyui-transformer",
+                            "text_encoder": "checkpoint:text_encoder:qwen3",
+                            "vae": "checkpoint:vae:bfl-vae"}
+    # the models folder finds it in checkpoints/ too
+    assert resolve_model(tmp_path / "models", tokenizer=tiny_engine_model_dir / "tokenizer",
+                         reachable=never).kind == "checkpoint"
+
+
+def test_all_in_one_checkpoint_gives_the_folders_pixels(tmp_path, tiny_engine_model_dir,
+                                                        tiny_configs):
+    import numpy as np
+
+    from engine.loading import load_pipeline
+    from engine.pipeline import GenerateRequest
+
+    ckpt = write_checkpoint(tmp_path / "checkpoints" / "zit_aio.safetensors",
+                            tiny_engine_model_dir)
+    req = GenerateRequest("a lighthouse at dusk", 96, 64, steps=3, seed=11)
+    ours = load_pipeline(str(ckpt), device="cpu", dtype="float32",
+                         tokenizer=str(tiny_engine_model_dir / "tokenizer")).generate(req)
+    folder = load_pipeline(str(tiny_engine_model_dir), device="cpu", dtype="float32").generate(req)
+    assert np.array_equal(ours.images[0], folder.images[0])
+    assert ours.images[0].std() > 5
+
+
+def test_checkpoint_without_vae_uses_the_one_beside_it(tmp_path, tiny_engine_model_dir):
+    models = tmp_path / "models"
+    ckpt = write_checkpoint(models / "checkpoints" / "zit.safetensors", tiny_engine_model_dir,
+                            vae=False)
+    (models / "vae").mkdir()
+    save_file(bfl_vae_inverse(tensors(tiny_engine_model_dir / "vae")),
+              str(models / "vae" / "ae.safetensors"))
+    src = resolve_model(ckpt, tokenizer=tiny_engine_model_dir / "tokenizer", reachable=never)
+    assert src.vae_files == ((models / "vae" / "ae.safetensors").resolve(),)
+    assert src.key_maps["vae"] == "bfl-vae"
+    assert src.key_maps["text_encoder"] == "checkpoint:text_encoder:qwen3"
+
+
+def _decoy_vaes(folder: Path) -> None:
+    """VAEs ComfyUI users keep beside the FLUX one, by their tensor layout (tiny shapes)."""
+    z = torch.zeros
+    save_file({"decoder.conv1.weight": z(8, 16, 3, 3, 3), "encoder.conv1.weight": z(8, 3, 3, 3, 3),
+               "conv1.weight": z(32, 32, 1, 1, 1)}, str(folder / "qwen_image_vae.safetensors"))
+    save_file({"decoder.conv_in.weight": z(8, 16, 3, 3, 3),
+               "encoder.conv_out.weight": z(32, 8, 3, 3, 3)},
+              str(folder / "wan_2.1_vae.safetensors"))
+    save_file({"decoder.conv_in.weight": z(8, 8, 3, 3), "encoder.conv_out.weight": z(16, 8, 3, 3)},
+              str(folder / "ace_step_vae.safetensors"))
+
+
+@pytest.mark.parametrize("flux_name", ["ae.safetensors", "flux_vae.safetensors",
+                                       "my_vae.safetensors"])
+def test_vae_pick_skips_decoys_and_names_the_file(comfy_models, tiny_engine_model_dir, caplog,
+                                                  flux_name):
+    vae_dir = comfy_models / "vae"
+    (vae_dir / "ae.safetensors").rename(vae_dir / flux_name)
+    _decoy_vaes(vae_dir)
+    dit = comfy_models / "diffusion_models" / "z_image_turbo_bf16.safetensors"
+    with caplog.at_level("INFO", logger="engine.sources"):
+        src = resolve_model(dit, tokenizer=tiny_engine_model_dir / "tokenizer", reachable=never)
+    assert src.vae_files == ((vae_dir / flux_name).resolve(),)
+    assert src.vae_used == (vae_dir / flux_name).resolve()
+    assert f"VAE: {(vae_dir / flux_name).resolve()}" in caplog.text
+    said = [r for r in caplog.records if r.getMessage().startswith("VAE: ")]
+    if flux_name == "my_vae.safetensors":  # a decoy ranked first was checked, skipped, named
+        assert said[0].levelname == "WARNING" and "ace_step_vae" in said[0].getMessage()
+    else:  # the exact name, or a name saying flux, is checked first and fits
+        assert said[0].levelname == "INFO"
+
+
+def test_only_decoy_vaes_is_a_clear_error(comfy_models, tiny_engine_model_dir):
+    vae_dir = comfy_models / "vae"
+    (vae_dir / "ae.safetensors").unlink()
+    _decoy_vaes(vae_dir)
+    dit = comfy_models / "diffusion_models" / "z_image_turbo_bf16.safetensors"
+    msg = expect_error(lambda: resolve_model(dit, tokenizer=tiny_engine_model_dir / "tokenizer",
+                                             reachable=never))
+    assert "FLUX VAE ae.safetensors (0.3 GB" in msg
+    for name in ("qwen_image_vae", "wan_2.1_vae", "ace_step_vae"):
+        assert name in msg
+
+
+def test_flux_vae_problem_names_the_reason():
+    def header(**shapes):
+        return {k.replace("__", "."): ("F32", v) for k, v in shapes.items()}
+
+    ok = header(decoder__conv_in__weight=(512, 16, 3, 3), encoder__conv_out__weight=(32, 512, 3, 3))
+    assert sources.flux_vae_problem(ok) == ""
+    assert "latent channels" in sources.flux_vae_problem(header(
+        decoder__conv_in__weight=(512, 4, 3, 3), encoder__conv_out__weight=(8, 512, 3, 3)))
+    assert "3-D" in sources.flux_vae_problem(header(
+        decoder__conv_in__weight=(5, 16, 3, 3, 3), encoder__conv_out__weight=(32, 5, 3, 3, 3)))
+    assert "quant convs" in sources.flux_vae_problem({**ok, "quant_conv.weight": ("F32", (32,))})
+
+
+# --------------------------------------------------------------------------------------------
 # shipped configs
 
 def test_shipped_turbo_configs():

@@ -56,13 +56,13 @@ def test_pipeline_decodes_in_tiles_when_the_plan_says_so(vae, latents, monkeypat
         pass
 
     pipe = Pipe()
-    pipe.vae, pipe.plan = vae, plan
+    pipe.vae, pipe.memory = vae, memory.MemoryState(plan=plan)
     import engine.tiled_vae as tv
 
     monkeypatch.setattr(tv, "tiled_decode", lambda *a, **k: calls.append(k) or "tiled")
     assert plan.tile_decode(1024, 1024)
     assert memory.decode_latents(pipe, torch.zeros(1, 16, 128, 128)) == "tiled"
-    pipe.plan = memory.make_plan("max", sizes=sizes)
+    pipe.memory.plan = memory.make_plan("max", sizes=sizes)
     assert memory.decode_latents(pipe, latents[:, :, :8, :8]).shape == (1, 3, 64, 64)
     assert len(calls) == 1
 
@@ -73,11 +73,9 @@ def test_seamless_textures_are_never_decoded_in_tiles(monkeypatch):
     import engine.tiled_vae as tv
 
     monkeypatch.setattr(tv, "tiled_decode", lambda *a, **k: "tiled")
-    conv = SimpleNamespace(wrap_axes="xy")
-    vae = SimpleNamespace(decoder=SimpleNamespace(conv_in=conv), decode=lambda z: "whole")
-    pipe = SimpleNamespace(vae=vae, plan=memory.make_plan("8gb", fp8=True,
-                                                          sizes=memory.z_image_turbo_sizes()))
+    vae = SimpleNamespace(decode=lambda z, wrap="": f"whole {wrap}")
+    pipe = SimpleNamespace(vae=vae, memory=memory.MemoryState(plan=memory.make_plan(
+        "8gb", fp8=True, sizes=memory.z_image_turbo_sizes())))
     z = torch.zeros(1, 16, 128, 128)
-    assert memory.decode_latents(pipe, z) == "whole"
-    conv.wrap_axes = ""
+    assert memory.decode_latents(pipe, z, wrap="xy") == "whole xy"
     assert memory.decode_latents(pipe, z) == "tiled"

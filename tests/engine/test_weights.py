@@ -49,6 +49,33 @@ def dit_state(tiny_engine_model_dir) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------------
 # official layout
 
+def test_fusing_on_load_frees_each_part_at_once(tiny_engine_model_dir, monkeypatch):
+    """The checkpoint's to_q/to_k/to_v and w1/w3 are fused into qkv and w13 while loading; the
+    parts must be gone as soon as they are fused (else the load peak is twice the projections)."""
+    import weakref
+
+    from engine import weights
+
+    parts, alive = [], []
+    read = weights._read_tensors
+
+    def recording(*args, **kwargs):
+        state = read(*args, **kwargs)
+        parts.extend(weakref.ref(v) for k, v in state.items()
+                     if k.endswith((".to_q.weight", ".w1.weight")))
+        return state
+
+    monkeypatch.setattr(weights, "_read_tensors", recording)
+    model = meta_transformer(tiny_engine_model_dir)
+    # runs after fuse_on_load's hook, before any block is loaded
+    model.register_load_state_dict_pre_hook(
+        lambda *a: alive.append(sum(r() is not None for r in parts)))
+    load_safetensors_into(model, tiny_engine_model_dir / "transformer", dtype=torch.float32,
+                          device="cpu")
+    assert len(parts) == 2 * (2 + 2 + 2) and alive == [0]
+    assert model.layers[0].attention.qkv.weight.shape[0] == 3 * model.params.dim
+
+
 @pytest.mark.parametrize("how", ["index", "folder", "list"])
 def test_sharded_transformer_loads_strictly(tiny_engine_model_dir, dit_state, how):
     folder = tiny_engine_model_dir / "transformer"

@@ -1,0 +1,1 @@
+"""Krita-free logic: nothing here imports krita or PyQt5."""

@@ -1,0 +1,193 @@
+"""Texturing from views in real headless Blender (bpy 5.0.1) with the built add-on zip,
+against replay stand-in engines on loopback (replay_server.py: each job answers the render of
+the object with its known texture T from the requested view). One Blender subprocess runs the
+scenarios of projection_scenarios.py in order.
+
+    .venv/bin/python -m pytest tests/blender_addon/test_blender_projection.py -q
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from blender_harness import HERE, ROOT, check, free_port, have_bpy, run_scenarios
+
+pytestmark = [pytest.mark.blender,
+              pytest.mark.skipif(not have_bpy(), reason="needs bpy (pip install bpy==5.0.1)")]
+
+SCENARIOS = ["install", "project_one_view", "project_again_adds", "project_six_views",
+             "selection_rules", "cancel_applies_nothing", "img2img_without_controlnet",
+             "starts_before_the_welcome"]
+
+
+def start_replay(folder, caps: str | None = None):
+    address = f"tcp://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([sys.executable, str(HERE / "replay_server.py"), "--bind", address,
+                             "--dir", str(folder)] + (["--caps", caps] if caps else []),
+                            stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    line = proc.stdout.readline().decode()
+    if not line.startswith("ready"):
+        proc.kill()
+        raise RuntimeError(f"replay engine did not start: {line!r} "
+                           f"{proc.stderr.read().decode()[-2000:]}")
+    return proc, address
+
+
+@pytest.fixture(scope="module")
+def results(addon_zip, tmp_path_factory):
+    dirs = {k: tmp_path_factory.mktemp(k) for k in ("one", "six", "b", "rules")}
+    servers = {k: start_replay(d) for k, d in dirs.items()}
+    dirs["nc"] = tmp_path_factory.mktemp("nc")
+    servers["nc"] = start_replay(dirs["nc"], "txt2img,img2img,inpaint")
+    try:
+        res = run_scenarios(addon_zip["path"], SCENARIOS, tmp_path_factory.mktemp("blender"),
+                            timeout=600, script="projection_scenarios.py",
+                            replay1=servers["one"][1], dir1=dirs["one"],
+                            replay6=servers["six"][1], dir6=dirs["six"],
+                            replay_b=servers["b"][1], dir_b=dirs["b"],
+                            rules=servers["rules"][1], nocontrol=servers["nc"][1],
+                            dir_nc=dirs["nc"])
+    finally:
+        for proc, _ in servers.values():
+            proc.stdin.close()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return res
+
+
+def test_round_trip_one_view(results):
+    r = check(results, "project_one_view")
+    assert r["run"]["phase"] == "done", r["run"]
+    c = r["compare"]
+    print("one view:", c, r["run_seconds"], "s")
+    # what the view sees comes back: PSNR >= 30 dB over >= 95 % of the visible pixels (the
+    # outline pixels, where the pixel grid decides between object and background, left out)
+    assert c["inner_fraction"] >= 0.95, c
+    assert c["psnr_inner"] >= 30.0, c
+    assert c["both"] >= 0.99 * c["visible"], c           # nothing visible lost its texture
+    # both objects got a new UV map, a new material and a packed image with its coverage
+    assert r["uv_maps"] == {"Sphere": ["Z-Image UV"], "Suzanne": ["Z-Image UV"]}
+    assert all(len(m) == 2 for m in r["materials"].values()), r["materials"]
+    assert r["image"]["size"] == [1024, 1024] and r["image"]["packed"]
+    assert r["image"]["coverage"] and r["image"]["seed"] == 3
+    assert "new UV map (Smart UV Project) on Sphere, Suzanne" in r["run"]["message"]
+    # the request: depth control (the stand-in has a ControlNet), near bright, far dark
+    assert r["request"]["control_type"] == "depth" and r["request"]["width"] == 512
+    d = r["depth"]
+    assert d["max"] == 255 and d["min_visible"] <= 5 and d["background_max"] == 0, d
+    assert [h[2] for h in r["history"]] == ["texture", "texture"]
+    assert r["reapply"] == ["FINISHED"]
+    image, recorded, new_slots = r["reapply_image"]
+    assert image == recorded and new_slots == 1
+
+
+def test_round_trip_six_views(results):
+    r = check(results, "project_six_views")
+    assert r["run"]["phase"] == "done", r["run"]
+    print("six views: coverage", r["coverage"], "reachable", r["reachable"],
+          "coverage of reachable", r["coverage_of_reachable"], "psnr", r["psnr_covered"])
+    # Suzanne's eyeballs hide ~2.5 % of her surface from every direction, so the issue's
+    # ">= 98 % of the surface texels" is measured over the texels any view can reach (26
+    # directions around); over all texels six views cover ~96 %
+    assert r["coverage_of_reachable"] >= 0.98, r
+    assert r["coverage"] >= 0.95, r
+    assert r["psnr_covered"] >= 28.0, r["psnr_covered"]
+    for v in r["views"]:
+        assert v["psnr_inner"] >= 28.0, v
+
+
+def test_later_views_inpaint_the_texture_so_far(results):
+    r = check(results, "project_six_views")
+    assert r["blobs"][0] == ["control_image"]
+    for k in range(1, 6):
+        assert r["blobs"][k] == ["control_image", "init_image", "mask"], r["blobs"]
+        assert r["requests"][k]["control_type"] == "depth"
+        assert r["requests"][k]["strength"] == 1.0
+    assert len({q["seed"] for q in r["requests"]}) == 1        # one seed for all views
+    # per-view words from each camera's direction (V0..V5: front, right, back, left, top,
+    # bottom)
+    assert [q["prompt"].rsplit(", ", 1)[1] for q in r["requests"]] == [
+        "front view", "right side view", "back view", "left side view", "top view",
+        "bottom view"]
+
+
+def test_views_agree(results):
+    agree = check(results, "project_six_views")["agree"]
+    assert [a["k"] for a in agree] == [1, 2, 3]
+    for a in agree:
+        print("views agree:", a)
+        # request k's input image = Blender's render of the texture baked from views < k ...
+        assert a["covered_pixels"] > 2000 and a["psnr_init_vs_render"] >= 30.0, a
+        # ... and its mask is white exactly where that texture is empty or poorly covered
+        # (outside a 2 px band at the silhouette)
+        assert a["mask_white"] > 2000, a
+        assert a["mask_mismatch_fraction"] <= 0.01, a
+        assert a["mask_outside_object"] == 0, a
+
+
+def test_selection_rules(results):
+    r = check(results, "selection_rules")
+    assert r["only_lamp"] == ["CANCELLED"] and not r["only_lamp_run"]
+    assert "Select one or more mesh objects" in r["only_lamp_error"]
+    assert r["only_empty"] == ["CANCELLED"] and not r["only_empty_run"]
+    assert "no faces" in r["only_empty_error"]
+    assert r["mode_after"] == "OBJECT"
+    assert r["phase"] == "done" and r["requests"] == 1
+    assert r["existing_uv_untouched"] and r["uv_names"]["WithUV"] == r["uv_names"]["before"]
+    assert r["uv_names"]["Bare"] == ["Z-Image UV"]
+    assert len(r["images"]) == 2                                # WithUV, Bare (+ twin)
+    assert r["twin_material"] == r["bare_material"]
+    m = r["message"]
+    assert "new UV map (Smart UV Project) on Bare" in m
+    assert "Bare twin shares Bare's mesh and texture" in m
+    assert "skipped (not meshes): Lamp" in m
+
+
+def test_cancel_applies_nothing(results):
+    r = check(results, "cancel_applies_nothing")
+    assert r["views"] == 5 and r["reached_view"] >= 1
+    assert r["phase"] == "cancelled"
+    assert r["nothing_applied"], r["diff"]
+    assert r["previews_left"] == []                 # this run's view previews are gone too
+
+
+def test_panel_shows_settings_progress_per_view_and_previews(results):
+    r = check(results, "cancel_applies_nothing")
+    run = r["panel_running"]
+    assert run["operators"] == ["zimage.project_cancel"]
+    assert run["progress"] and run["progress"][0].startswith(f"View {r['reached_view'] + 1}/5")
+    assert run["icons"] == r["reached_view"]          # one preview per view that arrived
+    idle = r["panel_idle"]
+    assert idle["operators"] == ["zimage.project_all", "zimage.project_view"]
+    assert {"texture_size", "image_size", "sharpness", "use_depth", "views_source",
+            "views_around", "view_above", "view_words"} <= set(idle["props"])
+    assert r["can_submit"]
+
+
+def test_projecting_again_adds_to_the_texture(results):
+    r = check(results, "project_again_adds")
+    assert r["phase"] == "done" and r["uv_maps"] == ["Z-Image UV"]    # no second UV map
+    assert r["kept_texels"] > 10000 and r["kept_equal"]
+    assert r["new_texels"] > 10000 and r["new_grey"] < 2 / 255
+
+
+def test_without_controlnet_the_first_view_is_img2img_from_a_shaded_capture(results):
+    r = check(results, "img2img_without_controlnet")
+    assert r["phase"] == "done", r
+    assert r["request"]["blobs"] == ["init_image"], r["request"]
+    assert "control_type" not in r["request"]["params"]
+    assert r["strength"] == 0.45 and r["init_size"] == [512, 512, 3]
+    assert r["init_centre_vs_corner"] > 30              # the object is in the capture
+
+
+def test_a_run_started_before_the_welcome_waits_for_the_engine(results):
+    r = check(results, "starts_before_the_welcome")
+    assert r["connection_before"] == "disconnected"
+    assert r["phase"] == "done", r["message"]
+    assert r["blobs"] == [["init_image"]]       # the engine's real caps: no ControlNet
