@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import io
+import hashlib
 import ipaddress
 import json
 import logging
@@ -120,6 +121,7 @@ class Job:
     result_header: dict | None = None
     result_blobs: list = field(default_factory=list)
     result_bytes: int = 0
+    kept_bytes: int = 0
     started: float = 0.0
     finished: float = 0.0
     cancel_event: threading.Event = field(default_factory=threading.Event)
@@ -135,7 +137,9 @@ class EngineServer:
                  heartbeat_ivl_ms: int = 2000, heartbeat_timeout_ms: int = 6000,
                  session_timeout_s: float = 15.0, detach_grace_s: float = 30.0,
                  ping_interval_ms: int = 2000, sndhwm: int = 16, linger_ms: int = 1000,
-                 max_sessions: int = 1024, name: str = "zimage-engine"):
+                 max_sessions: int = 1024, max_sessions_per_peer: int = 16,
+                 max_outbox: int = 1000, token: str | None = None,
+                 name: str = "zimage-engine"):
         if pipeline is None and loader is None:
             raise ValueError("give a pipeline or a loader")
         curve = curve_secret_file is not None
@@ -158,6 +162,14 @@ class EngineServer:
         self.sndhwm = sndhwm
         self.linger_ms = linger_ms
         self.max_sessions = max_sessions
+        self.max_sessions_per_peer = max_sessions_per_peer
+        self.max_outbox = max_outbox
+        self.token = token            # local trust: hello must present it (see PROTOCOL.md §8)
+        self._authed_routes: collections.OrderedDict[bytes, float] = collections.OrderedDict()
+        self._unload_waiters: list[tuple[str, Any]] | None = None   # one unload at a time
+        self.failed = False           # the I/O loop died of a bug: `serve` exits non-zero
+        self._max_message_bytes = (self.limits.max_msg_bytes + self.limits.max_header_bytes
+                                   + len(SIGNATURE))
         self.name = name
         self.epoch = uuid.uuid4().hex[:16]
         self.model_state = "ready" if pipeline is not None else "loading"
@@ -169,6 +181,7 @@ class EngineServer:
         self._by_session: dict[str, set] = collections.defaultdict(set)
         self._store: collections.OrderedDict[str, Job] = collections.OrderedDict()  # terminal
         self._store_bytes = 0
+        self._store_per_session: collections.Counter = collections.Counter()
         self._tombstones: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._rr: collections.deque[Session] = collections.deque()
         self._queued = 0
@@ -201,6 +214,8 @@ class EngineServer:
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.SNDHWM, self.sndhwm)
         sock.setsockopt(zmq.LINGER, self.linger_ms)
+        if "[" in self.bind:           # tcp://[::1]:PORT (libzmq keeps IPv6 off by default)
+            sock.setsockopt(zmq.IPV6, 1)
         sock.setsockopt(zmq.HANDSHAKE_IVL, 5000)
         sock.setsockopt(zmq.HEARTBEAT_IVL, self.hb[0])
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self.hb[1])
@@ -283,7 +298,7 @@ class EngineServer:
         last_house = 0.0
         try:
             while not self._stop.is_set():
-                busy = any(s.outbox for s in self.sessions.values())
+                busy = any(s.outbox and s.attached for s in self.sessions.values())
                 ready = dict(poller.poll(20 if busy else 100))
                 if self._sock in ready:
                     for _ in range(256):
@@ -291,7 +306,8 @@ class EngineServer:
                             frames = self._sock.recv_multipart(zmq.DONTWAIT, copy=False)
                         except zmq.Again:
                             break
-                        self._on_frames(frames)
+                        self._on_frames_safely(frames)
+                        del frames   # a refused message's memory goes back at once
                 if self._waker.r.fileno() in ready or self._waker.r in ready:
                     self._waker.drain()
                 self._drain_events()
@@ -302,7 +318,8 @@ class EngineServer:
                     last_house = now
                     self._housekeeping(now)
                 self._dispatch()
-        except Exception:  # pragma: no cover - a bug in the I/O loop; log and shut down
+        except BaseException:  # a bug in the I/O loop: log, shut down, exit non-zero (serve)
+            self.failed = True
             log.exception("engine I/O loop failed")
         finally:
             self._shutdown()
@@ -345,9 +362,9 @@ class EngineServer:
             return False
         if session.outbox:
             if kind == "state":
-                session.outbox.append(self._frames(session.route, header))
+                self._enqueue(session, header)
             elif kind == "result":
-                session.outbox.append(self._frames(session.route, self._result_ready(header)))
+                self._enqueue(session, self._result_ready(header))
             return False
         frames = self._frames(session.route, header, blobs)
         try:
@@ -356,9 +373,9 @@ class EngineServer:
             return True
         except zmq.Again:
             if kind == "state":
-                session.outbox.append(frames)
+                self._enqueue(session, header)
             elif kind == "result":
-                session.outbox.append(self._frames(session.route, self._result_ready(header)))
+                self._enqueue(session, self._result_ready(header))
             else:
                 self.counters["dropped_" + header["type"]] += 1
         except zmq.ZMQError as exc:
@@ -373,18 +390,51 @@ class EngineServer:
         return {"type": "result_ready", "job_id": header["job_id"], "seq": header.get("seq"),
                 "epoch": header.get("epoch")}
 
+    @staticmethod
+    def _is_terminal(header: dict) -> bool:
+        kind = header.get("type")
+        return kind in ("result", "result_ready", "cancelled") or (
+            kind == "error" and header.get("job_id") is not None and "seq" in header)
+
+    def _enqueue(self, s: Session, header: dict) -> None:
+        """Hold a state event for a slow peer. Headers only (results become result_ready);
+        frames are built at send time, for the session's route then."""
+        s.outbox.append((self._is_terminal(header), header))
+        if len(s.outbox) > self.max_outbox:
+            self._compact_outbox(s)
+
+    def _compact_outbox(self, s: Session) -> None:
+        """The peer is not reading: keep every terminal event (at most one per job), drop
+        the rest, and say so with a `jobs` snapshot of the jobs whose events were dropped."""
+        kept, dropped, touched = collections.deque(), 0, []
+        for terminal, h in s.outbox:
+            if terminal:
+                kept.append((terminal, h))
+            elif h.get("type") == "jobs" and h.get("dropped_events"):
+                dropped += h["dropped_events"]
+            else:
+                dropped += 1
+                jid = h.get("job_id")
+                if isinstance(jid, str) and jid not in touched:
+                    touched.append(jid)
+        done = {h.get("job_id") for _, h in kept}
+        live = [j for j in touched if j not in done][:256]
+        kept.append((False, {"type": "jobs", "dropped_events": dropped,
+                             "jobs": [self._snapshot(j, s.id) for j in live]}))
+        s.outbox = kept
+        self.counters["outbox_compactions"] += 1
+
     def _flush_outboxes(self) -> None:
         for s in list(self.sessions.values()):
             while s.outbox and s.attached:
                 try:
-                    self._sock.send_multipart(s.outbox[0], zmq.DONTWAIT)
+                    self._sock.send_multipart(self._frames(s.route, dict(s.outbox[0][1])),
+                                              zmq.DONTWAIT)
                     s.outbox.popleft()
                 except zmq.Again:
                     break
                 except zmq.ZMQError:
                     self._detach(s, "peer unreachable")
-            if len(s.outbox) > 1000:
-                self._detach(s, "not reading")
 
     def _error(self, session: Session | None, route: bytes, code: str, message: str, *,
                job_id=None, re=None, field=None, retry_after_ms=None, seq=None) -> None:
@@ -402,9 +452,37 @@ class EngineServer:
 
     # ---- receiving ------------------------------------------------------------------------
 
+    def _on_frames_safely(self, frames) -> None:
+        """One message, whatever it holds, never stops the I/O loop."""
+        try:
+            self._on_frames(frames)
+        except Exception:
+            err_id = uuid.uuid4().hex[:8]
+            self.counters["internal_errors"] += 1
+            log.exception("error %s while handling a message", err_id)
+            try:
+                self._send_route(frames[0].bytes, {
+                    "type": "error", "job_id": None, "code": "internal_error",
+                    "message": f"engine error {err_id} (see engine log)", "retryable": False})
+            except Exception:
+                pass
+
     def _on_frames(self, frames) -> None:
         self.counters["received"] += 1
         route = frames[0].bytes
+        total = sum(len(f) for f in frames[1:])
+        if total > self._max_message_bytes:
+            # Whole-message bound (MAXMSGSIZE only bounds each frame): refuse, then let go of
+            # the frames and hand the heap back to the OS.
+            self.counters["rejected_too_large"] += 1
+            n = len(frames)
+            frames.clear()
+            _trim_heap()
+            self._send_route(route, {"type": "error", "job_id": None, "code": "too_large",
+                                     "message": f"message of {n - 1} frames and {total} bytes, "
+                                     f"limit {self._max_message_bytes}", "retryable": False,
+                                     "field": "message"})
+            return
         if len(frames) < 3:
             self.counters["dropped_malformed"] += 1
             if len(frames) == 2 and frames[1].bytes[:3] == b"ZIE":
@@ -459,6 +537,12 @@ class EngineServer:
         if kind == "hello":
             self._on_hello(route, user_id, msg, now)
             return
+        if self.token is not None and route not in self._authed_routes:
+            if kind != "bye":
+                self._error(None, route, "unauthorized", "this connection has not presented "
+                            "the engine's token: send hello with `token` first", re=mid,
+                            job_id=msg.get("job_id"))
+            return
         s = self.sessions.get(sid)
         if s is None:
             if kind != "bye":
@@ -492,16 +576,19 @@ class EngineServer:
             if self.pipeline is None or not hasattr(self.pipeline, "unload"):
                 self._error(s, route, "capability_unavailable", "this engine cannot unload "
                             "its models (no 'unload' capability)", re=mid)
+            elif self._unload_waiters is not None:   # one is pending: answer this one too
+                if len(self._unload_waiters) < 64 and (s.id, mid) not in self._unload_waiters:
+                    self._unload_waiters.append((s.id, mid))
+                self.counters["unload_coalesced"] += 1
             else:  # the worker does it between jobs, so a running job is never disturbed
-                self._work.put(("unload", (s.id, mid)))
+                self._unload_waiters = [(s.id, mid)]
+                self._work.put(("unload", None))
         elif kind == "bye":
             self._drop_queued(s, "client said bye")
             self._detach(s, "bye")
 
     def _attach(self, s: Session, route: bytes, now: float) -> None:
-        if s.route != route:
-            s.outbox.clear()
-        s.route = route
+        s.route = route   # held events (outbox) go to the new route
         s.last_seen = now
         if not s.attached:
             s.attached = True
@@ -512,10 +599,23 @@ class EngineServer:
             log.info("session %s detached (%s)", s.id[:8], why)
             s.attached = False
             s.detached_at = time.monotonic()
-            s.outbox.clear()
+            # keep terminal events for a re-attach; drop the rest
+            s.outbox = collections.deque(e for e in s.outbox if e[0])
 
     def _on_hello(self, route: bytes, user_id, msg: dict, now: float) -> None:
         mid = msg["msg_id"]
+        if self.token is not None:
+            given = msg.get("token") or ""
+            if not secrets.compare_digest(given.encode("utf-8"), self.token.encode("utf-8")):
+                self.counters["refused_token"] += 1
+                self._error(None, route, "unauthorized", "wrong or missing token: this engine "
+                            "only serves clients that read its connection file", re=mid,
+                            field="token")
+                return
+            self._authed_routes[route] = now
+            self._authed_routes.move_to_end(route)
+            while len(self._authed_routes) > 4 * self.max_sessions:
+                self._authed_routes.popitem(last=False)
         if PROTOCOL_VERSION not in msg["versions"]:
             self._send_route(route, {"type": "error", "job_id": None, "re": mid,
                                      "code": "unsupported_version", "retryable": False,
@@ -532,6 +632,12 @@ class EngineServer:
             self._attach(s, route, now)
             s.client, s.caps = msg["client"], msg["caps"]
         else:
+            mine = [x for x in self.sessions.values() if self._same_peer(x, route, user_id)]
+            if len(mine) >= self.max_sessions_per_peer and not self._evict_session(mine):
+                self._error(None, route, "queue_full", f"this connection already has "
+                            f"{len(mine)} sessions with queued jobs (limit "
+                            f"{self.max_sessions_per_peer})", re=mid, retry_after_ms=5000)
+                return
             if len(self.sessions) >= self.max_sessions and not self._evict_session():
                 self._error(None, route, "queue_full", "too many client sessions",
                             re=mid, retry_after_ms=5000)
@@ -558,13 +664,36 @@ class EngineServer:
             h["re"] = mid
         return h
 
-    def _evict_session(self) -> bool:
-        for sid, s in list(self.sessions.items()):
-            if not s.attached and not s.queue and not (self._running and
-                                                      self._running.session_id == sid):
-                del self.sessions[sid]
-                return True
-        return False
+    def _same_peer(self, s: Session, route: bytes, user_id: str | None) -> bool:
+        """A peer is a connection (routing id), or with CURVE a client key."""
+        return s.route == route or (user_id is not None and s.user_id == user_id)
+
+    def _idle(self, s: Session) -> bool:
+        return not s.queue and not (self._running and self._running.session_id == s.id)
+
+    def _evict_session(self, among: list | None = None) -> bool:
+        """Forget one idle session (no queued or running job): among the given peer's, a
+        detached one; over all, a detached one, else the least recently seen of the peer
+        holding the most sessions."""
+        if among is not None:
+            pool = sorted((s for s in among if not s.attached and self._idle(s)),
+                          key=lambda s: s.last_seen)
+        else:
+            pool = [s for s in self.sessions.values() if not s.attached and self._idle(s)]
+            if not pool:
+                per = collections.Counter(s.user_id or s.route for s in self.sessions.values())
+                if per:
+                    top, n = per.most_common(1)[0]
+                    if n > 1:
+                        pool = sorted((s for s in self.sessions.values()
+                                       if (s.user_id or s.route) == top and self._idle(s)),
+                                      key=lambda s: s.last_seen)
+        if not pool:
+            return False
+        victim = pool[0]
+        del self.sessions[victim.id]
+        self.counters["sessions_evicted"] += 1
+        return True
 
     def _pipe_info(self) -> dict:
         if self.pipeline is None:
@@ -578,7 +707,8 @@ class EngineServer:
 
     def _on_submit(self, s: Session, msg: dict, now: float) -> None:
         mid, jid = msg["msg_id"], msg["job_id"]
-        fp = json.dumps([msg["params"], msg["want"], msg["blobs"]], sort_keys=True)
+        fp = hashlib.sha256(json.dumps([msg["params"], msg["want"], msg["blobs"]],
+                                       sort_keys=True).encode("utf-8")).hexdigest()
         old = self.jobs.get(jid)
         if old is not None:
             if old.session_id != s.id or old.fingerprint != fp:
@@ -793,28 +923,44 @@ class EngineServer:
             job.result_header, job.result_blobs = header, blobs
             job.result_bytes = sum(len(b) for b in blobs)
             self._send(s, dict(header), blobs, kind="result")
+        # what a kept job costs: its result, its params (prompts up to 4,000 chars) and the rest
+        job.kept_bytes = job.result_bytes + len(json.dumps(job.params)) + 1024
         self._store[job.id] = job
-        self._store_bytes += job.result_bytes
+        self._store_bytes += job.kept_bytes
+        self._store_per_session[job.session_id] += 1
+        if self._store_per_session[job.session_id] > self.limits.max_results_per_session:
+            oldest = next(j for j in self._store.values() if j.session_id == job.session_id)
+            self._evict(oldest)
         self._evict_results(time.monotonic())
 
     def _evict_results(self, now: float) -> None:
-        ttl = self.limits.result_ttl_s
+        """Finished jobs are kept for result_ttl_s, bounded by count (in total and per
+        session) and by bytes (results + params); the oldest go first."""
+        lim = self.limits
         while self._store:
-            jid, job = next(iter(self._store.items()))
-            if now - job.finished > ttl or self._store_bytes > self.limits.result_budget_bytes:
-                self._store.popitem(last=False)
-                self._store_bytes -= job.result_bytes
-                self.jobs.pop(jid, None)
-                ids = self._by_session.get(job.session_id)
-                if ids is not None:
-                    ids.discard(jid)
-                    if not ids:
-                        del self._by_session[job.session_id]
-                self._tombstones[jid] = job.session_id
-                while len(self._tombstones) > 10000:
-                    self._tombstones.popitem(last=False)
+            job = next(iter(self._store.values()))
+            if (now - job.finished > lim.result_ttl_s or len(self._store) > lim.max_results
+                    or self._store_bytes > lim.result_budget_bytes):
+                self._evict(job)
             else:
                 break
+
+    def _evict(self, job: Job) -> None:
+        jid = job.id
+        del self._store[jid]
+        self._store_bytes -= job.kept_bytes
+        self._store_per_session[job.session_id] -= 1
+        if self._store_per_session[job.session_id] <= 0:
+            del self._store_per_session[job.session_id]
+        self.jobs.pop(jid, None)
+        ids = self._by_session.get(job.session_id)
+        if ids is not None:
+            ids.discard(jid)
+            if not ids:
+                del self._by_session[job.session_id]
+        self._tombstones[jid] = job.session_id
+        while len(self._tombstones) > 10000:
+            self._tombstones.popitem(last=False)
 
     # ---- scheduler ------------------------------------------------------------------------
 
@@ -928,8 +1074,12 @@ class EngineServer:
                 else:
                     self._finish(job, "failed", error=payload)
             elif kind == "unloaded":
-                _, sid, header = ev
-                self._send(self.sessions.get(sid), header, kind="state")
+                waiters, self._unload_waiters = self._unload_waiters or [], None
+                for sid, mid in waiters:
+                    h = dict(ev[1])
+                    if mid is not None:
+                        h["re"] = mid
+                    self._send(self.sessions.get(sid), h, kind="state")
             elif kind == "worker_free":
                 _, job = ev
                 if self._running is job:
@@ -945,16 +1095,13 @@ class EngineServer:
             if kind == "stop":
                 return
             if kind == "unload":
-                sid, mid = job
                 try:
                     freed = self.pipeline.unload()
-                    self._post("unloaded", sid, {"type": "unloaded", "re": mid,
-                                                 "freed_bytes": int(freed or 0)})
+                    self._post("unloaded", {"type": "unloaded", "freed_bytes": int(freed or 0)})
                 except BaseException as exc:  # noqa: BLE001 - reported, engine keeps serving
                     log.exception("unload failed")
-                    self._post("unloaded", sid, {"type": "error", "re": mid, "job_id": None,
-                                                 **self._err("internal_error",
-                                                             f"unload failed: {exc}"[:300])})
+                    self._post("unloaded", {"type": "error", "job_id": None, **self._err(
+                        "internal_error", f"unload failed: {type(exc).__name__}")})
                 continue
             if kind == "load":
                 try:
@@ -1084,8 +1231,8 @@ class EngineServer:
         cls = self._request_cls or _request_class(self.pipeline)
         kwargs = dict(prompt=p["prompt"], width=p["width"], height=p["height"],
                       steps=p["steps"], seed=p["seed"], num_images=p["num_images"])
-        optional = {k: p[k] for k in ("negative_prompt", "guidance", "strength", "control_type",
-                                      "control_scale", "tile") if k in p}
+        optional = {k: p[k] for k in ("strength", "control_type", "control_scale", "tile")
+                    if k in p}
         blobs = {d["name"]: (d, b) for d, b in zip(job.blob_descs, job.blobs)}
         names = getattr(cls, "__dataclass_fields__", None)
         for key, mode in (("init_image", "RGB"), ("mask", "L"), ("control_image", "RGB")):
@@ -1098,7 +1245,7 @@ class EngineServer:
         for k, v in optional.items():
             if names is None or k in names:
                 kwargs[k] = v
-            elif k not in ("negative_prompt", "guidance"):   # those two: ignored by Turbo
+            else:
                 raise EngineError("capability_unavailable", f"this pipeline has no {k!r} "
                                   "input", field=f"params.{k}")
         return cls(**kwargs)
@@ -1166,6 +1313,25 @@ def decode_image_blob(data: bytes, desc: dict, limits: Limits, mode: str, path: 
     except Exception as exc:
         raise EngineError("invalid_params", f"cannot decode image: {str(exc)[:160]}",
                           field=path) from None
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the OS (glibc keeps them otherwise, so a refused huge
+    message would leave RSS high for good)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        _malloc_trim = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+                _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+            except (OSError, AttributeError):
+                pass
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def _free_accelerator_memory() -> None:

@@ -44,7 +44,9 @@ def cmd_generate(args) -> int:
     if not out.lower().endswith(".png"):
         raise ProtocolError("invalid_params", "--output must be a .png file", field="output")
     client = EngineClient(args.engine, client_name="protocol-cli", client_version="1",
-                          accept_timeout_s=args.connect_timeout, **_load_curve(args))
+                          accept_timeout_s=args.connect_timeout,
+                          give_up_s=args.reconnect_timeout,
+                          connection_file=args.connection_file, **_load_curve(args))
     client.start()
     job_id = client.submit(params, result_format=args.format, preview_every=0,
                            deadline_ms=int(args.timeout * 1000))
@@ -126,7 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--format", choices=("raw", "png"), default="raw",
                    help="transfer format (raw is fastest on loopback; png for LAN)")
     g.add_argument("--timeout", type=float, default=600.0)
-    g.add_argument("--connect-timeout", type=float, default=10.0)
+    g.add_argument("--connect-timeout", type=float, default=10.0,
+                   help="seconds to reach the engine at all (default 10)")
+    g.add_argument("--reconnect-timeout", type=float, default=10.0,
+                   help="seconds to wait for an engine that went away mid-job (default 10)")
+    g.add_argument("--connection-file", default=None,
+                   help="the engine's connection file (token); default: found from --engine")
     g.add_argument("--curve-server-key", help="engine public key file (server.key)")
     g.add_argument("--curve-client-key", help="this client's secret key file (NAME.key_secret)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -145,7 +152,10 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except ProtocolError as exc:
-        sys.stderr.write(("\n" if _BAR["open"] else "") + f"error: {exc}\n")
+        hint = ""
+        if exc.code == "engine_unreachable" and "did not come back" in exc.message:
+            hint = " (wait longer with --reconnect-timeout SECONDS)"
+        sys.stderr.write(("\n" if _BAR["open"] else "") + f"error: {exc}{hint}\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")

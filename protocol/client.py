@@ -37,7 +37,7 @@ from typing import Any, Callable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from . import PROTOCOL_VERSION
+from . import PROTOCOL_VERSION, connection
 from .errors import CODES, ProtocolError
 from .messages import validate_event
 from .waker import Waker
@@ -145,12 +145,17 @@ class EngineClient:
                  reconnect_ivl_max_ms: int = 5000, ping_interval_s: float = 2.0,
                  unresponsive_s: float = 6.0, accept_timeout_s: float = 15.0,
                  stall_timeout_s: float = 60.0, give_up_s: float = 60.0,
-                 default_deadline_ms: int = 120_000, max_events: int = 10_000):
+                 default_deadline_ms: int = 120_000, max_events: int = 10_000,
+                 token: str | None = None, connection_file: str | None = None):
         if not isinstance(endpoint, str) or endpoint.split("://", 1)[0] not in (
                 "tcp", "ipc", "inproc") or "://" not in endpoint:
             raise ProtocolError("invalid_params", f"bad engine endpoint {endpoint!r}; expected "
                                 "e.g. tcp://127.0.0.1:5555", field="endpoint")
         self.endpoint = endpoint
+        # local trust (§8): the engine's token; when not given, read from the engine's
+        # connection file at every hello (a restarted engine writes a new one)
+        self._token = token
+        self._connection_file = connection_file
         self.session = session or uuid.uuid4().hex
         self._client_info = {"name": client_name, "version": client_version}
         if host_app:
@@ -330,6 +335,8 @@ class EngineClient:
         s = self._ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.IMMEDIATE, 1)
+        if "[" in self.endpoint:   # tcp://[::1]:PORT
+            s.setsockopt(zmq.IPV6, 1)
         s.setsockopt(zmq.HEARTBEAT_IVL, self._hb[0])
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, self._hb[1])
         s.setsockopt(zmq.HEARTBEAT_TTL, self._hb[2])
@@ -424,9 +431,14 @@ class EngineClient:
         self._hello_at = now
         resume = [j.id for j in self._jobs.values()
                   if not j.terminal and j.state != "pending"][:256]
-        self._send({"type": "hello", "versions": [PROTOCOL_VERSION], "client": self._client_info,
-                    "caps": ["result.raw", "result.png", "preview.jpeg"],
-                    "resume_jobs": resume})
+        hello = {"type": "hello", "versions": [PROTOCOL_VERSION], "client": self._client_info,
+                 "caps": ["result.raw", "result.png", "preview.jpeg"], "resume_jobs": resume}
+        token = self._token
+        if token is None:
+            token = connection.token_for(self.endpoint, self._connection_file)
+        if token:
+            hello["token"] = token
+        self._send(hello)
 
     def _set_disconnected(self, reason: str, message: str) -> None:
         self._welcomed = False
@@ -527,8 +539,10 @@ class EngineClient:
             elif not self._welcomed:
                 if (self._disconnected_at is not None
                         and now - self._disconnected_at > self.give_up_s):
-                    self._local_error(job, "engine_unreachable", f"engine unreachable for "
-                                      f"{self.give_up_s:g}s; job lost")
+                    why = f" ({self._last_problem})" if self._last_problem else ""
+                    self._local_error(job, "engine_unreachable", f"the engine went away and "
+                                      f"did not come back within {self.give_up_s:g}s{why}; "
+                                      "job lost")
             elif job.state == "running" and now - job.last_event > self.stall_timeout_s:
                 self._local_error(job, "engine_unresponsive", f"no progress for "
                                   f"{self.stall_timeout_s:g}s")

@@ -33,7 +33,7 @@ def test_round_trip_submit_fills_defaults():
                                                                                  1)
     assert msg["want"] == {"result_format": "raw", "preview_every": 1, "preview_max_side": 256}
     assert msg["deadline_ms"] == DEFAULT_LIMITS.default_deadline_ms
-    assert "init_image" not in p and p["guidance"] == 0.0
+    assert "init_image" not in p and "guidance" not in p and "negative_prompt" not in p
 
 
 def test_round_trip_every_client_message():
