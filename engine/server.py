@@ -419,6 +419,14 @@ class EngineServer:
                     touched.append(jid)
         done = {h.get("job_id") for _, h in kept}
         live = [j for j in touched if j not in done][:256]
+        if len(kept) > self.max_outbox // 2:
+            # Still too many: carry the terminal states as `jobs` snapshots (256 a message;
+            # cancelled/failed/succeeded with has_result, from which the client fetches).
+            ids = [h["job_id"] for _, h in kept if h.get("job_id")]
+            kept = collections.deque(e for e in kept if not e[1].get("job_id"))
+            kept.extend((True, {"type": "jobs", "jobs": [self._snapshot(j, s.id)
+                                                         for j in ids[i:i + 256]]})
+                        for i in range(0, len(ids), 256))
         kept.append((False, {"type": "jobs", "dropped_events": dropped,
                              "jobs": [self._snapshot(j, s.id) for j in live]}))
         s.outbox = kept
