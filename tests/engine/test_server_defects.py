@@ -6,6 +6,7 @@ against an engine subprocess, so its RSS is measured alone.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -463,3 +464,144 @@ def test_serve_removes_its_connection_file_on_clean_exit():
         assert not os.path.exists(connection.path_for(endpoint))
     finally:
         _kill(proc)
+
+
+# ---- Done when: 20,000 hostile messages, then the same pixels and flat RSS ------------------
+
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from protocol.messages import CLIENT_TYPES  # noqa: E402
+
+LONE = [chr(c) for c in (0xD800, 0xDA00, 0xDBFF, 0xDC00, 0xDFFF)]
+nasty_text = st.one_of(
+    st.lists(st.one_of(st.sampled_from(LONE), st.characters()), min_size=1, max_size=12
+             ).map("".join),                                  # lone surrogates anywhere
+    st.text(max_size=8), st.just("x" * 5000), st.just(""))
+nasty_value = st.one_of(nasty_text, st.integers(-2**70, 2**70), st.none(), st.booleans(),
+                        st.lists(nasty_text, max_size=3))
+PARAM_STRINGS = ["prompt", "negative_prompt", "init_image", "mask", "control_image",
+                 "control_type", "tile"]
+
+
+@st.composite
+def hostile_header(draw, session: str, token: str):
+    kind = draw(st.one_of(st.sampled_from(CLIENT_TYPES), nasty_text))
+    h = {"type": kind, "session": draw(st.one_of(st.just(session), nasty_text))}
+    for key in ("msg_id", "job_id", "priority", "token"):
+        if draw(st.booleans()):
+            h[key] = draw(nasty_value)
+    if draw(st.booleans()):
+        h["params"] = {k: draw(nasty_value) for k in draw(st.lists(
+            st.sampled_from(PARAM_STRINGS + ["width", "seed", "strength"]), max_size=4))}
+        h["params"].setdefault("prompt", draw(nasty_text))
+    if draw(st.booleans()):
+        h["client"] = {k: draw(nasty_value) for k in ("name", "version", "host")}
+    for key in ("caps", "resume_jobs", "job_ids", "versions"):
+        if draw(st.booleans()):
+            h[key] = draw(st.lists(nasty_value, max_size=3))
+    if draw(st.booleans()):
+        h["want"] = {draw(nasty_text): draw(nasty_value), "result_format": draw(nasty_value)}
+    if draw(st.booleans()):
+        h[draw(nasty_text)] = draw(nasty_value)              # unknown keys, odd names
+    return h
+
+
+def _every_string_field(session: str) -> list[tuple[dict, str]]:
+    """One lone surrogate in each string field of each message type, with the field the
+    error must name."""
+    s = "\udc80"
+    out = []
+    for kind in CLIENT_TYPES:
+        out.append(({"type": kind, "msg_id": "a" + s}, "msg_id"))
+        out.append(({"type": kind, "job_id": s}, "job_id"))
+        out.append(({"type": kind + s}, "type"))
+    out += [({"type": "hello", "versions": [1], "client": {k: s}}, f"client.{k}")
+            for k in ("name", "version", "host", "host_version")]
+    out += [({"type": "hello", "versions": [1], "caps": [s]}, "caps[0]"),
+            ({"type": "hello", "versions": [1], "resume_jobs": [s]}, "resume_jobs[0]"),
+            ({"type": "hello", "versions": [1], "token": s}, "token"),
+            ({"type": "status", "job_ids": [s]}, "job_ids[0]"),
+            ({"type": "submit", "job_id": "j", "params": {"prompt": "x"}, "priority": s},
+             "priority"),
+            ({"type": "submit", "job_id": "j", "params": {"prompt": "x"},
+              "want": {"result_format": s}}, "want.result_format"),
+            ({"type": "submit", "job_id": "j", "params": {"prompt": "x"},
+              "blobs": [{"name": s, "mime": "image/png", "bytes": 0}]}, "blobs[0].name")]
+    out += [({"type": "submit", "job_id": "j", "params": {"prompt": "x", k: s}},
+             f"params.{k}") for k in PARAM_STRINGS]
+    return out
+
+
+def test_20000_hostile_messages_leave_the_same_pixels_and_flat_rss():
+    with engine_process() as (proc, endpoint):
+        token = connection.token_for(endpoint)
+        r = token_raw(endpoint)
+        good = small(seed=7, width=128, height=96)
+
+        def pixels(jid: str) -> bytes:
+            r.send({"type": "submit", "job_id": jid, "params": good, "want": {
+                "preview_every": 0}})
+            got = None
+            end = time.monotonic() + 10
+            while time.monotonic() < end:
+                got = r.recv(1.0)
+                if got and got[0]["type"] == "result" and got[0]["job_id"] == jid:
+                    return got[1][0]
+            raise AssertionError("no result")
+
+        before = pixels("before")
+        base = rss_mb(proc.pid)
+        sent, codes = [0], collections.Counter()
+
+        def drain():
+            while True:
+                got = r.recv(0.0)
+                if got is None:
+                    return
+                if got[0]["type"] == "error":
+                    codes[got[0]["code"]] += 1
+
+        # every string field of every message type, with a lone surrogate: coded, named
+        for header, field in _every_string_field(r.session):
+            send_json(r, header, [b""] if header.get("blobs") else [])
+            sent[0] += 1
+            err = reply(r)
+            assert err["code"] in ("bad_request", "invalid_params"), (header, err)
+            assert err["field"] == field, (header, err)
+
+        # hypothesis draws 200 hostile templates; each is sent as 100 cheap random variants
+        # (keys dropped, values swapped for nasty strings), so 20,000 messages take seconds
+        pool = ["\ud800", "a\udfffb", "\udbff\udc00\udc00", "", "x" * 5000, None, -1, 2**70,
+                [], {}, "\ud83d\ude00", True]
+
+        @settings(max_examples=200, deadline=None, phases=[Phase.generate], database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(template=hostile_header(r.session, token), rnd=st.randoms(use_true_random=False))
+        def fuzz(template, rnd):
+            keys = list(template)
+            for _ in range(100):
+                h = {k: template[k] for k in keys if rnd.random() < 0.8}
+                for k in rnd.sample(keys, min(2, len(keys))):
+                    h[k] = rnd.choice(pool)
+                if isinstance(h.get("params"), dict) and rnd.random() < 0.5:
+                    h["params"] = dict(h["params"], **{rnd.choice(PARAM_STRINGS):
+                                                       rnd.choice(pool)})
+                r.sock.send_multipart([SIGNATURE, json.dumps(h, ensure_ascii=True).encode()])
+                sent[0] += 1
+            drain()
+
+        fuzz()
+        drain()
+        # a hostile hello may have carried a bad token: greet again with the right one
+        r.request({"type": "hello", "versions": [1], "token": token}, want="welcome")
+        alive(r)
+        after = pixels("after")
+        grown = rss_mb(proc.pid) - base
+        r.close()
+        print(f"\n{sent[0]} hostile messages; error codes {dict(codes)}; engine RSS "
+              f"{base:.0f} -> {base + grown:.0f} MB")
+        assert sent[0] >= 20_000
+        assert codes["internal_error"] == 0 and proc.poll() is None
+        assert after == before
+        assert grown <= 100, f"RSS grew {grown:.0f} MB"
