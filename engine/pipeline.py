@@ -8,7 +8,6 @@ anything a user can cause.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from engine.conditioning import (
 )
 from engine.errors import Cancelled, EngineError
 from protocol.messages import Limits  # one definition of what requests an engine accepts
+from protocol.request import MAX_SEED, random_seed  # seeds are drawn in one place
 from engine.sampling import (
     LATENT_CHANNELS,
     VAE_SCALE,
@@ -42,7 +42,6 @@ from engine.sampling import (
 
 log = logging.getLogger(__name__)
 
-MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -208,7 +207,7 @@ class ZImagePipeline:
                  should_cancel: Callable[[], bool] | None = None) -> Result:
         check_request(req, self.limits)
         self.check_capabilities(req)
-        seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED - 4)
+        seed = req.seed if req.seed is not None else random_seed(req.num_images)
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(req.num_images)]
         report = on_progress or (lambda p: None)
 

@@ -45,6 +45,7 @@ from protocol import PROTOCOL_VERSION
 from protocol.errors import CODES, ProtocolError
 from protocol.messages import (DEFAULT_LIMITS, Limits, required_capabilities,
                                validate_request)
+from protocol.request import GenerateRequest
 from protocol.waker import Waker
 from protocol.wire import SIGNATURE, encode_header, split_frames
 
@@ -768,9 +769,8 @@ class EngineServer:
             self._error(s, s.route, "queue_full", f"the engine queue is full ({self._queued} "
                         "jobs)", job_id=jid, re=mid, retry_after_ms=retry)
             return
-        params = dict(msg["params"])
-        if params.get("seed") is None:
-            params["seed"] = secrets.randbits(63)
+        req = GenerateRequest.from_clean(msg["params"]).with_seed()
+        params = req.to_params()
         job = Job(jid, s.id, s.user_id, params, msg["want"], msg["blobs"], msg["_raw_blobs"],
                   fp, now, now + msg["deadline_ms"] / 1000.0, msg["priority"])
         job.steps = params["steps"]

@@ -243,9 +243,11 @@ def validate_params(params: Any, blob_descs: list[dict], limits: Limits,
     out["steps"] = _int(_get(p, "steps", f"{path}.steps", 8), f"{path}.steps", 1,
                         limits.max_steps)
     seed = p.get("seed")
-    out["seed"] = None if seed is None else _int(seed, f"{path}.seed", 0, MAX_SEED)
     out["num_images"] = _int(_get(p, "num_images", f"{path}.num_images", 1),
                              f"{path}.num_images", 1, limits.max_images)
+    # image i uses seed + i: the last one must stay in range too
+    out["seed"] = None if seed is None else _int(seed, f"{path}.seed", 0,
+                                                 MAX_SEED + 1 - out["num_images"])
 
     names = {d["name"]: d for d in blob_descs}
 

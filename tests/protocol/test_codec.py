@@ -221,3 +221,22 @@ def test_control_inpaint_needs_no_control_map_but_other_types_do():
     with pytest.raises(ProtocolError) as e:
         validate_params({**base, "control_type": "depth"}, blobs, lim)
     assert e.value.field == "params.control_type"
+
+
+def test_typed_request_round_trip_and_seed_range():
+    from protocol.request import MAX_SEED, GenerateRequest, random_seed
+    req = GenerateRequest.from_params({"prompt": "fox", "width": 512, "num_images": 4})
+    assert (req.width, req.height, req.steps, req.seed) == (512, 1024, 8, None)
+    assert req.to_params() == {"prompt": "fox", "width": 512, "height": 1024, "steps": 8,
+                               "seed": None, "num_images": 4}
+    seeded = req.with_seed()
+    assert 0 <= seeded.seed <= MAX_SEED - 3 and seeded.with_seed() is seeded
+    assert all(random_seed(4) + 3 <= MAX_SEED for _ in range(1000))
+    # the last image's seed (seed + num_images - 1) must fit too
+    with pytest.raises(ProtocolError) as e:
+        GenerateRequest.from_params({"prompt": "x", "seed": MAX_SEED, "num_images": 2})
+    assert e.value.field == "params.seed"
+    assert GenerateRequest.from_params({"prompt": "x", "seed": MAX_SEED}).seed == MAX_SEED
+    with pytest.raises(ProtocolError) as e:
+        GenerateRequest.from_params({"prompt": "x", "tile": "z"})
+    assert e.value.field == "params.tile"
