@@ -17,6 +17,7 @@ Threads and data:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import io
 import hashlib
 import ipaddress
@@ -73,15 +74,6 @@ def is_loopback_endpoint(endpoint: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # "*", interface names, DNS names: treat as public
-
-
-def _request_class(pipeline) -> type:
-    """GenerateRequest from the pipeline's own module, else the stand-in's."""
-    mod = sys.modules.get(type(pipeline).__module__)
-    cls = getattr(mod, "GenerateRequest", None)
-    if cls is None:
-        from engine.standin import GenerateRequest as cls
-    return cls
 
 
 # ---- state --------------------------------------------------------------------------------
@@ -204,7 +196,6 @@ class EngineServer:
         self._auth_mtime = None
         self._io_thread: threading.Thread | None = None
         self._worker_thread: threading.Thread | None = None
-        self._request_cls = _request_class(pipeline) if pipeline is not None else None
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -1047,7 +1038,6 @@ class EngineServer:
             kind = ev[0]
             if kind == "loaded":
                 self.pipeline = ev[1]
-                self._request_cls = _request_class(self.pipeline)
                 self.model_state = "ready"
                 log.info("model ready: %s", self._pipe_info())
                 for sess in list(self.sessions.values()):   # tell clients: caps, model, device
@@ -1234,29 +1224,17 @@ class EngineServer:
             self._post("worker_free", job)
             self._encoder.submit(finish)
 
-    def _make_request(self, job: Job):
-        p = job.params
-        cls = self._request_cls or _request_class(self.pipeline)
-        kwargs = dict(prompt=p["prompt"], width=p["width"], height=p["height"],
-                      steps=p["steps"], seed=p["seed"], num_images=p["num_images"])
-        optional = {k: p[k] for k in ("strength", "control_type", "control_scale", "tile")
-                    if k in p}
+    def _make_request(self, job: Job) -> GenerateRequest:
+        """The job's typed request with its image blobs decoded (names -> pixels)."""
+        req = GenerateRequest.from_clean(job.params)
         blobs = {d["name"]: (d, b) for d, b in zip(job.blob_descs, job.blobs)}
-        names = getattr(cls, "__dataclass_fields__", None)
+        images = {}
         for key, mode in (("init_image", "RGB"), ("mask", "L"), ("control_image", "RGB")):
-            if p.get(key):
-                d, b = blobs[p[key]]
-                arg = key
-                if key == "init_image" and names is not None and "image" in names:
-                    arg = "image"   # the pipeline's name for the img2img input
-                optional[arg] = decode_image_blob(b, d, self.limits, mode, f"params.{key}")
-        for k, v in optional.items():
-            if names is None or k in names:
-                kwargs[k] = v
-            else:
-                raise EngineError("capability_unavailable", f"this pipeline has no {k!r} "
-                                  "input", field=f"params.{k}")
-        return cls(**kwargs)
+            name = getattr(req, key)
+            if name is not None:
+                d, b = blobs[name]
+                images[key] = decode_image_blob(b, d, self.limits, mode, f"params.{key}")
+        return dataclasses.replace(req, **images)
 
 
 # ---- image helpers (engine side: numpy + Pillow) -------------------------------------------

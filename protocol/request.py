@@ -15,7 +15,7 @@ stays inside 0..MAX_SEED.
 from __future__ import annotations
 
 import secrets
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .messages import DEFAULT_LIMITS, MAX_SEED, TILE_MODES, Limits, validate_params
@@ -36,12 +36,14 @@ class GenerateRequest:
     steps: int = 8
     seed: int | None = None        # None: the engine draws one (random_seed) and reports it
     num_images: int = 1            # image i uses seed + i
-    init_image: str | None = None  # blob name (img2img)
-    strength: float | None = None  # None: the engine's default
-    mask: str | None = None        # blob name (inpaint, with init_image)
-    control_image: str | None = None
+    # Image inputs: a blob name on the wire; in the engine, the decoded image (HxWx3 uint8
+    # numpy array; the mask HxW uint8, white = repaint).
+    init_image: Any = field(default=None, compare=False)   # img2img / inpaint input
+    strength: float | None = None  # 0..1; None: the engine's default
+    mask: Any = field(default=None, compare=False)         # inpaint, with init_image
+    control_image: Any = field(default=None, compare=False)
     control_type: str | None = None
-    control_scale: float | None = None
+    control_scale: float | None = None   # None: the engine's default
     tile: str | None = None        # "x" | "y" | "xy"
 
     @classmethod
@@ -57,7 +59,8 @@ class GenerateRequest:
 
     def to_params(self) -> dict:
         """The wire form: fields left at None are omitted (seed is kept, null = random)."""
-        return {k: v for k, v in asdict(self).items() if v is not None or k == "seed"}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None or f.name == "seed"}
 
     def with_seed(self) -> "GenerateRequest":
         """This request with a concrete seed (drawn if it had none)."""

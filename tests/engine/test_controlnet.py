@@ -98,7 +98,7 @@ def test_lite_layout_matches_diffusers(tiny_model_dir, nets, parts):
 
 def test_inpaint_with_control_matches_diffusers(pipe21, nets, parts):
     img, ctrl, mask = sample_image(64, 64, seed=11), sample_image(64, 64, seed=12), box_mask()
-    ours = pipe21.generate(GenerateRequest(PROMPT, 64, 64, steps=4, seed=6, image=img, mask=mask,
+    ours = pipe21.generate(GenerateRequest(PROMPT, 64, 64, steps=4, seed=6, init_image=img, mask=mask,
                                            control_image=ctrl, control_type="inpaint"))
     theirs = reference(parts, nets["2.1"][1], 6, image=img, mask_image=mask, control_image=ctrl,
                        controlnet_conditioning_scale=0.75, num_inference_steps=4)
