@@ -46,6 +46,7 @@ from protocol import PROTOCOL_VERSION
 from protocol.errors import CODES, ProtocolError
 from protocol.messages import (DEFAULT_LIMITS, Limits, required_capabilities,
                                validate_request)
+from protocol.messages import JobState
 from protocol.request import GenerateRequest
 from protocol.waker import Waker
 from protocol.wire import SIGNATURE, encode_header, split_frames
@@ -105,7 +106,7 @@ class Job:
     submitted: float
     deadline: float
     priority: str = "normal"
-    state: str = "queued"
+    state: JobState = JobState.QUEUED
     seq: int = 0
     step: int = 0
     steps: int = 0
@@ -715,7 +716,7 @@ class EngineServer:
                 self._error(s, s.route, "duplicate_job", "this job id was already used with "
                             "other parameters or by another session", job_id=jid, re=mid,
                             field="job_id")
-            elif old.state in ("queued", "running"):
+            elif old.state in (JobState.QUEUED, JobState.RUNNING):
                 self._send(s, {"type": "accepted", "job_id": jid, "re": mid, "seq": old.seq,
                                "position": self._position(old), "state": old.state,
                                "duplicate": True})
@@ -778,12 +779,12 @@ class EngineServer:
         self._queued += 1
         job.seq = 1
         self._send(s, {"type": "accepted", "job_id": jid, "re": mid, "seq": job.seq,
-                       "position": self._position(job), "state": "queued",
+                       "position": self._position(job), "state": JobState.QUEUED,
                        "seed": params["seed"]})
 
     def _position(self, job: Job) -> int:
         """Jobs that will run before this one (round-robin order), 0 = next."""
-        if job.state != "queued":
+        if job.state != JobState.QUEUED:
             return 0
         queues = [list(s.queue) for s in self._rr]
         pos, depth = 0, 0
@@ -806,13 +807,13 @@ class EngineServer:
             return {"job_id": jid, "state": "forbidden"}
         snap = {"job_id": jid, "state": job.state, "seq": job.seq, "step": job.step,
                 "steps": job.steps}
-        if job.state == "queued":
+        if job.state == JobState.QUEUED:
             snap["position"] = self._position(job)
-        if job.state == "cancelled":
+        if job.state == JobState.CANCELLED:
             snap["at_step"] = job.at_step
         if job.error:
             snap["error"] = job.error
-        if job.state == "succeeded":
+        if job.state == JobState.SUCCEEDED:
             snap["has_result"] = job.result_header is not None
         return snap
 
@@ -836,16 +837,16 @@ class EngineServer:
         mid = msg["msg_id"]
         if msg["all"]:
             targets = [self.jobs[j] for j in list(self._by_session.get(s.id, ()))
-                       if j in self.jobs and self.jobs[j].state in ("queued", "running")]
+                       if j in self.jobs and self.jobs[j].state in (JobState.QUEUED, JobState.RUNNING)]
         else:
             job = self._owned(s, msg["job_id"], mid)
             if job is None:
                 return
             targets = [job]
         for job in targets:
-            if job.state == "queued":
+            if job.state == JobState.QUEUED:
                 self._cancel_queued(job, None)
-            elif job.state == "running":
+            elif job.state == JobState.RUNNING:
                 job.cancel_reason = "client"
                 job.cancel_event.set()
             elif not msg["all"]:
@@ -862,7 +863,7 @@ class EngineServer:
                 pass
             if not s.queue and s in self._rr:
                 self._rr.remove(s)
-        self._finish(job, "cancelled", at_step=None, reason=reason)
+        self._finish(job, JobState.CANCELLED, at_step=None, reason=reason)
 
     def _drop_queued(self, s: Session, reason: str) -> None:
         for job in list(s.queue):
@@ -872,14 +873,14 @@ class EngineServer:
         job = self._owned(s, msg["job_id"], msg["msg_id"])
         if job is None:
             return
-        if job.state not in ("succeeded", "failed", "cancelled"):
+        if job.state not in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
             self._error(s, s.route, "not_finished", f"job is {job.state}", job_id=job.id,
                         re=msg["msg_id"], retry_after_ms=500)
             return
         self._resend_terminal(s, job, msg["msg_id"])
 
     def _resend_terminal(self, s: Session, job: Job, mid) -> None:
-        if job.state == "succeeded":
+        if job.state == JobState.SUCCEEDED:
             if job.result_header is None:
                 self._error(s, s.route, "result_expired", "the result of this job was evicted",
                             job_id=job.id, re=mid)
@@ -888,7 +889,7 @@ class EngineServer:
                 self._store.move_to_end(job.id)
             h = dict(job.result_header, re=mid, seq=job.seq)
             self._send(s, h, job.result_blobs, kind="result")
-        elif job.state == "cancelled":
+        elif job.state == JobState.CANCELLED:
             self._send(s, {"type": "cancelled", "job_id": job.id, "re": mid, "seq": job.seq,
                            "at_step": job.at_step})
         else:
@@ -898,7 +899,7 @@ class EngineServer:
     def _finish(self, job: Job, state: str, *, at_step=None, error: dict | None = None,
                 result=None, reason: str | None = None) -> None:
         """Move a job to a terminal state, store it, notify its session (once)."""
-        if job.state in ("succeeded", "failed", "cancelled"):
+        if job.state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
             return
         job.state = state
         job.finished = time.monotonic()
@@ -907,13 +908,13 @@ class EngineServer:
         self._input_bytes -= sum(len(b) for b in job.blobs)
         job.blobs = []
         s = self.sessions.get(job.session_id)
-        if state == "cancelled":
+        if state == JobState.CANCELLED:
             job.at_step = at_step
             h = {"type": "cancelled", "job_id": job.id, "seq": job.seq, "at_step": at_step}
             if reason:
                 h["reason"] = reason
             self._send(s, h)
-        elif state == "failed":
+        elif state == JobState.FAILED:
             job.error = error
             self._send(s, {"type": "error", "job_id": job.id, "seq": job.seq, **error})
         else:
@@ -974,10 +975,10 @@ class EngineServer:
             if s.queue:
                 self._rr.append(s)
             if now > job.deadline:
-                self._finish(job, "failed", error=self._err(
+                self._finish(job, JobState.FAILED, error=self._err(
                     "deadline_exceeded", "the job waited past its deadline and was not run"))
                 continue
-            job.state = "running"
+            job.state = JobState.RUNNING
             job.started = now
             job.seq += 1
             self._running = job
@@ -1015,7 +1016,7 @@ class EngineServer:
             for job in [j for j in s.queue if now > j.deadline]:
                 s.queue.remove(job)
                 self._queued -= 1
-                self._finish(job, "failed", error=self._err(
+                self._finish(job, JobState.FAILED, error=self._err(
                     "deadline_exceeded", "the job waited past its deadline and was not run"))
             if not s.queue:
                 self._rr.remove(s)
@@ -1051,7 +1052,7 @@ class EngineServer:
                         self._send(sess, self._welcome(sess, None, []))
             elif kind == "progress":
                 _, job, h, blobs = ev
-                if job.state != "running":
+                if job.state != JobState.RUNNING:
                     continue
                 job.step = h.get("step", job.step)
                 h["seq"] = job.seq
@@ -1063,14 +1064,14 @@ class EngineServer:
                     dur = time.monotonic() - job.started
                     self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * dur
                 state, payload = outcome
-                if state == "succeeded":
-                    self._finish(job, "succeeded", result=payload)
-                elif state == "cancelled":
-                    self._finish(job, "cancelled", at_step=payload,
+                if state == JobState.SUCCEEDED:
+                    self._finish(job, JobState.SUCCEEDED, result=payload)
+                elif state == JobState.CANCELLED:
+                    self._finish(job, JobState.CANCELLED, at_step=payload,
                                  reason=None if job.cancel_reason == "client"
                                  else job.cancel_reason)
                 else:
-                    self._finish(job, "failed", error=payload)
+                    self._finish(job, JobState.FAILED, error=payload)
             elif kind == "unloaded":
                 waiters, self._unload_waiters = self._unload_waiters or [], None
                 for sid, mid in waiters:
@@ -1114,7 +1115,7 @@ class EngineServer:
             except BaseException:  # noqa: BLE001 - never let the worker die
                 err_id = uuid.uuid4().hex[:8]
                 log.exception("worker error %s", err_id)
-                self._post("done", job, ("failed", self._err(
+                self._post("done", job, (JobState.FAILED, self._err(
                     "internal_error", f"engine error {err_id} (see engine log)")))
 
     def _run_job(self, job: Job) -> None:
@@ -1166,10 +1167,10 @@ class EngineServer:
             timings = {k: round(float(v), 2) for k, v in dict(result.timings).items()}
         except Cancelled as c:
             if not job.cancel_event.is_set():
-                self._post("done", job, ("failed", self._err(
+                self._post("done", job, (JobState.FAILED, self._err(
                     "deadline_exceeded", f"deadline passed at step {c.step}; job stopped")))
             else:
-                self._post("done", job, ("cancelled", c.step))
+                self._post("done", job, (JobState.CANCELLED, c.step))
             return
         except EngineError as exc:
             if exc.code == "out_of_memory":
@@ -1177,18 +1178,18 @@ class EngineServer:
             fld = exc.field
             if fld and not fld.startswith(("params", "blobs")):
                 fld = f"params.{fld}"   # the pipeline names request fields; the wire, params.*
-            self._post("done", job, ("failed", self._err(exc.code, exc.message, field=fld)))
+            self._post("done", job, (JobState.FAILED, self._err(exc.code, exc.message, field=fld)))
             return
         except Exception as exc:
             if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
                 _free_accelerator_memory()
-                self._post("done", job, ("failed", self._err(
+                self._post("done", job, (JobState.FAILED, self._err(
                     "out_of_memory", f"out of memory at {p['width']}x{p['height']} x"
                     f"{p['num_images']}: try a smaller size or fewer images")))
                 return
             err_id = uuid.uuid4().hex[:8]
             log.error("job %s failed, error %s:\n%s", job.id, err_id, traceback.format_exc())
-            self._post("done", job, ("failed", self._err(
+            self._post("done", job, (JobState.FAILED, self._err(
                 "internal_error", f"engine error {err_id}: {type(exc).__name__} (see engine "
                 "log)")))
             return
@@ -1211,10 +1212,10 @@ class EngineServer:
                           "images": [{"index": i, "seed": seeds[i] if i < len(seeds) else None,
                                       "blob": i} for i in range(len(blobs))],
                           "seeds": seeds, "timings": timings, "params": job.params}
-                self._post("done", job, ("succeeded", (header, blobs)))
+                self._post("done", job, (JobState.SUCCEEDED, (header, blobs)))
             except Exception as exc:
                 log.exception("encoding result of %s failed", job.id)
-                self._post("done", job, ("failed", self._err(
+                self._post("done", job, (JobState.FAILED, self._err(
                     "internal_error", f"encoding the result failed: {type(exc).__name__}")))
 
         if want["result_format"] == "raw":

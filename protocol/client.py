@@ -39,7 +39,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from . import PROTOCOL_VERSION, connection
 from .errors import CODES, ProtocolError
-from .messages import validate_event
+from .messages import JobState, validate_event
 from .waker import Waker
 from .wire import encode, split_frames
 
@@ -105,7 +105,7 @@ class _Job:
     blobs: list
     submitted: float
     deadline_s: float
-    state: str = "pending"      # pending -> accepted -> running -> terminal
+    state: JobState = JobState.PENDING   # pending -> queued -> running -> terminal
     sent_at: float | None = None
     retry_at: float = 0.0
     epoch: str | None = None
@@ -430,7 +430,7 @@ class EngineClient:
     def _send_hello(self, now: float) -> None:
         self._hello_at = now
         resume = [j.id for j in self._jobs.values()
-                  if not j.terminal and j.state != "pending"][:256]
+                  if not j.terminal and j.state != JobState.PENDING][:256]
         hello = {"type": "hello", "versions": [PROTOCOL_VERSION], "client": self._client_info,
                  "caps": ["result.raw", "result.png", "preview.jpeg"], "resume_jobs": resume}
         token = self._token
@@ -486,13 +486,13 @@ class EngineClient:
             job = self._jobs.get(arg)
             if job is not None and job.terminal:
                 return
-            if job is not None and job.state == "pending" and job.sent_at is None:
+            if job is not None and job.state == JobState.PENDING and job.sent_at is None:
                 self._job_end(job, "cancelled", {"at_step": None, "local": True})
                 return
             self._send({"type": "cancel", "job_id": arg}, track_as=("cancel", arg))
         elif kind == "cancel_all":
             for job in list(self._jobs.values()):
-                if not job.terminal and job.state == "pending" and job.sent_at is None:
+                if not job.terminal and job.state == JobState.PENDING and job.sent_at is None:
                     self._job_end(job, "cancelled", {"at_step": None, "local": True})
             self._send({"type": "cancel", "all": True}, track_as=("cancel", None))
         elif kind == "fetch":
@@ -527,7 +527,7 @@ class EngineClient:
             if now - job.submitted > job.deadline_s + 5.0:
                 self._local_error(job, "deadline_exceeded", "the job did not finish before its "
                                   "deadline")
-            elif job.state == "pending":
+            elif job.state == JobState.PENDING:
                 if self._welcomed and now >= job.retry_at and (
                         job.sent_at is None or now - job.sent_at > 3.0):
                     self._send_submit(job, now)
@@ -543,7 +543,7 @@ class EngineClient:
                     self._local_error(job, "engine_unreachable", f"the engine went away and "
                                       f"did not come back within {self.give_up_s:g}s{why}; "
                                       "job lost")
-            elif job.state == "running" and now - job.last_event > self.stall_timeout_s:
+            elif job.state == JobState.RUNNING and now - job.last_event > self.stall_timeout_s:
                 self._local_error(job, "engine_unresponsive", f"no progress for "
                                   f"{self.stall_timeout_s:g}s")
                 self._send({"type": "cancel", "job_id": job.id})
@@ -599,18 +599,19 @@ class EngineClient:
                 return
             job.last_seq = max(job.last_seq, seq)
             if kind == "accepted":
-                job.state = "running" if header.get("state") == "running" else "accepted"
+                job.state = (JobState.RUNNING if header.get("state") == JobState.RUNNING
+                             else JobState.QUEUED)
                 self._emit("accepted", jid, {k: header.get(k) for k in
                                              ("position", "seed", "duplicate") if k in header})
             else:
-                job.state = "running"
+                job.state = JobState.RUNNING
                 self._emit("started", jid, {"steps": header.get("steps"),
                                             "queue_ms": header.get("queue_ms")})
         elif kind == "queued":
             self._emit("queued", jid, {"position": header.get("position")})
         elif kind == "progress":
-            if job.state == "accepted":
-                job.state = "running"
+            if job.state == JobState.QUEUED:
+                job.state = JobState.RUNNING
             self._emit("progress", jid, {k: header.get(k) for k in
                                          ("stage", "step", "steps", "fraction", "eta_ms")})
         elif kind == "preview":
@@ -643,7 +644,7 @@ class EngineClient:
         if code == "session_unknown":
             self._welcomed = False
             self._send_hello(time.monotonic())
-            if job is not None and job.state == "pending":
+            if job is not None and job.state == JobState.PENDING:
                 job.sent_at = None
             return
         if jid is None and code in ("unsupported_version", "unauthorized"):
@@ -693,14 +694,14 @@ class EngineClient:
                                       "heartbeat_ms", "session")})
         if old_epoch is not None and old_epoch != self.epoch:
             for job in list(self._jobs.values()):
-                if not job.terminal and job.state != "pending":
+                if not job.terminal and job.state != JobState.PENDING:
                     self._local_error(job, "engine_crashed", "the engine restarted and lost "
                                       "this job; submit it again")
         else:
             self._on_snapshots(header.get("jobs") or [])
         self._last_problem = None
         for job in list(self._jobs.values()):
-            if not job.terminal and job.state == "pending":
+            if not job.terminal and job.state == JobState.PENDING:
                 self._send_submit(job, now)
 
     def _on_snapshots(self, snaps: list) -> None:
@@ -721,9 +722,9 @@ class EngineClient:
                 code = err.get("code") if err.get("code") in CODES else "internal_error"
                 self._job_end(job, "error", {"code": code, "message": err.get("message", ""),
                                              "retryable": CODES[code]})
-            elif state == "running":
-                job.state = "running"
-            elif state in ("unknown", "expired", "forbidden") and job.state != "pending":
+            elif state == JobState.RUNNING:
+                job.state = JobState.RUNNING
+            elif state in ("unknown", "expired", "forbidden") and job.state != JobState.PENDING:
                 code = {"unknown": "unknown_job", "expired": "result_expired",
                         "forbidden": "forbidden"}[state]
                 self._local_error(job, code, f"the engine reports this job as {state}")

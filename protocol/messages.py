@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
+from enum import Enum
 from typing import Any
 
 from .errors import ProtocolError
@@ -25,8 +26,27 @@ ENGINE_TYPES = ("welcome", "accepted", "queued", "started", "progress", "preview
 STATE_EVENTS = ("accepted", "started", "result", "result_ready", "cancelled", "error")
 DROPPABLE_EVENTS = ("queued", "progress", "preview")
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+class JobState(str, Enum):
+    """A job's state: one vocabulary for the engine, the client library and host apps
+    (PROTOCOL.md §6.1). A str Enum, so it is its own wire value. PENDING is client-local:
+    submitted by the host app, not yet accepted by the engine."""
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+JOB_STATES = tuple(s.value for s in JobState if s is not JobState.PENDING)   # on the wire
+TERMINAL_STATES = tuple(s.value for s in JobState if s.terminal)
 
 STAGES = ("encode_text", "denoise", "decode", "encode_image")
 RESULT_FORMATS = ("raw", "png")

@@ -240,3 +240,12 @@ def test_typed_request_round_trip_and_seed_range():
     with pytest.raises(ProtocolError) as e:
         GenerateRequest.from_params({"prompt": "x", "tile": "z"})
     assert e.value.field == "params.tile"
+
+
+def test_job_state_is_one_vocabulary_and_its_own_wire_value():
+    import json as _json
+    from protocol.messages import JOB_STATES, TERMINAL_STATES, JobState
+    assert JOB_STATES == ("queued", "running", "succeeded", "failed", "cancelled")
+    assert TERMINAL_STATES == ("succeeded", "failed", "cancelled")
+    assert _json.loads(_json.dumps({"state": JobState.CANCELLED})) == {"state": "cancelled"}
+    assert JobState("running") is JobState.RUNNING and not JobState.PENDING.terminal
