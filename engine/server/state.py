@@ -1,80 +1,43 @@
-"""The ZeroMQ engine: one I/O thread that owns the ROUTER socket and never runs model code, and
-one worker thread that runs one job at a time. See protocol/PROTOCOL.md for the wire format.
+"""The engine's state machine, without sockets: sessions, the fair queue, the result store,
+deadlines and backlogs. Socket-free and clock-injected, so it is unit-tested directly
+(tests/engine/test_server_state.py); `loop.EngineServer` feeds it parsed messages and gives
+it `_transmit` (one non-blocking send).
 
-    server = EngineServer(pipeline, bind="tcp://127.0.0.1:5555")
-    server.start()          # binds, starts both threads, returns at once
-    ...
-    server.stop()
-
-Threads and data:
-- I/O thread: sessions, the fair queue (round-robin across sessions), the result store (TTL +
-  byte budget), every socket send. Answers hello/ping/status/cancel/fetch in milliseconds.
-- worker thread: pipeline.generate(), previews (pipeline.preview + a tiny JPEG), raw result
-  bytes. It talks to the I/O thread only through a queue.Queue plus a socketpair "waker".
-- a 2-thread pool encodes PNG results so the worker can start the next job at once.
+Bounds (protocol/PROTOCOL.md §5, §7): sessions in total and per peer, queued jobs per session
+and in total, input bytes, finished jobs by TTL, count (total and per session) and bytes
+(results + params), undelivered events per session (terminal ones are kept), waiting unloads.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
-import io
 import hashlib
-import ipaddress
 import json
 import logging
-import os
 import queue
 import secrets
-import sys
 import threading
 import time
-import traceback
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
-from urllib.parse import urlsplit
-
-import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 import engine
-from engine.errors import Cancelled, EngineError
 from protocol import PROTOCOL_VERSION
-from protocol.errors import CODES, ProtocolError
-from protocol.messages import (DEFAULT_LIMITS, Limits, required_capabilities,
-                               validate_request)
-from protocol.messages import JobState
+from protocol.errors import CODES
+from protocol.messages import DEFAULT_LIMITS, JobState, Limits, required_capabilities
 from protocol.request import GenerateRequest
-from protocol.waker import Waker
-from protocol.wire import SIGNATURE, encode_header, split_frames
+from protocol.wire import SIGNATURE, encode_header
 
 log = logging.getLogger("engine.server")
 
-STAGE_SPAN = {"encode_text": (0.0, 0.05), "denoise": (0.05, 0.9), "decode": (0.9, 0.95),
-              "encode_image": (0.95, 1.0)}
+
+class PeerBusy(Exception):
+    """The peer's queue is full (EAGAIN): hold state events, drop droppable ones."""
 
 
-class InsecureBindError(ValueError):
-    """Refused to bind a non-loopback address without CURVE keys."""
-
-
-def is_loopback_endpoint(endpoint: str) -> bool:
-    """True for tcp://127.x.y.z / [::1] / localhost, ipc:// and inproc://."""
-    scheme = endpoint.split("://", 1)[0].lower()
-    if scheme in ("ipc", "inproc"):
-        return True
-    if scheme != "tcp":
-        return False
-    host = urlsplit(endpoint).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # "*", interface names, DNS names: treat as public
+class PeerGone(Exception):
+    """The peer is not connected any more (EHOSTUNREACH)."""
 
 
 # ---- state --------------------------------------------------------------------------------
@@ -122,53 +85,33 @@ class Job:
     cancel_reason: str = "client"
 
 
-# ---- the server ---------------------------------------------------------------------------
 
-class EngineServer:
-    def __init__(self, pipeline=None, *, bind: str = "tcp://127.0.0.1:5555",
-                 loader: Callable[[], Any] | None = None, limits: Limits | None = None,
-                 curve_secret_file: str | None = None, curve_authorized_dir: str | None = None,
-                 heartbeat_ivl_ms: int = 2000, heartbeat_timeout_ms: int = 6000,
+class EngineState:
+    """All state of one engine; every method runs on the I/O thread."""
+
+    def __init__(self, pipeline=None, *, limits: Limits | None = None,
                  session_timeout_s: float = 15.0, detach_grace_s: float = 30.0,
-                 ping_interval_ms: int = 2000, sndhwm: int = 16, linger_ms: int = 1000,
-                 max_sessions: int = 1024, max_sessions_per_peer: int = 16,
-                 max_outbox: int = 1000, token: str | None = None,
-                 name: str = "zimage-engine"):
-        if pipeline is None and loader is None:
-            raise ValueError("give a pipeline or a loader")
-        curve = curve_secret_file is not None
-        if curve and not curve_authorized_dir:
-            raise ValueError("CURVE needs an authorized-clients directory")
-        if not is_loopback_endpoint(bind) and not curve:
-            raise InsecureBindError(
-                f"refusing to bind {bind} without CURVE keys: non-loopback addresses need "
-                "--curve-dir (create keys with `python -m engine keys --dir DIR`)")
-        self.bind = bind
+                 ping_interval_ms: int = 2000, max_sessions: int = 1024,
+                 max_sessions_per_peer: int = 16, max_outbox: int = 1000,
+                 token: str | None = None, curve: bool = False, name: str = "zimage-engine",
+                 clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
         self.pipeline = pipeline
-        self._loader = loader
         self.limits = limits or Limits(**DEFAULT_LIMITS.to_dict())
-        self.curve_secret_file = curve_secret_file
-        self.curve_authorized_dir = curve_authorized_dir
-        self.hb = (heartbeat_ivl_ms, heartbeat_timeout_ms)
+        self.curve = curve            # sessions and jobs are bound to the CURVE key
         self.session_timeout_s = session_timeout_s
         self.detach_grace_s = detach_grace_s
         self.ping_interval_ms = ping_interval_ms
-        self.sndhwm = sndhwm
-        self.linger_ms = linger_ms
         self.max_sessions = max_sessions
         self.max_sessions_per_peer = max_sessions_per_peer
         self.max_outbox = max_outbox
         self.token = token            # local trust: hello must present it (see PROTOCOL.md §8)
         self._authed_routes: collections.OrderedDict[bytes, float] = collections.OrderedDict()
         self._unload_waiters: list[tuple[str, Any]] | None = None   # one unload at a time
-        self.failed = False           # the I/O loop died of a bug: `serve` exits non-zero
-        self._max_message_bytes = (self.limits.max_msg_bytes + self.limits.max_header_bytes
-                                   + len(SIGNATURE))
         self.name = name
         self.epoch = uuid.uuid4().hex[:16]
         self.model_state = "ready" if pipeline is not None else "loading"
         self.model_error: str | None = None
-        self.endpoint: str | None = None
 
         self.sessions: dict[str, Session] = {}
         self.jobs: dict[str, Job] = {}
@@ -184,155 +127,13 @@ class EngineServer:
         self._avg_job_s = 1.0
         self._last_queued_note = 0.0
         self.counters = collections.Counter()
-
         self._events: queue.Queue = queue.Queue()   # worker/encoder -> I/O thread
         self._work: queue.Queue = queue.Queue()     # I/O thread -> worker
-        self._waker = Waker()
-        self._encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="engine-encode")
         self._stop = threading.Event()
-        self._stopped = threading.Event()
-        self._ctx: zmq.Context | None = None
-        self._sock: zmq.Socket | None = None
-        self._auth = None
-        self._auth_mtime = None
-        self._io_thread: threading.Thread | None = None
-        self._worker_thread: threading.Thread | None = None
 
-    # ---- lifecycle ------------------------------------------------------------------------
-
-    def start(self) -> "EngineServer":
-        ctx = self._ctx = zmq.Context()
-        sock = self._sock = ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        sock.setsockopt(zmq.SNDHWM, self.sndhwm)
-        sock.setsockopt(zmq.LINGER, self.linger_ms)
-        if "[" in self.bind:           # tcp://[::1]:PORT (libzmq keeps IPv6 off by default)
-            sock.setsockopt(zmq.IPV6, 1)
-        sock.setsockopt(zmq.HANDSHAKE_IVL, 5000)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, self.hb[0])
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self.hb[1])
-        sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_msg_bytes + self.limits.max_header_bytes
-                        + 4096)
-        if self.curve_secret_file:
-            public, secret = zmq.auth.load_certificate(self.curve_secret_file)
-            if not secret:
-                raise ValueError(f"{self.curve_secret_file} holds no secret key")
-            self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("engine.auth"))
-            self._auth.start()
-            self._reload_authorized(force=True)
-            sock.curve_secretkey = secret
-            sock.curve_publickey = public
-            sock.curve_server = True   # no zap_domain: pyzmq falls back to domain "*"
-        try:
-            sock.bind(self.bind)
-        except zmq.ZMQError:
-            self._close_sockets(0)
-            raise
-        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._worker_thread = threading.Thread(target=self._worker_main, name="engine-worker",
-                                               daemon=True)
-        self._io_thread = threading.Thread(target=self._io_main, name="engine-io", daemon=True)
-        self._worker_thread.start()
-        self._io_thread.start()
-        log.info("engine %s listening on %s (epoch %s)", self.name, self.endpoint, self.epoch)
-        return self
-
-    def stop(self, grace_s: float = 2.0) -> None:
-        if self._io_thread is None or self._stopped.is_set():
-            return
-        self._stop.set()
-        self._waker.wake()
-        self._io_thread.join(grace_s + 5.0)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._stopped.wait(timeout)
-
-    def wait_ready(self, timeout: float | None = None) -> str:
-        """Block until the model is loaded (or failed); returns model_state."""
-        end = None if timeout is None else time.monotonic() + timeout
-        while self.model_state == "loading" and not self._stopped.is_set():
-            if end is not None and time.monotonic() > end:
-                break
-            time.sleep(0.02)
-        return self.model_state
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def _close_sockets(self, linger_ms: int) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=linger_ms)
-        if self._auth is not None:
-            self._auth.stop()
-        if self._ctx is not None:
-            self._ctx.term()
-
-    def _reload_authorized(self, force: bool = False) -> None:
-        try:
-            mtime = os.stat(self.curve_authorized_dir).st_mtime_ns
-        except OSError:
-            mtime = None
-        if force or mtime != self._auth_mtime:
-            self._auth_mtime = mtime
-            self._auth.configure_curve(domain="*", location=self.curve_authorized_dir)
-
-    # ---- I/O thread -----------------------------------------------------------------------
-
-    def _io_main(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        poller.register(self._waker.r, zmq.POLLIN)
-        if self._loader is not None:
-            self._work.put(("load", None))
-        last_house = 0.0
-        try:
-            while not self._stop.is_set():
-                busy = any(s.outbox and s.attached for s in self.sessions.values())
-                ready = dict(poller.poll(20 if busy else 100))
-                if self._sock in ready:
-                    for _ in range(256):
-                        try:
-                            frames = self._sock.recv_multipart(zmq.DONTWAIT, copy=False)
-                        except zmq.Again:
-                            break
-                        self._on_frames_safely(frames)
-                        del frames   # a refused message's memory goes back at once
-                if self._waker.r.fileno() in ready or self._waker.r in ready:
-                    self._waker.drain()
-                self._drain_events()
-                now = time.monotonic()
-                if busy:
-                    self._flush_outboxes()
-                if now - last_house > 0.1:
-                    last_house = now
-                    self._housekeeping(now)
-                self._dispatch()
-        except BaseException:  # a bug in the I/O loop: log, shut down, exit non-zero (serve)
-            self.failed = True
-            log.exception("engine I/O loop failed")
-        finally:
-            self._shutdown()
-
-    def _shutdown(self) -> None:
-        for s in self.sessions.values():
-            self._send(s, {"type": "shutting_down", "grace_ms": 1000}, kind="state")
-        if self._running is not None:
-            self._running.cancel_reason = "shutdown"
-            self._running.cancel_event.set()
-        self._work.put(("stop", None))
-        if self._worker_thread is not None:
-            self._worker_thread.join(2.0)
-        self._encoder.shutdown(wait=False, cancel_futures=True)
-        self._close_sockets(self.linger_ms)
-        self._waker.close()
-        self._stopped.set()
-        log.info("engine stopped")
-
-    # ---- sending --------------------------------------------------------------------------
+    def _transmit(self, frames: list, copy: bool = True) -> None:
+        """Send one message without blocking; raise PeerBusy or PeerGone. The loop's job."""
+        raise NotImplementedError
 
     def _frames(self, route: bytes, header: dict, blobs=()) -> list:
         header.setdefault("epoch", self.epoch)
@@ -342,8 +143,8 @@ class EngineServer:
     def _send_route(self, route: bytes, header: dict) -> None:
         """Reply to a peer that has no (valid) session: best effort."""
         try:
-            self._sock.send_multipart(self._frames(route, header), zmq.DONTWAIT)
-        except zmq.ZMQError:
+            self._transmit(self._frames(route, header))
+        except (PeerBusy, PeerGone):
             pass
 
     def _send(self, session: Session | None, header: dict, blobs=(), kind: str = "state"
@@ -361,21 +162,18 @@ class EngineServer:
             return False
         frames = self._frames(session.route, header, blobs)
         try:
-            self._sock.send_multipart(frames, zmq.DONTWAIT, copy=bool(not blobs))
+            self._transmit(frames, copy=bool(not blobs))
             self.counters["sent_" + header["type"]] += 1
             return True
-        except zmq.Again:
+        except PeerBusy:
             if kind == "state":
                 self._enqueue(session, header)
             elif kind == "result":
                 self._enqueue(session, self._result_ready(header))
             else:
                 self.counters["dropped_" + header["type"]] += 1
-        except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                self._detach(session, "peer unreachable")
-            else:
-                log.warning("send to session %s failed: %s", session.id[:8], exc)
+        except PeerGone:
+            self._detach(session, "peer unreachable")
         return False
 
     @staticmethod
@@ -429,12 +227,11 @@ class EngineServer:
         for s in list(self.sessions.values()):
             while s.outbox and s.attached:
                 try:
-                    self._sock.send_multipart(self._frames(s.route, dict(s.outbox[0][1])),
-                                              zmq.DONTWAIT)
+                    self._transmit(self._frames(s.route, dict(s.outbox[0][1])))
                     s.outbox.popleft()
-                except zmq.Again:
+                except PeerBusy:
                     break
-                except zmq.ZMQError:
+                except PeerGone:
                     self._detach(s, "peer unreachable")
 
     def _error(self, session: Session | None, route: bytes, code: str, message: str, *,
@@ -451,90 +248,10 @@ class EngineServer:
         else:
             self._send_route(route, h)
 
-    # ---- receiving ------------------------------------------------------------------------
-
-    def _on_frames_safely(self, frames) -> None:
-        """One message, whatever it holds, never stops the I/O loop."""
-        try:
-            self._on_frames(frames)
-        except Exception:
-            err_id = uuid.uuid4().hex[:8]
-            self.counters["internal_errors"] += 1
-            log.exception("error %s while handling a message", err_id)
-            try:
-                self._send_route(frames[0].bytes, {
-                    "type": "error", "job_id": None, "code": "internal_error",
-                    "message": f"engine error {err_id} (see engine log)", "retryable": False})
-            except Exception:
-                pass
-
-    def _on_frames(self, frames) -> None:
-        self.counters["received"] += 1
-        route = frames[0].bytes
-        total = sum(len(f) for f in frames[1:])
-        if total > self._max_message_bytes:
-            # Whole-message bound (MAXMSGSIZE only bounds each frame): refuse, then let go of
-            # the frames and hand the heap back to the OS.
-            self.counters["rejected_too_large"] += 1
-            n = len(frames)
-            frames.clear()
-            _trim_heap()
-            self._send_route(route, {"type": "error", "job_id": None, "code": "too_large",
-                                     "message": f"message of {n - 1} frames and {total} bytes, "
-                                     f"limit {self._max_message_bytes}", "retryable": False,
-                                     "field": "message"})
-            return
-        if len(frames) < 3:
-            self.counters["dropped_malformed"] += 1
-            if len(frames) == 2 and frames[1].bytes[:3] == b"ZIE":
-                self._error(None, route, "bad_request", "expected at least 2 frames after "
-                            "the routing id", field="frames")
-            return
-        user_id = None
-        if self._auth is not None:
-            try:
-                user_id = frames[1].get("User-Id")
-            except (zmq.ZMQError, AttributeError):
-                user_id = None
-        raw = [f.bytes for f in frames[1:]]
-        header = None
-        try:
-            header, blobs = split_frames(raw, max_header_bytes=self.limits.max_header_bytes,
-                                         max_depth=self.limits.max_depth)
-            msg = validate_request(header, blobs, self.limits)
-        except ProtocolError as exc:
-            if exc.field == "signature" and exc.code == "bad_request":
-                self.counters["dropped_foreign"] += 1   # not our protocol: no answer
-                return
-            self.counters["rejected_" + exc.code] += 1
-            hdr = header if isinstance(header, dict) else {}
-            jid, mid, sid = hdr.get("job_id"), hdr.get("msg_id"), hdr.get("session")
-            jid = jid if isinstance(jid, str) and 0 < len(jid) <= 64 else None
-            mid = mid if isinstance(mid, str) and 0 < len(mid) <= 64 else None
-            sess = self.sessions.get(sid) if isinstance(sid, str) else None
-            reply = {"type": "error", "job_id": jid, "code": exc.code, "message": exc.message,
-                     "retryable": CODES[exc.code], "field": exc.field}
-            if mid is not None:
-                reply["re"] = mid
-            if exc.code == "unsupported_version":
-                reply["versions"] = [PROTOCOL_VERSION]
-            if sess is not None and sess.route == route and sess.attached:
-                self._send(sess, reply)
-            else:
-                self._send_route(route, reply)
-            return
-        msg["_raw_blobs"] = blobs
-        try:
-            self._handle(route, user_id, msg)
-        except Exception:
-            err_id = uuid.uuid4().hex[:8]
-            log.exception("error %s while handling %s", err_id, msg.get("type"))
-            self._error(None, route, "internal_error", f"engine error {err_id} (see engine log)",
-                        job_id=msg.get("job_id"), re=msg.get("msg_id"))
 
     def _handle(self, route: bytes, user_id: str | None, msg: dict) -> None:
         kind, sid, mid = msg["type"], msg["session"], msg["msg_id"]
-        now = time.monotonic()
+        now = self.clock()
         if kind == "hello":
             self._on_hello(route, user_id, msg, now)
             return
@@ -551,7 +268,7 @@ class EngineServer:
                             "not know this session; it may have restarted)", re=mid,
                             job_id=msg.get("job_id"))
             return
-        if self._auth is not None and s.user_id != user_id:
+        if self.curve and s.user_id != user_id:
             self._error(None, route, "unauthorized", "session belongs to another key", re=mid)
             return
         self._attach(s, route, now)
@@ -599,7 +316,7 @@ class EngineServer:
         if s.attached:
             log.info("session %s detached (%s)", s.id[:8], why)
             s.attached = False
-            s.detached_at = time.monotonic()
+            s.detached_at = self.clock()
             # keep terminal events for a re-attach; drop the rest
             s.outbox = collections.deque(e for e in s.outbox if e[0])
 
@@ -626,7 +343,7 @@ class EngineServer:
             return
         s = self.sessions.get(msg["session"])
         if s is not None:
-            if self._auth is not None and s.user_id != user_id:
+            if self.curve and s.user_id != user_id:
                 self._error(None, route, "unauthorized", "session belongs to another key",
                             re=mid)
                 return
@@ -827,7 +544,7 @@ class EngineServer:
                 self._error(s, s.route, "unknown_job", "no such job on this engine (it may "
                             "have restarted)", job_id=jid, re=mid)
             return None
-        if job.session_id != s.id or (self._auth is not None and job.user_id != s.user_id):
+        if job.session_id != s.id or (self.curve and job.user_id != s.user_id):
             self._error(s, s.route, "forbidden", "this job belongs to another session",
                         job_id=jid, re=mid)
             return None
@@ -902,7 +619,7 @@ class EngineServer:
         if job.state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
             return
         job.state = state
-        job.finished = time.monotonic()
+        job.finished = self.clock()
         job.seq += 1
         # Release the input images before telling anyone: the budget is free once the job ends.
         self._input_bytes -= sum(len(b) for b in job.blobs)
@@ -931,7 +648,7 @@ class EngineServer:
         if self._store_per_session[job.session_id] > self.limits.max_results_per_session:
             oldest = next(j for j in self._store.values() if j.session_id == job.session_id)
             self._evict(oldest)
-        self._evict_results(time.monotonic())
+        self._evict_results(self.clock())
 
     def _evict_results(self, now: float) -> None:
         """Finished jobs are kept for result_ttl_s, bounded by count (in total and per
@@ -967,7 +684,7 @@ class EngineServer:
     def _dispatch(self) -> None:
         if self._running is not None or not self._rr or self.model_state != "ready":
             return
-        now = time.monotonic()
+        now = self.clock()
         while self._rr:
             s = self._rr.popleft()
             job = s.queue.popleft()
@@ -1021,14 +738,9 @@ class EngineServer:
             if not s.queue:
                 self._rr.remove(s)
         self._evict_results(now)
-        if self._auth is not None:
-            self._reload_authorized()
+
 
     # ---- events from the worker -----------------------------------------------------------
-
-    def _post(self, *event) -> None:
-        self._events.put(event)
-        self._waker.wake()
 
     def _drain_events(self) -> None:
         while True:
@@ -1061,7 +773,7 @@ class EngineServer:
                 _, job, outcome = ev
                 if self._running is job:
                     self._running = None
-                    dur = time.monotonic() - job.started
+                    dur = self.clock() - job.started
                     self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * dur
                 state, payload = outcome
                 if state == JobState.SUCCEEDED:
@@ -1083,249 +795,6 @@ class EngineServer:
                 _, job = ev
                 if self._running is job:
                     self._running = None
-                    dur = time.monotonic() - job.started
+                    dur = self.clock() - job.started
                     self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * dur
 
-    # ---- worker thread --------------------------------------------------------------------
-
-    def _worker_main(self) -> None:
-        while True:
-            kind, job = self._work.get()
-            if kind == "stop":
-                return
-            if kind == "unload":
-                try:
-                    freed = self.pipeline.unload()
-                    self._post("unloaded", {"type": "unloaded", "freed_bytes": int(freed or 0)})
-                except BaseException as exc:  # noqa: BLE001 - reported, engine keeps serving
-                    log.exception("unload failed")
-                    self._post("unloaded", {"type": "error", "job_id": None, **self._err(
-                        "internal_error", f"unload failed: {type(exc).__name__}")})
-                continue
-            if kind == "load":
-                try:
-                    pipe = self._loader()
-                    self._post("loaded", pipe)
-                except BaseException as exc:  # noqa: BLE001 - reported, engine keeps serving
-                    log.error("model failed to load: %s", exc)
-                    self._post("load_failed", f"{type(exc).__name__}: {exc}"[:500])
-                continue
-            try:
-                self._run_job(job)
-            except BaseException:  # noqa: BLE001 - never let the worker die
-                err_id = uuid.uuid4().hex[:8]
-                log.exception("worker error %s", err_id)
-                self._post("done", job, (JobState.FAILED, self._err(
-                    "internal_error", f"engine error {err_id} (see engine log)")))
-
-    def _run_job(self, job: Job) -> None:
-        pipe = self.pipeline
-        want = job.want
-        p = job.params
-        t_start = time.monotonic()
-        last_step_t = [t_start, None]
-
-        def should_cancel() -> bool:
-            return job.cancel_event.is_set() or time.monotonic() > job.deadline
-
-        def on_progress(pr) -> None:
-            stage = getattr(pr, "stage", "denoise")
-            step = int(getattr(pr, "step", 0) or 0)
-            steps = int(getattr(pr, "steps", 0) or job.steps)
-            lo, hi = STAGE_SPAN.get(stage, (0.0, 1.0))
-            frac = lo + (hi - lo) * (step / steps if stage == "denoise" and steps else 0.0)
-            now = time.monotonic()
-            h = {"type": "progress", "job_id": job.id, "stage": stage, "step": step,
-                 "steps": steps, "fraction": round(min(1.0, frac), 4)}
-            if stage == "denoise" and step > 0:
-                if last_step_t[1] is None:
-                    last_step_t[1] = now
-                else:
-                    per = (now - last_step_t[1]) / max(1, step - 1)
-                    h["eta_ms"] = int(per * (steps - step) * 1000)
-            self._post("progress", job, h, [])
-            every = want["preview_every"]
-            latents = getattr(pr, "latents", None)
-            if (stage == "denoise" and every and latents is not None and step % every == 0
-                    and step < steps):
-                try:
-                    img = pipe.preview(latents, want["preview_max_side"])
-                    data = _encode_jpeg(img)
-                    ph = {"type": "preview", "job_id": job.id, "step": step, "steps": steps,
-                          "blobs": [{"name": "preview", "mime": "image/jpeg",
-                                     "bytes": len(data), "width": int(img.shape[1]),
-                                     "height": int(img.shape[0]), "channels": 3}]}
-                    self._post("progress", job, ph, [data])
-                except Exception as exc:  # previews are optional; never fail the job
-                    log.debug("preview failed: %s", exc)
-
-        try:
-            req = self._make_request(job)
-            result = pipe.generate(req, on_progress=on_progress, should_cancel=should_cancel)
-            images = list(result.images)
-            seeds = [int(x) for x in result.seeds]
-            timings = {k: round(float(v), 2) for k, v in dict(result.timings).items()}
-        except Cancelled as c:
-            if not job.cancel_event.is_set():
-                self._post("done", job, (JobState.FAILED, self._err(
-                    "deadline_exceeded", f"deadline passed at step {c.step}; job stopped")))
-            else:
-                self._post("done", job, (JobState.CANCELLED, c.step))
-            return
-        except EngineError as exc:
-            if exc.code == "out_of_memory":
-                _free_accelerator_memory()
-            fld = exc.field
-            if fld and not fld.startswith(("params", "blobs")):
-                fld = f"params.{fld}"   # the pipeline names request fields; the wire, params.*
-            self._post("done", job, (JobState.FAILED, self._err(exc.code, exc.message, field=fld)))
-            return
-        except Exception as exc:
-            if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
-                _free_accelerator_memory()
-                self._post("done", job, (JobState.FAILED, self._err(
-                    "out_of_memory", f"out of memory at {p['width']}x{p['height']} x"
-                    f"{p['num_images']}: try a smaller size or fewer images")))
-                return
-            err_id = uuid.uuid4().hex[:8]
-            log.error("job %s failed, error %s:\n%s", job.id, err_id, traceback.format_exc())
-            self._post("done", job, (JobState.FAILED, self._err(
-                "internal_error", f"engine error {err_id}: {type(exc).__name__} (see engine "
-                "log)")))
-            return
-        t_gen = time.monotonic()
-        queue_ms = round((job.started - job.submitted) * 1000, 1)
-        timings.update(queue_ms=queue_ms, generate_ms=round((t_gen - t_start) * 1000, 1))
-
-        def finish() -> None:
-            t0 = time.perf_counter()
-            try:
-                blobs, descs = [], []
-                fmt = want["result_format"]
-                for i, img in enumerate(images):
-                    data, desc = _encode_result(img, fmt)
-                    desc["name"] = f"image{i}"
-                    blobs.append(data)
-                    descs.append(desc)
-                timings["encode_ms"] = round((time.perf_counter() - t0) * 1000, 2)
-                header = {"type": "result", "job_id": job.id, "blobs": descs,
-                          "images": [{"index": i, "seed": seeds[i] if i < len(seeds) else None,
-                                      "blob": i} for i in range(len(blobs))],
-                          "seeds": seeds, "timings": timings, "params": job.params}
-                self._post("done", job, (JobState.SUCCEEDED, (header, blobs)))
-            except Exception as exc:
-                log.exception("encoding result of %s failed", job.id)
-                self._post("done", job, (JobState.FAILED, self._err(
-                    "internal_error", f"encoding the result failed: {type(exc).__name__}")))
-
-        if want["result_format"] == "raw":
-            finish()
-        else:
-            # PNG encoding runs in the pool; the worker takes the next job meanwhile.
-            self._post("worker_free", job)
-            self._encoder.submit(finish)
-
-    def _make_request(self, job: Job) -> GenerateRequest:
-        """The job's typed request with its image blobs decoded (names -> pixels)."""
-        req = GenerateRequest.from_clean(job.params)
-        blobs = {d["name"]: (d, b) for d, b in zip(job.blob_descs, job.blobs)}
-        images = {}
-        for key, mode in (("init_image", "RGB"), ("mask", "L"), ("control_image", "RGB")):
-            name = getattr(req, key)
-            if name is not None:
-                d, b = blobs[name]
-                images[key] = decode_image_blob(b, d, self.limits, mode, f"params.{key}")
-        return dataclasses.replace(req, **images)
-
-
-# ---- image helpers (engine side: numpy + Pillow) -------------------------------------------
-
-def _encode_jpeg(img, quality: int = 80) -> bytes:
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.fromarray(_as_rgb8(img), "RGB").save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def _as_rgb8(img):
-    import numpy as np
-    arr = np.ascontiguousarray(np.asarray(img))
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise EngineError("internal_error", f"pipeline returned an image of shape "
-                          f"{arr.shape} {arr.dtype}, expected HxWx3 uint8")
-    return arr
-
-
-def _encode_result(img, fmt: str) -> tuple[bytes, dict]:
-    arr = _as_rgb8(img)
-    h, w = arr.shape[:2]
-    if fmt == "png":
-        from PIL import Image
-        buf = io.BytesIO()
-        Image.fromarray(arr, "RGB").save(buf, format="PNG", compress_level=1)
-        data = buf.getvalue()
-        return data, {"mime": "image/png", "bytes": len(data), "width": w, "height": h,
-                      "channels": 3}
-    data = arr.tobytes()
-    return data, {"mime": "application/x-raw", "bytes": len(data), "width": w, "height": h,
-                  "channels": 3, "dtype": "u8"}
-
-
-def decode_image_blob(data: bytes, desc: dict, limits: Limits, mode: str, path: str):
-    """Client image blob -> HxWx3 (RGB) or HxW (L) uint8 array. Checks the dimensions from the
-    file header BEFORE decoding (no decompression bombs); never touches the file system."""
-    import numpy as np
-    if desc["mime"] == "application/x-raw":
-        w, h, c = desc["width"], desc["height"], desc["channels"]
-        arr = np.frombuffer(data, np.uint8).reshape(h, w, c)
-        if mode == "L":
-            return arr[..., 0].copy() if c > 1 else arr[..., 0].copy()
-        if c == 1:
-            return np.repeat(arr, 3, axis=2)
-        return arr[..., :3].copy()
-    from PIL import Image
-    Image.MAX_IMAGE_PIXELS = limits.max_pixels
-    try:
-        with Image.open(io.BytesIO(data), formats=["PNG", "JPEG", "WEBP"]) as im:
-            w, h = im.size
-            if w > limits.max_side or h > limits.max_side or w * h > limits.max_pixels:
-                raise EngineError("too_large", f"image is {w}x{h}, limit {limits.max_side} a "
-                                  f"side and {limits.max_pixels} pixels", field=path)
-            im.load()
-            return np.asarray(im.convert(mode)).copy()
-    except EngineError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise EngineError("too_large", str(exc)[:200], field=path) from None
-    except Exception as exc:
-        raise EngineError("invalid_params", f"cannot decode image: {str(exc)[:160]}",
-                          field=path) from None
-
-
-def _trim_heap() -> None:
-    """Give freed heap pages back to the OS (glibc keeps them otherwise, so a refused huge
-    message would leave RSS high for good)."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        _malloc_trim = False
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
-                _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-            except (OSError, AttributeError):
-                pass
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None
-
-
-def _free_accelerator_memory() -> None:
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        try:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except Exception:
-            pass
