@@ -7,6 +7,7 @@ Exit status 0 on success; otherwise one line on stderr (`error: <code>: <message
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -37,9 +38,11 @@ def _load_curve(args):
 
 def cmd_generate(args) -> int:
     from .client import EngineClient
+    from .messages import Limits
+    from .request import GenerateRequest
 
-    params = {"prompt": args.prompt, "width": args.width, "height": args.height,
-              "steps": args.steps, "seed": args.seed, "num_images": 1}
+    raw = {"prompt": args.prompt, "width": args.width, "height": args.height,
+           "steps": args.steps, "seed": args.seed, "num_images": 1}
     out = args.output
     if not out.lower().endswith(".png"):
         raise ProtocolError("invalid_params", "--output must be a .png file", field="output")
@@ -48,6 +51,18 @@ def cmd_generate(args) -> int:
                           give_up_s=args.reconnect_timeout,
                           connection_file=args.connection_file, **_load_curve(args))
     client.start()
+    # the typed request, validated once against the engine's own limits (from its welcome)
+    end = time.monotonic() + args.connect_timeout
+    while client.welcome is None and time.monotonic() < end:
+        client.poll(timeout=0.05)
+    limits = (client.welcome or {}).get("limits") or {}
+    known = {f.name for f in dataclasses.fields(Limits)}
+    try:
+        params = GenerateRequest.from_params(raw, [], Limits(**{
+            k: v for k, v in limits.items() if k in known})).to_params()
+    except BaseException:
+        client.close()
+        raise
     job_id = client.submit(params, result_format=args.format, preview_every=0,
                            deadline_ms=int(args.timeout * 1000))
     show = not args.quiet
