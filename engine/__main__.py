@@ -79,7 +79,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         width, height = width or dw, height or dh
     req = GenerateRequest(
         prompt=args.prompt, width=width, height=height, steps=args.steps, seed=args.seed,
-        num_images=args.num_images, image=image, strength=args.strength,
+        num_images=args.num_images, init_image=image, strength=args.strength,
         mask=_read_image(args.mask, "mask", mode="L") if args.mask else None,
         control_image=(_read_image(args.control_image, "control_image")
                        if args.control_image else None),
@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mask", help="inpainting mask, same size as --image: white = repaint")
     c.add_argument("--control-image", help="control map (depth, canny edges, pose skeleton)")
     c.add_argument("--control-type", choices=["depth", "canny", "pose", "inpaint"])
-    c.add_argument("--control-scale", type=float, default=0.75,
+    c.add_argument("--control-scale", type=float, default=None,
                    help="ControlNet conditioning scale (default 0.75; 0.65-0.8 typical)")
     c.add_argument("--controlnet", metavar="PATH",
                    help="Z-Image-Turbo-Fun-Controlnet-Union .safetensors (2.1 or lite)")

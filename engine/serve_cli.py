@@ -46,6 +46,12 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                    help="Z-Image-Turbo-Fun-Controlnet-Union .safetensors (control.* modes)")
     p.add_argument("--curve-dir", default=None,
                    help="CurveZMQ key directory made by `keys --dir` (enables CURVE)")
+    p.add_argument("--connection-file", default=None, metavar="PATH",
+                   help="where a loopback engine writes its secret token (mode 0600); "
+                   "default: <runtime dir>/engine-<host>-<port>.json, found by clients of "
+                   "the same user from the endpoint alone (see protocol/PROTOCOL.md §8)")
+    p.add_argument("--no-token", action="store_true",
+                   help="loopback without a token: any local process may drive the engine")
     p.add_argument("--step-seconds", type=float, default=0.0,
                    help="stand-in only: seconds per denoising step")
     p.add_argument("--min-side", type=int, default=64)
@@ -154,8 +160,10 @@ def run_serve(args) -> int:
         def loader():
             from engine.loading import load_pipeline
             return load_pipeline(model, **kw)
+    from protocol import connection
+    token = None if (curve or args.no_token) else connection.new_token()
     try:
-        server = EngineServer(pipeline, loader=loader, bind=bind, limits=limits,
+        server = EngineServer(pipeline, loader=loader, bind=bind, limits=limits, token=token,
                               heartbeat_ivl_ms=args.heartbeat_ivl_ms,
                               heartbeat_timeout_ms=args.heartbeat_timeout_ms,
                               session_timeout_s=args.session_timeout,
@@ -165,6 +173,15 @@ def run_serve(args) -> int:
         return _fail(str(exc), 2)
     except Exception as exc:  # bind errors (address in use), bad keys
         return _fail(f"cannot start the engine on {args.bind}: {exc}", 1)
+    conn_file = None
+    if token is not None:
+        conn_file = args.connection_file or connection.path_for(server.endpoint)
+        try:
+            connection.write(conn_file, server.endpoint, token)
+        except OSError as exc:
+            server.stop()
+            return _fail(f"cannot write the connection file {conn_file}: {exc}", 1)
+        logging.getLogger("engine").info("connection file %s", conn_file)
 
     stop = threading.Event()
 
@@ -179,6 +196,8 @@ def run_serve(args) -> int:
             stop.wait(0.05)
     if server.model_state == "failed":
         server.stop()
+        if conn_file is not None:
+            connection.remove(conn_file, token)
         return _fail(f"model failed to load: {server.model_error}")
     if not stop.is_set():
         info = server._pipe_info()
@@ -187,6 +206,10 @@ def run_serve(args) -> int:
     while not stop.is_set() and not server.wait(0.2):
         pass
     server.stop()
+    if conn_file is not None:
+        connection.remove(conn_file, token)
+    if server.failed:
+        return _fail("the engine stopped after an internal error (see the log above)", 70)
     return 0
 
 

@@ -237,7 +237,7 @@ def test_the_engine_wheel_carries_the_packages_and_pyprojects_requirements(tmp_p
     assert whl.name == f"zimage_studio-{project['version']}-py3-none-any.whl"
     with zipfile.ZipFile(whl) as zf:
         names = set(zf.namelist())
-        for want in ("engine/__main__.py", "engine/server.py", "protocol/client.py",
+        for want in ("engine/__main__.py", "engine/server/loop.py", "protocol/client.py",
                      "protocol/PROTOCOL.md"):
             assert want in names
         assert any(n.startswith("engine/configs/") and n.endswith(".json") for n in names)
