@@ -65,7 +65,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    from engine.pipeline import GenerateRequest, Limits, ZImagePipeline, check_request
+    from engine.pipeline import Limits, ZImagePipeline, check_request
+    from protocol.request import GenerateRequest
 
     from engine.conditioning import default_size
 
