@@ -66,7 +66,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from PIL.PngImagePlugin import PngInfo
 
     from engine.loading import load_pipeline
-    from engine.pipeline import GenerateRequest, Limits, check_request
+    from engine.pipeline import Limits, check_request
+    from protocol.request import GenerateRequest
 
     from engine.conditioning import default_size
 

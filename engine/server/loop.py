@@ -214,7 +214,9 @@ class EngineServer(EngineState, Worker):
                         except zmq.Again:
                             break
                         self._on_frames_safely(frames)
-                        del frames   # a refused message's memory goes back at once
+                        # else this name keeps the last message (up to 64 MiB, or a refused
+                        # 600 MB one) alive until the next message arrives
+                        del frames
                 if self._waker.r.fileno() in ready or self._waker.r in ready:
                     self._waker.drain()
                 self._drain_events()

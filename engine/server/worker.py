@@ -130,7 +130,9 @@ class Worker:
             self._post("done", job, (JobState.FAILED, self._err(exc.code, exc.message, field=fld)))
             return
         except Exception as exc:
-            if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+            # torch's OutOfMemoryError (or a subclass), by type, not by matching error text;
+            # the real pipeline already turns it into EngineError("out_of_memory")
+            if any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__):
                 _free_accelerator_memory()
                 self._post("done", job, (JobState.FAILED, self._err(
                     "out_of_memory", f"out of memory at {p['width']}x{p['height']} x"
