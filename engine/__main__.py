@@ -92,7 +92,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from engine.loading import load_pipeline
     from engine.lora import LoraLibrary
-    from engine.pipeline import GenerateRequest, Limits, check_request
+    from engine.pipeline import Limits, check_request
+    from protocol.request import GenerateRequest
 
     from engine.conditioning import default_size
 
@@ -106,7 +107,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         width, height = width or dw, height or dh
     req = GenerateRequest(
         prompt=args.prompt, width=width, height=height, steps=args.steps, seed=args.seed,
-        num_images=args.num_images, image=image, strength=args.strength,
+        num_images=args.num_images, init_image=image, strength=args.strength,
         mask=_read_image(args.mask, "mask", mode="L") if args.mask else None,
         control_image=(_read_image(args.control_image, "control_image")
                        if args.control_image else None),
@@ -115,12 +116,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_request(req, Limits())  # fail fast, before loading gigabytes
     library = LoraLibrary(files=[path for path, _ in lora_args])
     t0 = time.perf_counter()
-    if args.controlnet:
+    from engine.download_progress import listening, print_line
+    with listening(print_line):     # the model download, when the hub has to be asked
         pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype,
                              controlnet=args.controlnet, loras=library, **memory_kwargs(args))
-    else:
-        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype, loras=library,
-                             **memory_kwargs(args))
     print(f"loaded {pipe.info['model']} on {pipe.info['device']} ({pipe.info['dtype']}) in "
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     if pipe.compile_seconds is not None:
@@ -188,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mask", help="inpainting mask, same size as --image: white = repaint")
     c.add_argument("--control-image", help="control map (depth, canny edges, pose skeleton)")
     c.add_argument("--control-type", choices=["depth", "canny", "pose", "inpaint"])
-    c.add_argument("--control-scale", type=float, default=0.75,
+    c.add_argument("--control-scale", type=float, default=None,
                    help="ControlNet conditioning scale (default 0.75; 0.65-0.8 typical)")
     c.add_argument("--controlnet", metavar="PATH",
                    help="Z-Image-Turbo-Fun-Controlnet-Union .safetensors (2.1 or lite)")

@@ -73,7 +73,7 @@ def compile_pipeline(pipe, *, cuda_graphs: bool | None = False,
 
 def warm_up(pipe, width: int = 1024, height: int = 1024, steps: int = 2) -> float:
     """One generation at the default size so compilation happens at start; returns seconds."""
-    from engine.pipeline import GenerateRequest
+    from protocol.request import GenerateRequest
 
     t0 = time.perf_counter()
     pipe.generate(GenerateRequest("warm-up", width=width, height=height, steps=steps, seed=0))

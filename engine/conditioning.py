@@ -53,9 +53,9 @@ def _is_number(x) -> bool:
 def check_conditioning(req) -> None:
     """Validate the image-conditioning fields of a GenerateRequest (raises EngineError
     invalid_params naming the field). Whether a ControlNet is loaded is the pipeline's check."""
-    image, mask = req.image, req.mask
+    image, mask = req.init_image, req.mask
     if image is not None:
-        check_image(image, "image")
+        check_image(image, "init_image")
     if mask is not None:
         check_image(mask, "mask", mask=True)
         if image is None:
@@ -81,9 +81,10 @@ def check_conditioning(req) -> None:
         raise _bad("control_image", f"control type {req.control_type!r} needs a control image "
                                     "(the preprocessed map, e.g. a depth map)")
     if req.control_type == "inpaint" and (image is None or mask is None):
-        raise _bad("mask" if image is not None else "image",
+        raise _bad("mask" if image is not None else "init_image",
                    "control type 'inpaint' needs an input image and a mask")
-    if not _is_number(req.control_scale) or not 0.0 <= req.control_scale <= MAX_CONTROL_SCALE:
+    if req.control_scale is not None and (not _is_number(req.control_scale)
+                                          or not 0.0 <= req.control_scale <= MAX_CONTROL_SCALE):
         raise _bad("control_scale", f"control_scale {req.control_scale} is out of range: use 0 "
                                     f"to {MAX_CONTROL_SCALE} (0.65-0.8 is typical)")
     if req.tile is not None and req.tile not in TILE_AXES:
@@ -95,7 +96,7 @@ def resolve_strength(req) -> float:
     and 1.0 for inpainting (diffusers' inpaint default: the masked area is fully repainted)."""
     if req.strength is not None:
         return float(req.strength)
-    if req.image is not None and req.mask is None and req.control_type != "inpaint":
+    if req.init_image is not None and req.mask is None and req.control_type != "inpaint":
         return IMG2IMG_STRENGTH
     return 1.0
 

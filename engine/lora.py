@@ -40,6 +40,7 @@ MAX_LORAS = 8  # active at once; each adds a low-rank matmul per targeted Linear
 MAX_WEIGHT = 4.0  # |weight| above this is a typo, not a style
 MAX_INFO_CHARS = 200  # metadata strings shown to clients are cut here
 MAX_NAME_CHARS = 200  # a LoRA's name is its file stem
+MAX_LISTED = 256  # LoRAs a welcome lists (its size stays far below the client's header bound)
 
 # The original module tree (ComfyUI, musubi-tuner) spells some modules differently; qkv is fused.
 _ORIGINAL_SPELLING = (
@@ -371,6 +372,9 @@ class LoraLibrary:
     CACHE = 8  # read LoRAs kept in host memory (a rank-32 LoRA of the full model is ~0.3 GB)
 
     def __init__(self, directory: str | Path | None = None, files: Iterable[str | Path] = ()):
+        import threading
+
+        self._lock = threading.Lock()  # the server's I/O thread lists, its worker reads
         self.directory = Path(directory) if directory else None
         self.files = {Path(f).stem: Path(f) for f in files}
         self._dir_stamp: float | None = None
@@ -379,6 +383,10 @@ class LoraLibrary:
         self._read: dict[Path, tuple[tuple, Lora]] = {}
 
     def paths(self) -> dict[str, Path]:
+        with self._lock:
+            return self._paths()
+
+    def _paths(self) -> dict[str, Path]:
         if self.directory is not None:
             try:
                 stamp = self.directory.stat().st_mtime_ns
@@ -386,12 +394,16 @@ class LoraLibrary:
                 stamp = None
             if stamp != self._dir_stamp:
                 self._dir_stamp, self._dir_files = stamp, scan_lora_dir(self.directory)
-        return {**self._dir_files, **self.files}
+        return dict(sorted({**self._dir_files, **self.files}.items()))
 
     def infos(self) -> list[LoraInfo]:
-        """What the welcome lists; a file that cannot be read is left out (and logged once)."""
+        """What the welcome lists (by name, at most MAX_LISTED); unreadable files are left out."""
+        with self._lock:
+            return self._infos_locked()
+
+    def _infos_locked(self) -> list[LoraInfo]:
         out = []
-        for path in self.paths().values():
+        for path in list(self._paths().values())[:MAX_LISTED]:
             stamp = _stamp(path)
             cached = self._infos.get(path)
             if cached is None or cached[0] != stamp:
@@ -405,18 +417,21 @@ class LoraLibrary:
         return out
 
     def read(self, name: str, module_names: Iterable[str]) -> Lora:
-        path = self.paths().get(name)
+        with self._lock:
+            path = self._paths().get(name)
+            cached = self._read.get(path) if path is not None else None
         if path is None:
             raise EngineError("invalid_params", f"No LoRA named {name!r} is available on this "
                                                 "engine.", field="loras")
         stamp = _stamp(path)
-        cached = self._read.get(path)
-        if cached is None or cached[0] != stamp:
-            cached = (stamp, read_lora(path, module_names))
-            self._read[path] = cached
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        lora = read_lora(path, module_names)  # outside the lock: listing never waits on a read
+        with self._lock:
+            self._read[path] = (stamp, lora)
             while len(self._read) > self.CACHE:
                 self._read.pop(next(iter(self._read)))
-        return cached[1]
+        return lora
 
 
 def _stamp(path: Path) -> tuple:

@@ -9,7 +9,6 @@ anything a user can cause.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ from engine.conditioning import (
 )
 from engine.errors import Cancelled, EngineError
 from engine.model.transformer import Control
-from protocol.messages import Limits  # one definition of what requests an engine accepts
 from engine.sampling import (
     LATENT_CHANNELS,
     VAE_SCALE,
@@ -42,28 +40,13 @@ from engine.sampling import (
     seamless,
 )
 
+from protocol.errors import ProtocolError
+from protocol.messages import Limits, validate_params  # one definition of what is accepted
+# The one request type, from the client to here; seeds are drawn in one place.
+from protocol.request import MAX_SEED, GenerateRequest, random_seed
+
 log = logging.getLogger(__name__)
 
-MAX_SEED = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class GenerateRequest:
-    prompt: str
-    width: int = 1024
-    height: int = 1024
-    steps: int = 8
-    seed: int | None = None  # None: a random seed, reported in the result
-    num_images: int = 1  # image i uses seed + i
-    # Image conditioning (docs/image-conditioning.md); all optional, all checked by check_request.
-    image: np.ndarray | None = field(default=None, compare=False)  # H x W x 3 uint8: img2img
-    strength: float | None = None  # 0..1; None: 0.6 with an image alone, 1.0 with a mask
-    mask: np.ndarray | None = field(default=None, compare=False)  # H x W uint8, white = repaint
-    control_image: np.ndarray | None = field(default=None, compare=False)  # H x W x 3 uint8
-    control_type: str | None = None  # "depth" | "canny" | "pose" | "inpaint" (needs ControlNet)
-    control_scale: float = CONTROL_SCALE
-    tile: str | None = None  # seamless texture: "x" | "y" | "xy"
-    loras: tuple[tuple[str, float], ...] = ()  # (name, weight): names from the engine's LoRA library
 
 
 @dataclass
@@ -82,55 +65,20 @@ class Result:
 
 
 def check_request(req: GenerateRequest, limits: Limits) -> None:
-    """Raise EngineError(invalid_params) naming the field and the allowed range."""
-
-    def bad(field_name: str, message: str) -> EngineError:
-        return EngineError("invalid_params", message, field=field_name)
-
-    if not isinstance(req.prompt, str) or not req.prompt.strip():
-        raise bad("prompt", "the prompt is empty; describe the image you want")
-    if len(req.prompt) > limits.max_prompt_chars:
-        raise bad("prompt", f"the prompt has {len(req.prompt)} characters; the limit is "
-                            f"{limits.max_prompt_chars}")
-    for name in ("width", "height"):
-        side = getattr(req, name)
-        if not isinstance(side, int) or side % limits.side_multiple or not (
-            limits.min_side <= side <= limits.max_side
-        ):
-            raise bad(name, f"{name} {side} is not supported: use a multiple of "
-                            f"{limits.side_multiple} from {limits.min_side} to {limits.max_side}")
-    if req.width * req.height > limits.max_pixels:
-        raise bad("width", f"{req.width}x{req.height} is more than {limits.max_pixels} pixels")
-    if not isinstance(req.steps, int) or not 1 <= req.steps <= limits.max_steps:
-        raise bad("steps", f"steps {req.steps} is out of range: use 1 to {limits.max_steps} "
-                           "(Z-Image-Turbo is made for 8)")
-    if req.seed is not None and (not isinstance(req.seed, int) or not 0 <= req.seed <= MAX_SEED):
-        raise bad("seed", f"seed {req.seed} is out of range: use 0 to {MAX_SEED}")
-    if not isinstance(req.num_images, int) or not 1 <= req.num_images <= limits.max_images:
-        raise bad("num_images", f"num_images {req.num_images} is out of range: use 1 to "
-                                f"{limits.max_images}")
-    check_loras(req.loras)
+    """Raise EngineError naming the field. The bounds are the protocol's (one definition,
+    protocol/messages.py validate_params); the image checks need the pixels (conditioning)."""
+    params = req.to_params()
+    images = [k for k in ("init_image", "mask", "control_image") if k in params]
+    params.update({k: k for k in images})   # the image checks below need the pixels
+    try:
+        validate_params(params, [{"name": k, "mime": "application/x-raw"} for k in images],
+                        limits, path="")
+    except ProtocolError as exc:
+        name = (exc.field or "request").lstrip(".")
+        value = getattr(req, name, None)
+        shown = f"{name} {value!r}" if isinstance(value, str) else f"{name} {value}"
+        raise EngineError(exc.code, f"{shown}: {exc.message}", field=name) from None
     check_conditioning(req)
-
-
-def check_loras(loras) -> None:
-    def bad(message: str) -> EngineError:
-        return EngineError("invalid_params", message, field="loras")
-
-    if not isinstance(loras, (tuple, list)) or len(loras) > lora.MAX_LORAS:
-        raise bad(f"use at most {lora.MAX_LORAS} LoRAs at once")
-    names = set()
-    for item in loras:
-        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)
-                and 0 < len(item[0]) <= lora.MAX_NAME_CHARS):
-            raise bad("each LoRA is a name (from the engine's list) and a weight")
-        if item[0] in names:
-            raise bad(f"LoRA {item[0]!r} is listed twice")
-        names.add(item[0])
-        try:
-            lora.check_weight(item[1])
-        except EngineError as e:
-            raise bad(e.message) from None
 
 
 def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
@@ -194,6 +142,7 @@ class ZImagePipeline:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "capabilities": self.capabilities,
+            "loras": [i.to_wire() for i in self.lora_library.infos()],
         }
 
     @property
@@ -230,7 +179,7 @@ class ZImagePipeline:
                  should_cancel: Callable[[], bool] | None = None) -> Result:
         check_request(req, self.limits)
         self.check_capabilities(req)
-        seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED - 4)
+        seed = req.seed if req.seed is not None else random_seed(req.num_images)
         seeds = [(seed + i) % (MAX_SEED + 1) for i in range(req.num_images)]
         report = on_progress or (lambda p: None)
 
@@ -292,16 +241,16 @@ class ZImagePipeline:
         strength = resolve_strength(req)
         control_inpaint = req.control_type == "inpaint"
         sigmas = get_schedule(req.steps, self.shift)
-        if req.image is not None:
+        if req.init_image is not None:
             sigmas = cut_schedule(sigmas, strength)
         # diffusers' generator order: the VAE posterior sample of the input image, then the noise.
-        use_init = req.image is not None and not (control_inpaint and strength == 1.0)
+        use_init = req.init_image is not None and not (control_inpaint and strength == 1.0)
         draws = [get_noises(s, H, W, 2 if use_init else 1) for s in seeds]
         noise = torch.cat([d[-1] for d in draws]).to(dev)
         x = noise
         image = mask = init = None
-        if req.image is not None:
-            image = image_tensor(fit_image(req.image, W, H)).to(dev)
+        if req.init_image is not None:
+            image = image_tensor(fit_image(req.init_image, W, H)).to(dev)
         if req.mask is not None:
             mask = mask_tensor(fit_mask(req.mask, W, H)).to(dev)
         if use_init:
@@ -337,7 +286,8 @@ class ZImagePipeline:
             ctrl = None
             if control is not None:
                 c = torch.roll(control, shift, dims=(-2, -1)) if any(shift) else control
-                ctrl = Control(cn, c, req.control_scale)
+                scale = CONTROL_SCALE if req.control_scale is None else req.control_scale
+                ctrl = Control(cn, c, scale)
             return self.transformer(x_.to(self.dtype), t, caps, control=ctrl)
 
         velocity = seamless(model, len(sigmas) - 1, req.tile) if req.tile else model

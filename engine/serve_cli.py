@@ -44,8 +44,17 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="tokenizer folder, for ComfyUI files")
     p.add_argument("--controlnet", default=None, metavar="PATH",
                    help="Z-Image-Turbo-Fun-Controlnet-Union .safetensors (control.* modes)")
+    p.add_argument("--lora-dir", default=None, metavar="DIR",
+                   help="LoRA .safetensors files clients may pick by name (rescanned while "
+                   "serving: new files show up without a restart)")
     p.add_argument("--curve-dir", default=None,
                    help="CurveZMQ key directory made by `keys --dir` (enables CURVE)")
+    p.add_argument("--connection-file", default=None, metavar="PATH",
+                   help="where a loopback engine writes its secret token (mode 0600); "
+                   "default: <runtime dir>/engine-<host>-<port>.json, found by clients of "
+                   "the same user from the endpoint alone (see protocol/PROTOCOL.md §8)")
+    p.add_argument("--no-token", action="store_true",
+                   help="loopback without a token: any local process may drive the engine")
     p.add_argument("--step-seconds", type=float, default=0.0,
                    help="stand-in only: seconds per denoising step")
     p.add_argument("--min-side", type=int, default=64)
@@ -122,6 +131,8 @@ def run_serve(args) -> int:
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger().setLevel(level)   # also when engine/__main__ configured logging first
+    if args.lora_dir and not os.path.isdir(args.lora_dir):
+        return _fail(f"--lora-dir {args.lora_dir}: no such folder [invalid_params]", 2)
     bind = args.bind
     curve = {}
     if args.curve_dir:
@@ -151,11 +162,16 @@ def run_serve(args) -> int:
             from engine.memory_args import memory_kwargs
             kw.update(memory_kwargs(args))
 
+        lora_dir = args.lora_dir
+
         def loader():
             from engine.loading import load_pipeline
-            return load_pipeline(model, **kw)
+            from engine.lora import LoraLibrary
+            return load_pipeline(model, loras=LoraLibrary(lora_dir), **kw)
+    from protocol import connection
+    token = None if (curve or args.no_token) else connection.new_token()
     try:
-        server = EngineServer(pipeline, loader=loader, bind=bind, limits=limits,
+        server = EngineServer(pipeline, loader=loader, bind=bind, limits=limits, token=token,
                               heartbeat_ivl_ms=args.heartbeat_ivl_ms,
                               heartbeat_timeout_ms=args.heartbeat_timeout_ms,
                               session_timeout_s=args.session_timeout,
@@ -165,6 +181,15 @@ def run_serve(args) -> int:
         return _fail(str(exc), 2)
     except Exception as exc:  # bind errors (address in use), bad keys
         return _fail(f"cannot start the engine on {args.bind}: {exc}", 1)
+    conn_file = None
+    if token is not None:
+        conn_file = args.connection_file or connection.path_for(server.endpoint)
+        try:
+            connection.write(conn_file, server.endpoint, token)
+        except OSError as exc:
+            server.stop()
+            return _fail(f"cannot write the connection file {conn_file}: {exc}", 1)
+        logging.getLogger("engine").info("connection file %s", conn_file)
 
     stop = threading.Event()
 
@@ -173,10 +198,14 @@ def run_serve(args) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    while server.model_state == "loading" and not stop.is_set():
-        stop.wait(0.05)
+    from engine.download_progress import listening, print_line
+    with listening(print_line):     # the first start's download, on this terminal too
+        while server.model_state == "loading" and not stop.is_set():
+            stop.wait(0.05)
     if server.model_state == "failed":
         server.stop()
+        if conn_file is not None:
+            connection.remove(conn_file, token)
         return _fail(f"model failed to load: {server.model_error}")
     if not stop.is_set():
         info = server._pipe_info()
@@ -185,6 +214,10 @@ def run_serve(args) -> int:
     while not stop.is_set() and not server.wait(0.2):
         pass
     server.stop()
+    if conn_file is not None:
+        connection.remove(conn_file, token)
+    if server.failed:
+        return _fail("the engine stopped after an internal error (see the log above)", 70)
     return 0
 
 

@@ -253,10 +253,11 @@ def resolve_hub(repo_id: str, *, cache_dir: str | Path | None = None, allow_down
             + _size_hint(repo_id, missing_components)
             + " Connect to the internet to download it once, or pass --model PATH to use a local "
               "folder (the official layout) or a ComfyUI diffusion-model .safetensors file.")
-    from huggingface_hub import snapshot_download
+    from engine import download_progress
 
-    try:
-        path = Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, cache_dir=cache_dir))
+    try:  # reports bytes per file to download_progress's listeners (CLI, server)
+        path = download_progress.download(repo_id, allow_patterns=HUB_PATTERNS,
+                                          cache_dir=cache_dir)
     except Exception as e:  # network errors, 404, disk full, auth: all end the same way for a user
         raise _err(f"downloading {repo_id} from the Hugging Face hub failed: "
                    f"{type(e).__name__}: {e}. Pass --model PATH to use a local folder.") from None

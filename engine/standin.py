@@ -6,8 +6,8 @@ decode), checks should_cancel() after every step, and returns deterministic test
 derived from the seed (same seed -> same bytes), so plumbing tests can check which result
 reached which client.
 
-The request/progress/result dataclasses below mirror the contract in docs/architecture.md; the
-server uses engine.pipeline's own classes when that module exists.
+It takes the one request type, protocol.request.GenerateRequest, like the real pipeline; the
+progress/result dataclasses below mirror the contract in docs/architecture.md without torch.
 """
 
 from __future__ import annotations
@@ -19,25 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from engine.errors import Cancelled, EngineError
-
-
-@dataclass
-class GenerateRequest:
-    prompt: str
-    width: int = 1024
-    height: int = 1024
-    steps: int = 8
-    seed: int | None = None
-    num_images: int = 1
-    negative_prompt: str = ""
-    guidance: float = 0.0
-    image: Any = None            # HxWx3 uint8 (img2img / inpaint input; wire name init_image)
-    strength: float | None = None
-    mask: Any = None             # HxW uint8
-    control_image: Any = None    # HxWx3 uint8
-    control_type: str | None = None
-    control_scale: float = 0.75
-    tile: str | None = None
+from protocol.request import GenerateRequest  # noqa: F401 (the stand-in's request type too)
 
 
 @dataclass

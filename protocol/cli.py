@@ -7,11 +7,13 @@ Exit status 0 on success; otherwise one line on stderr (`error: <code>: <message
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 
+from . import download
 from .errors import ProtocolError
 
 
@@ -35,20 +37,50 @@ def _load_curve(args):
     return {"curve_server_key": server_public, "curve_client_keys": (public, secret)}
 
 
+def _lora_arg(arg: str) -> dict:
+    """'name:0.8' -> {name, weight}; a name without ':' has weight 1."""
+    name, sep, weight = arg.rpartition(":")
+    if not sep:
+        return {"name": arg, "weight": 1.0}
+    try:
+        return {"name": name, "weight": float(weight)}
+    except ValueError:
+        return {"name": arg, "weight": 1.0}
+
+
 def cmd_generate(args) -> int:
     from .client import EngineClient
+    from .messages import Limits
+    from .request import GenerateRequest
 
-    params = {"prompt": args.prompt, "width": args.width, "height": args.height,
-              "steps": args.steps, "seed": args.seed, "num_images": 1}
+    raw = {"prompt": args.prompt, "width": args.width, "height": args.height,
+           "steps": args.steps, "seed": args.seed, "num_images": 1}
+    if args.lora:
+        raw["loras"] = [_lora_arg(a) for a in args.lora]
     out = args.output
     if not out.lower().endswith(".png"):
         raise ProtocolError("invalid_params", "--output must be a .png file", field="output")
     client = EngineClient(args.engine, client_name="protocol-cli", client_version="1",
-                          accept_timeout_s=args.connect_timeout, **_load_curve(args))
+                          accept_timeout_s=args.connect_timeout,
+                          give_up_s=args.reconnect_timeout,
+                          connection_file=args.connection_file, **_load_curve(args))
     client.start()
+    # the typed request, validated once against the engine's own limits (from its welcome)
+    end = time.monotonic() + args.connect_timeout
+    while client.welcome is None and time.monotonic() < end:
+        client.poll(timeout=0.05)
+    limits = (client.welcome or {}).get("limits") or {}
+    known = {f.name for f in dataclasses.fields(Limits)}
+    try:
+        params = GenerateRequest.from_params(raw, [], Limits(**{
+            k: v for k, v in limits.items() if k in known})).to_params()
+    except BaseException:
+        client.close()
+        raise
     job_id = client.submit(params, result_format=args.format, preview_every=0,
                            deadline_ms=int(args.timeout * 1000))
     show = not args.quiet
+    downloading = False         # the engine reports its model download: keep that line
     end = time.monotonic() + args.timeout
     try:
         while True:
@@ -57,6 +89,13 @@ def cmd_generate(args) -> int:
                 time.sleep(0.2)
                 raise ProtocolError("deadline_exceeded", f"no result within {args.timeout:g}s")
             for ev in client.poll(timeout=0.2):
+                if ev.kind == "welcome" and show:     # the engine fetching its model
+                    report = download.parse((ev.data or {}).get("engine"))
+                    downloading = report is not None and not report["finished"]
+                    if report is not None:
+                        sys.stderr.write(_bar(download.fraction(report),
+                                              download.describe(report)))
+                        sys.stderr.flush()
                 if ev.job_id != job_id:
                     if ev.kind == "disconnected" and show:
                         sys.stderr.write(("\n" if _BAR["open"] else "")
@@ -68,7 +107,7 @@ def cmd_generate(args) -> int:
                     label = f"{d.get('stage')} {d.get('step')}/{d.get('steps')}"
                     sys.stderr.write(_bar(float(d.get("fraction") or 0.0), label))
                     sys.stderr.flush()
-                elif ev.kind == "queued" and show:
+                elif ev.kind == "queued" and show and not downloading:
                     pos = ev.data.get("position")
                     sys.stderr.write(_bar(0.0, "model loading" if pos is None else
                                           f"queued, position {pos}"))
@@ -123,10 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=8)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--output", required=True, help="PNG file to write")
+    g.add_argument("--lora", action="append", default=[], metavar="NAME[:WEIGHT]",
+                   help="a LoRA the engine lists (its welcome's loras), weight 1.0 by default; "
+                   "repeatable")
     g.add_argument("--format", choices=("raw", "png"), default="raw",
                    help="transfer format (raw is fastest on loopback; png for LAN)")
     g.add_argument("--timeout", type=float, default=600.0)
-    g.add_argument("--connect-timeout", type=float, default=10.0)
+    g.add_argument("--connect-timeout", type=float, default=10.0,
+                   help="seconds to reach the engine at all (default 10)")
+    g.add_argument("--reconnect-timeout", type=float, default=10.0,
+                   help="seconds to wait for an engine that went away mid-job (default 10)")
+    g.add_argument("--connection-file", default=None,
+                   help="the engine's connection file (token); default: found from --engine")
     g.add_argument("--curve-server-key", help="engine public key file (server.key)")
     g.add_argument("--curve-client-key", help="this client's secret key file (NAME.key_secret)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -145,7 +192,10 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except ProtocolError as exc:
-        sys.stderr.write(("\n" if _BAR["open"] else "") + f"error: {exc}\n")
+        hint = ""
+        if exc.code == "engine_unreachable" and "did not come back" in exc.message:
+            hint = " (wait longer with --reconnect-timeout SECONDS)"
+        sys.stderr.write(("\n" if _BAR["open"] else "") + f"error: {exc}{hint}\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")

@@ -31,107 +31,22 @@ import collections
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from . import PROTOCOL_VERSION
+from . import PROTOCOL_VERSION, connection
 from .errors import CODES, ProtocolError
-from .messages import validate_event
+from .events import (_FORMAT_MIME, EVENT_KINDS, TERMINAL_KINDS, Event,  # noqa: F401
+                     ImageData, _sniff_mime)
+from .jobs import JobTracking, _Job
+from .messages import JobState
 from .waker import Waker
-from .wire import encode, split_frames
+from .wire import encode
 
 __all__ = ["EngineClient", "Event", "ImageData", "generate", "EVENT_KINDS"]
 
-EVENT_KINDS = ("connected", "disconnected", "welcome", "accepted", "queued", "started",
-               "progress", "preview", "result", "cancelled", "error")
-TERMINAL_KINDS = ("result", "cancelled", "error")
-
-_MIME_FORMAT = {"application/x-raw": "raw", "image/png": "png", "image/jpeg": "jpeg",
-                "image/webp": "webp"}
-_FORMAT_MIME = {v: k for k, v in _MIME_FORMAT.items()}
-
-
-@dataclass
-class ImageData:
-    """One image. format "raw" = 8-bit RGB (channels 3) rows top-down, no padding."""
-    width: int
-    height: int
-    channels: int
-    format: str
-    data: bytes
-    seed: int | None = None
-
-    def to_rgb_bytes(self) -> bytes:
-        """Raw RGB8 bytes, rows top-down. Only for format "raw" (decode PNG/JPEG yourself)."""
-        if self.format != "raw":
-            raise ValueError(f"to_rgb_bytes() needs a raw image, this one is {self.format}")
-        if self.channels == 3:
-            return bytes(self.data)
-        if self.channels == 4:
-            mv = memoryview(self.data)
-            out = bytearray(self.width * self.height * 3)
-            out[0::3], out[1::3], out[2::3] = mv[0::4], mv[1::4], mv[2::4]
-            return bytes(out)
-        raise ValueError(f"cannot make RGB from {self.channels} channels")
-
-    def to_png_bytes(self, text: dict[str, str] | None = None) -> bytes:
-        """PNG file bytes (stdlib encoder for raw; PNG data is passed through, text added)."""
-        from . import png
-        if self.format == "png":
-            return png.add_text(bytes(self.data), text or {})
-        return png.encode_png(self.width, self.height, self.to_rgb_bytes(), text=text)
-
-
-@dataclass
-class Event:
-    kind: str
-    job_id: str | None = None
-    data: dict = field(default_factory=dict)
-    images: list = field(default_factory=list)
-
-    def __repr__(self) -> str:
-        d = {k: v for k, v in self.data.items() if k not in ("params", "welcome")}
-        return f"Event({self.kind!r}, job_id={self.job_id!r}, data={d!r}, " \
-               f"images={len(self.images)})"
-
-
-@dataclass(eq=False)
-class _Job:
-    id: str
-    header: dict
-    blobs: list
-    submitted: float
-    deadline_s: float
-    state: str = "pending"      # pending -> accepted -> running -> terminal
-    sent_at: float | None = None
-    retry_at: float = 0.0
-    epoch: str | None = None
-    last_seq: int = 0
-    last_event: float = 0.0
-    terminal: bool = False
-
-
-def _sniff_mime(data: bytes) -> str:
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "image/png"
-    if data[:3] == b"\xff\xd8\xff":
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    raise ProtocolError("invalid_params", "blob is not a PNG, JPEG or WebP file; pass raw "
-                        "pixels as ImageData(format='raw')", field="blobs")
-
-
-def _image_from(desc: dict, data, seed=None) -> ImageData:
-    return ImageData(int(desc.get("width") or 0), int(desc.get("height") or 0),
-                     int(desc.get("channels") or 3), _MIME_FORMAT.get(desc.get("mime"), "raw"),
-                     data, seed)
-
-
-class EngineClient:
+class EngineClient(JobTracking):
     """Asynchronous engine client. All public methods are thread-safe and never block
     (except close(), which waits briefly for the I/O thread, and poll(timeout>0))."""
 
@@ -145,12 +60,17 @@ class EngineClient:
                  reconnect_ivl_max_ms: int = 5000, ping_interval_s: float = 2.0,
                  unresponsive_s: float = 6.0, accept_timeout_s: float = 15.0,
                  stall_timeout_s: float = 60.0, give_up_s: float = 60.0,
-                 default_deadline_ms: int = 120_000, max_events: int = 10_000):
+                 default_deadline_ms: int = 120_000, max_events: int = 10_000,
+                 token: str | None = None, connection_file: str | None = None):
         if not isinstance(endpoint, str) or endpoint.split("://", 1)[0] not in (
                 "tcp", "ipc", "inproc") or "://" not in endpoint:
             raise ProtocolError("invalid_params", f"bad engine endpoint {endpoint!r}; expected "
                                 "e.g. tcp://127.0.0.1:5555", field="endpoint")
         self.endpoint = endpoint
+        # local trust (§8): the engine's token; when not given, read from the engine's
+        # connection file at every hello (a restarted engine writes a new one)
+        self._token = token
+        self._connection_file = connection_file
         self.session = session or uuid.uuid4().hex
         self._client_info = {"name": client_name, "version": client_version}
         if host_app:
@@ -295,41 +215,14 @@ class EngineClient:
         self._cmds.append(cmd)
         self._waker.wake()
 
-    def _emit(self, kind: str, job_id=None, data=None, images=None) -> None:
-        ev = Event(kind, job_id, data or {}, images or [])
-        with self._ev_cond:
-            if len(self._events) >= self._max_events:
-                # drop the oldest droppable event; keep state events
-                for i, old in enumerate(self._events):
-                    if old.kind in ("progress", "preview", "queued"):
-                        del self._events[i]
-                        break
-                else:
-                    self._events.popleft()
-            self._events.append(ev)
-            self._ev_cond.notify_all()
-
-    def _job_end(self, job: _Job, kind: str, data: dict, images=None) -> None:
-        if job.terminal:
-            return
-        job.terminal = True
-        job.state = {"result": "succeeded", "cancelled": "cancelled"}.get(kind, "failed")
-        self._emit(kind, job.id, data, images)
-        # keep a bounded memory of finished jobs (for de-duplication)
-        if len(self._jobs) > 4096:
-            for jid in [j for j, v in self._jobs.items() if v.terminal][:1024]:
-                del self._jobs[jid]
-
-    def _local_error(self, job: _Job, code: str, message: str, **extra) -> None:
-        self._job_end(job, "error", {"code": code, "message": message,
-                                     "retryable": CODES[code], "local": True, **extra})
-
     # ---- internals: I/O thread ------------------------------------------------------------
 
     def _make_socket(self):
         s = self._ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.IMMEDIATE, 1)
+        if "[" in self.endpoint:   # tcp://[::1]:PORT
+            s.setsockopt(zmq.IPV6, 1)
         s.setsockopt(zmq.HEARTBEAT_IVL, self._hb[0])
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, self._hb[1])
         s.setsockopt(zmq.HEARTBEAT_TTL, self._hb[2])
@@ -423,10 +316,15 @@ class EngineClient:
     def _send_hello(self, now: float) -> None:
         self._hello_at = now
         resume = [j.id for j in self._jobs.values()
-                  if not j.terminal and j.state != "pending"][:256]
-        self._send({"type": "hello", "versions": [PROTOCOL_VERSION], "client": self._client_info,
-                    "caps": ["result.raw", "result.png", "preview.jpeg"],
-                    "resume_jobs": resume})
+                  if not j.terminal and j.state != JobState.PENDING][:256]
+        hello = {"type": "hello", "versions": [PROTOCOL_VERSION], "client": self._client_info,
+                 "caps": ["result.raw", "result.png", "preview.jpeg"], "resume_jobs": resume}
+        token = self._token
+        if token is None:
+            token = connection.token_for(self.endpoint, self._connection_file)
+        if token:
+            hello["token"] = token
+        self._send(hello)
 
     def _set_disconnected(self, reason: str, message: str) -> None:
         self._welcomed = False
@@ -474,13 +372,13 @@ class EngineClient:
             job = self._jobs.get(arg)
             if job is not None and job.terminal:
                 return
-            if job is not None and job.state == "pending" and job.sent_at is None:
+            if job is not None and job.state == JobState.PENDING and job.sent_at is None:
                 self._job_end(job, "cancelled", {"at_step": None, "local": True})
                 return
             self._send({"type": "cancel", "job_id": arg}, track_as=("cancel", arg))
         elif kind == "cancel_all":
             for job in list(self._jobs.values()):
-                if not job.terminal and job.state == "pending" and job.sent_at is None:
+                if not job.terminal and job.state == JobState.PENDING and job.sent_at is None:
                     self._job_end(job, "cancelled", {"at_step": None, "local": True})
             self._send({"type": "cancel", "all": True}, track_as=("cancel", None))
         elif kind == "fetch":
@@ -515,7 +413,7 @@ class EngineClient:
             if now - job.submitted > job.deadline_s + 5.0:
                 self._local_error(job, "deadline_exceeded", "the job did not finish before its "
                                   "deadline")
-            elif job.state == "pending":
+            elif job.state == JobState.PENDING:
                 if self._welcomed and now >= job.retry_at and (
                         job.sent_at is None or now - job.sent_at > 3.0):
                     self._send_submit(job, now)
@@ -527,232 +425,14 @@ class EngineClient:
             elif not self._welcomed:
                 if (self._disconnected_at is not None
                         and now - self._disconnected_at > self.give_up_s):
-                    self._local_error(job, "engine_unreachable", f"engine unreachable for "
-                                      f"{self.give_up_s:g}s; job lost")
-            elif job.state == "running" and now - job.last_event > self.stall_timeout_s:
+                    why = f" ({self._last_problem})" if self._last_problem else ""
+                    self._local_error(job, "engine_unreachable", f"the engine went away and "
+                                      f"did not come back within {self.give_up_s:g}s{why}; "
+                                      "job lost")
+            elif job.state == JobState.RUNNING and now - job.last_event > self.stall_timeout_s:
                 self._local_error(job, "engine_unresponsive", f"no progress for "
                                   f"{self.stall_timeout_s:g}s")
                 self._send({"type": "cancel", "job_id": job.id})
 
-    def _on_message(self, frames) -> None:
-        try:
-            header, blobs = split_frames([f.bytes for f in frames], max_header_bytes=1 << 20,
-                                         max_depth=16)
-            validate_event(header, blobs)
-        except ProtocolError:
-            return  # not from a v1 engine; ignore
-        now = time.monotonic()
-        self._last_rx = now
-        kind = header["type"]
-        if kind == "welcome":
-            self._on_welcome(header, now)
-            return
-        if not self._welcomed:
-            # traffic from an engine we have not (re)greeted: e.g. it resumed after a freeze
-            if now - self._hello_at > 0.2:
-                self._send_hello(now)
-            if kind not in ("result", "cancelled", "error", "progress", "preview", "started",
-                            "accepted", "queued", "result_ready", "jobs"):
-                return
-        epoch = header.get("epoch")
-        if self.epoch is not None and epoch is not None and epoch != self.epoch:
-            self._welcomed = False
-            self._send_hello(now)
-            return
-        jid = header.get("job_id")
-        job = self._jobs.get(jid) if jid else None
-        if job is not None:
-            job.last_event = now
-        if kind == "pong":
-            return
-        if kind == "unloaded":
-            self._emit("unloaded", None, {k: header.get(k) for k in ("freed_bytes", "note")})
-            return
-        if kind == "jobs":
-            self._on_snapshots(header.get("jobs") or [])
-            return
-        if kind == "shutting_down":
-            self._set_disconnected("shutting_down", "the engine is shutting down")
-            return
-        if kind == "error":
-            self._on_error(header, job)
-            return
-        if job is None or job.terminal:
-            return
-        seq = header.get("seq") if isinstance(header.get("seq"), int) else 0
-        if kind in ("accepted", "started"):
-            if seq and seq <= job.last_seq:
-                return
-            job.last_seq = max(job.last_seq, seq)
-            if kind == "accepted":
-                job.state = "running" if header.get("state") == "running" else "accepted"
-                self._emit("accepted", jid, {k: header.get(k) for k in
-                                             ("position", "seed", "duplicate") if k in header})
-            else:
-                job.state = "running"
-                self._emit("started", jid, {"steps": header.get("steps"),
-                                            "queue_ms": header.get("queue_ms")})
-        elif kind == "queued":
-            self._emit("queued", jid, {"position": header.get("position")})
-        elif kind == "progress":
-            if job.state == "accepted":
-                job.state = "running"
-            self._emit("progress", jid, {k: header.get(k) for k in
-                                         ("stage", "step", "steps", "fraction", "eta_ms")})
-        elif kind == "preview":
-            d = (header.get("blobs") or [{}])[0]
-            images = [_image_from(d, blobs[0])] if blobs else []
-            self._emit("preview", jid, {"step": header.get("step"), "steps": header.get("steps")},
-                       images)
-        elif kind == "result":
-            descs = header.get("blobs") or []
-            seeds = header.get("seeds") or []
-            images = [_image_from(d, b, seeds[i] if i < len(seeds) else None)
-                      for i, (d, b) in enumerate(zip(descs, blobs))]
-            job.last_seq = max(job.last_seq, seq)
-            self._job_end(job, "result", {"seeds": seeds, "timings": header.get("timings", {}),
-                                          "params": header.get("params", {}), "seq": seq},
-                          images)
-        elif kind == "result_ready":
-            self._send({"type": "fetch", "job_id": jid}, track_as=("fetch", jid))
-        elif kind == "cancelled":
-            self._job_end(job, "cancelled", {"at_step": header.get("at_step"),
-                                             "reason": header.get("reason")})
 
-    def _on_error(self, header: dict, job: _Job | None) -> None:
-        code = header.get("code") if header.get("code") in CODES else "internal_error"
-        data = {"code": code, "message": str(header.get("message", ""))[:500],
-                "retryable": CODES[code], "field": header.get("field"),
-                "retry_after_ms": header.get("retry_after_ms")}
-        req_type, _ = self._requests.pop(header.get("re"), (None, None))
-        jid = header.get("job_id")
-        if code == "session_unknown":
-            self._welcomed = False
-            self._send_hello(time.monotonic())
-            if job is not None and job.state == "pending":
-                job.sent_at = None
-            return
-        if jid is None and code in ("unsupported_version", "unauthorized"):
-            # the engine refuses this client: say so once, retry hello only slowly
-            self._auth_failed = True
-            self._set_disconnected(code, data["message"])
-            return
-        if job is None or job.terminal:
-            self._emit("error", jid, data)   # e.g. forbidden cancel of another session's job
-            return
-        if code == "model_loading" and req_type == "submit":
-            job.sent_at = None
-            job.retry_at = time.monotonic() + max(0.1, (header.get("retry_after_ms") or 1000)
-                                                  / 1000)
-            self._emit("queued", jid, {"position": None, "waiting": "model_loading"})
-            return
-        terminal = ("seq" in header or req_type == "submit"
-                    or (req_type in ("fetch", "cancel")
-                        and code in ("unknown_job", "result_expired")))
-        if terminal:
-            self._job_end(job, "error", data)
-        elif code != "not_finished":
-            self._emit("error", jid, data)
-
-    def _on_welcome(self, header: dict, now: float) -> None:
-        if self._welcomed and header.get("epoch") == self.epoch and "re" not in header:
-            # unsolicited update (e.g. the model finished loading): new caps/state only
-            self.welcome = header
-            self._emit("welcome", None, {k: header.get(k) for k in
-                                         ("version", "engine", "caps", "limits", "epoch",
-                                          "heartbeat_ms", "session")})
-            return
-        old_epoch = self.epoch
-        self.epoch = header.get("epoch")
-        self.welcome = header
-        self._welcomed = True
-        self._last_ping = now
-        reconnected = self._disconnected_at is not None or old_epoch is not None
-        self.state = "connected"
-        self._disconnected_at = None
-        self._emit("connected", None, {"endpoint": self.endpoint, "epoch": self.epoch,
-                                       "reconnected": reconnected,
-                                       "engine_restarted": bool(old_epoch and
-                                                                old_epoch != self.epoch)})
-        self._emit("welcome", None, {k: header.get(k) for k in
-                                     ("version", "engine", "caps", "limits", "epoch",
-                                      "heartbeat_ms", "session")})
-        if old_epoch is not None and old_epoch != self.epoch:
-            for job in list(self._jobs.values()):
-                if not job.terminal and job.state != "pending":
-                    self._local_error(job, "engine_crashed", "the engine restarted and lost "
-                                      "this job; submit it again")
-        else:
-            self._on_snapshots(header.get("jobs") or [])
-        self._last_problem = None
-        for job in list(self._jobs.values()):
-            if not job.terminal and job.state == "pending":
-                self._send_submit(job, now)
-
-    def _on_snapshots(self, snaps: list) -> None:
-        for snap in snaps:
-            if not isinstance(snap, dict):
-                continue
-            job = self._jobs.get(snap.get("job_id"))
-            if job is None or job.terminal:
-                continue
-            state = snap.get("state")
-            job.last_event = time.monotonic()
-            if state == "succeeded":
-                self._send({"type": "fetch", "job_id": job.id}, track_as=("fetch", job.id))
-            elif state == "cancelled":
-                self._job_end(job, "cancelled", {"at_step": snap.get("at_step")})
-            elif state == "failed":
-                err = snap.get("error") or {}
-                code = err.get("code") if err.get("code") in CODES else "internal_error"
-                self._job_end(job, "error", {"code": code, "message": err.get("message", ""),
-                                             "retryable": CODES[code]})
-            elif state == "running":
-                job.state = "running"
-            elif state in ("unknown", "expired", "forbidden") and job.state != "pending":
-                code = {"unknown": "unknown_job", "expired": "result_expired",
-                        "forbidden": "forbidden"}[state]
-                self._local_error(job, code, f"the engine reports this job as {state}")
-
-
-def generate(endpoint: str, params: dict, on_event: Callable[[Event], Any] | None = None,
-             timeout: float = 600, *, blobs: dict | None = None, result_format: str = "raw",
-             preview_every: int = 0, **client_kwargs) -> Event:
-    """Blocking: submit one job and wait. Returns the `result` Event (images, data["seeds"],
-    data["timings"]). Raises ProtocolError on error, cancellation or timeout. Ctrl-C (a
-    KeyboardInterrupt) cancels the job on the engine before it propagates."""
-    client_kwargs.setdefault("client_name", "protocol.generate")
-    client = EngineClient(endpoint, **client_kwargs).start()
-    job_id = None
-    try:
-        job_id = client.submit(params, blobs, result_format=result_format,
-                               preview_every=preview_every,
-                               deadline_ms=int(min(timeout, 3600) * 1000))
-        end = time.monotonic() + timeout
-        while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                client.cancel(job_id)
-                time.sleep(0.1)
-                raise ProtocolError("deadline_exceeded", f"no result within {timeout:g}s")
-            for ev in client.poll(timeout=min(left, 0.25)):
-                if on_event is not None:
-                    on_event(ev)
-                if ev.job_id != job_id:
-                    continue
-                if ev.kind == "result":
-                    return ev
-                if ev.kind == "cancelled":
-                    raise ProtocolError("cancelled", f"job cancelled at step "
-                                        f"{ev.data.get('at_step')}")
-                if ev.kind == "error":
-                    raise ProtocolError(ev.data.get("code", "internal_error"),
-                                        ev.data.get("message", ""), field=ev.data.get("field"),
-                                        retry_after_ms=ev.data.get("retry_after_ms"))
-    except KeyboardInterrupt:
-        if job_id is not None:
-            client.cancel(job_id)
-            time.sleep(0.2)   # let the cancel go out before the socket closes
-        raise
-    finally:
-        client.close()
+from .generate import generate  # noqa: E402 (the blocking helper, re-exported)

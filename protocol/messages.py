@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
+from enum import Enum
 from typing import Any
 
 from .errors import ProtocolError
@@ -25,8 +26,27 @@ ENGINE_TYPES = ("welcome", "accepted", "queued", "started", "progress", "preview
 STATE_EVENTS = ("accepted", "started", "result", "result_ready", "cancelled", "error")
 DROPPABLE_EVENTS = ("queued", "progress", "preview")
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+class JobState(str, Enum):
+    """A job's state: one vocabulary for the engine, the client library and host apps
+    (PROTOCOL.md §6.1). A str Enum, so it is its own wire value. PENDING is client-local:
+    submitted by the host app, not yet accepted by the engine."""
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+JOB_STATES = tuple(s.value for s in JobState if s is not JobState.PENDING)   # on the wire
+TERMINAL_STATES = tuple(s.value for s in JobState if s.terminal)
 
 STAGES = ("encode_text", "denoise", "decode", "encode_image")
 RESULT_FORMATS = ("raw", "png")
@@ -39,10 +59,13 @@ PARAM_CAPABILITY = {
     "mask": "inpaint",
     "control_image": "control",
     "tile": "tile",
+    "loras": "lora",
 }
 
 MAX_SEED = 2**63 - 1
 MAX_LIST = 256             # resume_jobs / job_ids
+MAX_LORAS = 8              # LoRAs in one request
+MAX_LORA_WEIGHT = 4.0      # |weight|; beyond it a LoRA only burns the image
 _ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _SESSION_RE = re.compile(r"[A-Za-z0-9_\-]{16,64}")
 _NAME_RE = re.compile(r"[a-z0-9_]{1,32}")
@@ -68,7 +91,9 @@ class Limits:
     default_deadline_ms: int = 120_000
     max_deadline_ms: int = 3_600_000
     result_ttl_s: float = 600.0
-    result_budget_bytes: int = 1024 * 1024 * 1024
+    result_budget_bytes: int = 1024 * 1024 * 1024   # results + params of finished jobs
+    max_results: int = 1024                # finished jobs kept, in total
+    max_results_per_session: int = 256     # ... and per session
     preview_max_side: int = 512
     max_input_bytes: int = 1024 * 1024 * 1024   # input blobs held by queued/running jobs
 
@@ -220,8 +245,14 @@ def validate_params(params: Any, blob_descs: list[dict], limits: Limits,
                          limits.max_prompt_chars)
     if not out["prompt"].strip():
         raise _fail(f"{path}.prompt", "must not be blank")
-    out["negative_prompt"] = _str(p.get("negative_prompt") or "", f"{path}.negative_prompt",
-                                  0, limits.max_prompt_chars)
+    # Z-Image-Turbo is guidance-distilled: no CFG, so no negative prompt and no guidance
+    # scale. They are not v1 parameters; a value that would do nothing is refused, not ignored.
+    if p.get("negative_prompt") not in (None, ""):
+        raise _fail(f"{path}.negative_prompt", "is not supported: Z-Image-Turbo is "
+                    "guidance-distilled and has no negative prompt (leave it out)")
+    if p.get("guidance") not in (None, 0, 0.0) or isinstance(p.get("guidance"), bool):
+        raise _fail(f"{path}.guidance", "is not supported: Z-Image-Turbo is guidance-distilled "
+                    "(guidance is fixed at 0; leave it out)")
     for side in ("width", "height"):
         v = _int(_get(p, side, f"{path}.{side}", 1024), f"{path}.{side}", limits.min_side,
                  limits.max_side)
@@ -234,12 +265,12 @@ def validate_params(params: Any, blob_descs: list[dict], limits: Limits,
                     f"{limits.max_pixels} pixels", "too_large")
     out["steps"] = _int(_get(p, "steps", f"{path}.steps", 8), f"{path}.steps", 1,
                         limits.max_steps)
-    out["guidance"] = _float(_get(p, "guidance", f"{path}.guidance", 0.0), f"{path}.guidance",
-                             0.0, 20.0)
     seed = p.get("seed")
-    out["seed"] = None if seed is None else _int(seed, f"{path}.seed", 0, MAX_SEED)
     out["num_images"] = _int(_get(p, "num_images", f"{path}.num_images", 1),
                              f"{path}.num_images", 1, limits.max_images)
+    # image i uses seed + i: the last one must stay in range too
+    out["seed"] = None if seed is None else _int(seed, f"{path}.seed", 0,
+                                                 MAX_SEED + 1 - out["num_images"])
 
     names = {d["name"]: d for d in blob_descs}
 
@@ -278,7 +309,31 @@ def validate_params(params: Any, blob_descs: list[dict], limits: Limits,
                             "inpaint, init_image and mask)")
     out["tile"] = None if p.get("tile") is None else _enum(p["tile"], f"{path}.tile",
                                                            TILE_MODES)
+    if p.get("loras") is not None:
+        out["loras"] = _loras(p["loras"], f"{path}.loras")
     return {k: v for k, v in out.items() if v is not None or k == "seed"}
+
+
+def _loras(value: Any, path: str) -> list[dict] | None:
+    """[{name, weight}]: names from the engine's welcome (never paths), weights in range."""
+    if not isinstance(value, list):
+        raise _fail(path, "must be a list of {name, weight}")
+    if len(value) > MAX_LORAS:
+        raise _fail(path, f"at most {MAX_LORAS} LoRAs at once")
+    out, seen = [], set()
+    for i, item in enumerate(value):
+        p = f"{path}[{i}]"
+        item = _obj(item, p)
+        name = _str(_get(item, "name", f"{p}.name"), f"{p}.name", 1, 200)
+        if any(c in name for c in "/\\") or not name.isprintable():
+            raise _fail(f"{p}.name", "must be a LoRA name from the engine's welcome, not a path")
+        if name in seen:
+            raise _fail(f"{p}.name", f"LoRA {name!r} is listed twice")
+        seen.add(name)
+        weight = _float(_get(item, "weight", f"{p}.weight", 1.0), f"{p}.weight",
+                        -MAX_LORA_WEIGHT, MAX_LORA_WEIGHT)
+        out.append({"name": name, "weight": weight})
+    return out or None
 
 
 def required_capabilities(params: dict) -> list[tuple[str, tuple[str, ...]]]:
@@ -343,6 +398,9 @@ def _validate_request(header: dict, blobs: list, limits: Limits) -> dict:
                          if client.get(k) is not None}
         caps = _structural(_list, header.get("caps") or [], "caps", 32)
         out["caps"] = [_structural(_str, c, f"caps[{i}]", 1, 64) for i, c in enumerate(caps)]
+        token = header.get("token")
+        if token is not None:
+            out["token"] = _structural(_str, token, "token", 0, 128)
         resume = _structural(_list, header.get("resume_jobs") or [], "resume_jobs", MAX_LIST)
         out["resume_jobs"] = [_structural(_job_id, j, f"resume_jobs[{i}]")
                               for i, j in enumerate(resume)]

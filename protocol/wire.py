@@ -67,10 +67,36 @@ def json_depth_ok(obj: Any, max_depth: int) -> bool:
     return True
 
 
+def first_unencodable(obj: Any) -> str | None:
+    """Path of the first string (key or value) that is not valid Unicode text, e.g. a lone
+    surrogate from the JSON escape "\\ud800", or None. Such a string could never be echoed
+    back: encoding a reply that contains it fails."""
+    stack: list[tuple[Any, str]] = [(obj, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return path or "header"
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                sub = f"{path}.{key}" if path else str(key)
+                try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError:
+                    return (path + ".<key>") if path else "<key>"
+                stack.append((value, sub))
+        elif isinstance(node, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(node))
+    return None
+
+
 def decode_header(data: bytes, *, max_bytes: int = MAX_HEADER_BYTES,
                   max_depth: int = MAX_DEPTH) -> dict:
     """Parse a header frame: UTF-8 JSON object, bounded size and depth, no NaN/Infinity,
-    no duplicate keys. Raises ProtocolError(bad_request | too_large)."""
+    no duplicate keys, every string valid Unicode (no lone surrogates).
+    Raises ProtocolError(bad_request | invalid_params | too_large)."""
     if len(data) > max_bytes:
         raise ProtocolError("too_large", f"header is {len(data)} bytes, limit {max_bytes}",
                             field="header")
@@ -88,6 +114,11 @@ def decode_header(data: bytes, *, max_bytes: int = MAX_HEADER_BYTES,
     if not json_depth_ok(obj, max_depth):
         raise ProtocolError("bad_request", f"header nests deeper than {max_depth} levels",
                             field="header")
+    bad = first_unencodable(obj)
+    if bad is not None:
+        code = "invalid_params" if bad.startswith("params.") else "bad_request"
+        raise ProtocolError(code, "contains a lone surrogate (\\ud800-\\udfff escape): not "
+                            "valid Unicode text", field=bad[:120])
     return obj
 
 

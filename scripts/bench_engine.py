@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from engine import devices, memory  # noqa: E402
 from engine import tiny as tiny_mod  # noqa: E402
-from engine.pipeline import GenerateRequest  # noqa: E402
+from protocol.request import GenerateRequest  # noqa: E402
 
 PROMPT = "a red fox in fresh snow, golden hour, 35mm photo, shallow depth of field"
 PROMPT_2 = "a weathered lighthouse on a basalt cliff at dusk, waves breaking into foam"
@@ -107,7 +107,8 @@ def gpu_peak(device) -> str:
 
 
 def run_ours(pipe, prompt, w, h, steps, seed=1, **cond) -> dict:
-    """cond: the request's image-conditioning fields (image, strength, control_image, ...)."""
+    """cond: the request's image-conditioning fields (init_image, strength, control_image,
+    ...)."""
     device = pipe.device
     marks = []
     encode = [0.0]  # VAE encode of the input / control image (img2img, control), inside denoise
@@ -416,8 +417,8 @@ def bench_conditioning(pipe, dpipe, tasks, args, w, h, t_cfg, dims, work) -> Non
 
             ref = ZImageImg2ImgPipeline(**dpipe.components)
             ref.set_progress_bar_config(disable=True)
-        kw = {"image": image, "strength": 0.6}
-        cases.append(("img2img, strength 0.6", kw, ref, kw))
+        cases.append(("img2img, strength 0.6", {"init_image": image, "strength": 0.6}, ref,
+                      {"image": image, "strength": 0.6}))
     if "control" in tasks:
         t0 = time.perf_counter()
         dcn = attach_controlnet(pipe, t_cfg, dims, work, dpipe is not None)

@@ -14,12 +14,17 @@ What goes into the zip:
 * pyzmq wheels, downloaded once with `pip download --only-binary=:all: --no-deps` into a cache
   (.whl/, not committed): cp311 (Blender 4.2-5.0) and the cp312-abi3 wheel that Blender 5.1+
   (Python 3.13) loads, for linux-x64, windows-x64, windows-arm64 and macOS (universal2 covers
-  x64 and arm64); listed in the zip's manifest `wheels`, with `platforms`.
+  x64 and arm64); listed in the zip's manifest `wheels`, with `platforms`;
+* the engine itself as a wheel (engine/ + protocol/, the metadata from pyproject.toml) in
+  engine_dist/, for the preferences' "Install Engine" (core/installer.py). Not in the
+  manifest's `wheels`: it goes into the engine's own environment, never into Blender.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import re
 import subprocess
 import sys
@@ -40,7 +45,7 @@ PLATFORMS: dict[str, list[str]] = {
     "macos-x64": ["macosx_10_15_x86_64"],
     "macos-arm64": ["macosx_11_0_arm64"],
 }
-SKIP_DIRS = {"__pycache__", ".pytest_cache", "wheels", "vendor"}
+SKIP_DIRS = {"__pycache__", ".pytest_cache", "wheels", "vendor", "engine_dist"}
 
 _IMPORT_RE = re.compile(r"^(?P<indent>[ \t]*)from protocol(?P<sub>(?:\.\w+)*) import ",
                         re.MULTILINE)
@@ -150,6 +155,58 @@ def protocol_files() -> dict[str, str]:
     return out
 
 
+WHEEL_DATE = (2020, 1, 1, 0, 0, 0)   # fixed: the same sources give the same wheel
+
+
+def _dist_info(project: dict) -> str:
+    lines = ["Metadata-Version: 2.1", f"Name: {project['name']}",
+             f"Version: {project['version']}", f"Summary: {project.get('description', '')}",
+             f"Requires-Python: {project.get('requires-python', '>=3.11')}"]
+    lines += [f"Requires-Dist: {d}" for d in project.get("dependencies", [])]
+    for extra, deps in project.get("optional-dependencies", {}).items():
+        lines.append(f"Provides-Extra: {extra}")
+        lines += [f'Requires-Dist: {d}; extra == "{extra}"' for d in deps]
+    return "\n".join(lines) + "\n"
+
+
+def engine_wheel_files() -> dict[str, bytes]:
+    """The packages pyproject.toml installs (engine*, protocol*) with their data files."""
+    files = {}
+    for pkg in ("engine", "protocol"):
+        for p in sorted((ROOT / pkg).rglob("*")):
+            rel = p.relative_to(ROOT)
+            if p.is_dir() or any(part == "__pycache__" or part.startswith(".")
+                                 for part in rel.parts):
+                continue
+            if p.suffix == ".py" or p.name == "PROTOCOL.md" or (
+                    p.suffix == ".json" and "configs" in rel.parts):
+                files[rel.as_posix()] = p.read_bytes()
+    return files
+
+
+def build_engine_wheel(out_dir: Path) -> Path:
+    """A py3-none-any wheel of the engine, written directly (no build backend needed)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    dist = project["name"].replace("-", "_")
+    info = f"{dist}-{project['version']}.dist-info"
+    files = engine_wheel_files()
+    files[f"{info}/METADATA"] = _dist_info(project).encode()
+    files[f"{info}/WHEEL"] = (b"Wheel-Version: 1.0\nGenerator: build_addon.py\n"
+                              b"Root-Is-Purelib: true\nTag: py3-none-any\n")
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append(f"{info}/RECORD,,")
+    files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{dist}-{project['version']}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(zipfile.ZipInfo(name, WHEEL_DATE), data, zipfile.ZIP_DEFLATED)
+    return path
+
+
 def build(out: Path, platforms: list[str] | None, cache: Path) -> Path:
     template = (ADDON / "blender_manifest.toml").read_text(encoding="utf-8")
     manifest = tomllib.loads(template)
@@ -169,6 +226,10 @@ def build(out: Path, platforms: list[str] | None, cache: Path) -> Path:
             zf.writestr(f"vendor/protocol/{name}", text)
         for w in wheel_files:
             zf.write(w, f"wheels/{w.name}")
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmpdir:
+            engine_whl = build_engine_wheel(Path(tmpdir))
+            zf.write(engine_whl, f"engine_dist/{engine_whl.name}")
     tmp.replace(out)
     print(f"built {out} ({manifest['id']} {manifest['version']}, "
           f"{len(wheel_files)} wheels, platforms: {', '.join(platforms or []) or 'any'})")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import bpy
 
 from ..core import requests as rq
+from ..core.download import download_report
 from . import runtime
 from .apply import PREVIEW_NAME
 
@@ -24,9 +25,19 @@ def draw_connection(layout, context, prefs_view: bool = False) -> None:
     row = box.row(align=True)
     if state == "connected" and info.get("state") == "loading":
         row.label(text="Engine loading the model...", icon="SORTTIME")
+        download = download_report(info)
+        if download is not None:      # the first start fetches the weights: show it
+            box.progress(factor=download["fraction"], type="BAR", text=download["text"])
     elif state == "connected" and info.get("state") == "failed":
         row.label(text=f"Model failed: {info.get('error') or 'see the engine log'}"[:90],
                   icon="ERROR")
+        if prefs_view:      # the whole sentence, and where the alternative is set
+            import textwrap
+            col = box.column(align=True)
+            for line in textwrap.wrap(str(info.get("error") or ""), 100)[:8]:
+                col.label(text=line)
+            col.label(text="Or set Model below to a model folder or a ComfyUI .safetensors "
+                      "file.", icon="INFO")
     elif state == "connected":
         text = f"Engine: {info.get('model') or 'ready'}"
         if info.get("device"):

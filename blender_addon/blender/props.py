@@ -151,6 +151,21 @@ class ZIMAGE_AP_preferences(bpy.types.AddonPreferences):
                           "add-on without a GPU)")
     extra_args: StringProperty(name="Extra Arguments", default="",
                                description="More `engine serve` arguments")
+    engine_install_dir: StringProperty(
+        name="Install Folder", subtype="DIR_PATH",
+        description="Where Install Engine puts the engine's environment (empty: a folder in "
+        "your user data directory)")
+    engine_torch: EnumProperty(
+        name="PyTorch Build", default="AUTO",
+        description="Which PyTorch Install Engine installs",
+        items=[("AUTO", "For This Machine", "CUDA with an NVIDIA GPU, MPS on Apple silicon, "
+                "else the CPU build"),
+               ("CPU", "CPU Only", "The CPU build (no GPU driver needed; slow)"),
+               ("PYPI", "Package Index As Is", "Whatever the package index (or your company's "
+                "mirror) offers, without PyTorch's own index")])
+    engine_index_url: StringProperty(
+        name="Package Index", default="",
+        description="A PyPI mirror for Install Engine (empty: PyPI, or pip's own settings)")
     auto_start: BoolProperty(name="Start Engine When Generating", default=True,
                              description="Start the local engine on Generate when none answers "
                              "and an engine Python is set")
@@ -165,11 +180,14 @@ class ZIMAGE_AP_preferences(bpy.types.AddonPreferences):
         box.label(text="Local Engine", icon="CONSOLE")
         box.prop(self, "engine_python")
         box.prop(self, "engine_dir")
-        row = box.row()
+        row = box.row(align=True)
         row.active = not self.standin
         row.prop(self, "model")
+        row.operator("zimage.choose_model", text="", icon="FILEBROWSER")
         box.prop(self, "extra_args")
         box.prop(self, "auto_start")
+        from .install import draw_install
+        draw_install(layout, self)
         box = layout.box()
         box.label(text="Serving Other Machines (CurveZMQ)", icon="LOCKED")
         box.prop(self, "curve_server_key")

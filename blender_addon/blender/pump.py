@@ -11,7 +11,7 @@ import logging
 
 import bpy
 
-from . import runtime
+from . import install, runtime
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,10 @@ def tick():
     except Exception:
         log.exception("Z-Image pump")
         effects = []
+    try:
+        install.step()
+    except Exception:
+        log.exception("Z-Image install")
     for eff in effects:
         try:
             handle_effect(eff)
@@ -36,13 +40,15 @@ def tick():
             if eff.job.active or eff.kind == "result":
                 rt.board.fail(eff.job, "apply_failed", str(exc))
     try:
-        snap = (rt.board.snapshot(), rt.connection, rt.engine_state, rt.notice)
+        snap = (rt.board.snapshot(), rt.connection, rt.engine_state, rt.notice,
+                install.state().snapshot(),
+                ((rt.board.welcome or {}).get("engine") or {}).get("download"))
         if snap != rt.last_snapshot:
             rt.last_snapshot = snap
             redraw()
     except Exception:
         log.exception("Z-Image redraw")
-    return BUSY_INTERVAL if rt.busy else IDLE_INTERVAL
+    return BUSY_INTERVAL if rt.busy or install.state().running else IDLE_INTERVAL
 
 
 def handle_effect(eff) -> None:

@@ -6,13 +6,15 @@ import atexit
 
 import bpy
 
-from . import operators, panels, project_ui, props, pump, runtime
+from . import install, operators, panels, project_ui, props, pump, runtime
 
-CLASSES = props.CLASSES + operators.CLASSES + panels.CLASSES + project_ui.CLASSES
+CLASSES = (props.CLASSES + operators.CLASSES + panels.CLASSES + project_ui.CLASSES
+           + install.CLASSES)
 
 
 def _at_exit():
-    # Blender quitting: stop the engine we own (the stdin pipe also covers crashes)
+    # Blender quitting: stop the engine we own (the stdin pipe also covers crashes) and pip
+    install.shutdown()
     runtime.destroy()
 
 
@@ -35,6 +37,7 @@ def unregister():
     atexit.unregister(_at_exit)
     if runtime.on_load_pre in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(runtime.on_load_pre)
+    install.shutdown()
     runtime.destroy()
     for menu, fn in operators.MENUS:
         getattr(bpy.types, menu).remove(fn)

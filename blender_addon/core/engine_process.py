@@ -57,9 +57,21 @@ def bind_address(address: str) -> str:
     return address.replace("localhost", "127.0.0.1")
 
 
+def connection_file(address: str) -> str:
+    """Where the engine started for `address` writes its token (mode 0600); the add-on's
+    EngineClient finds the same file from the address (protocol/PROTOCOL.md §8)."""
+    try:
+        from ..vendor.protocol import connection
+    except ImportError:   # running from the repository (tests)
+        from protocol import connection
+    return connection.path_for(bind_address(address))
+
+
 def serve_command(python: str, address: str, model: str, *, standin: bool = False,
-                  extra: list[str] | None = None) -> list[str]:
+                  extra: list[str] | None = None, conn_file: str | None = None) -> list[str]:
     cmd = [python, "-c", BOOTSTRAP, "serve", "--bind", bind_address(address)]
+    if conn_file:
+        cmd += ["--connection-file", conn_file]
     if standin:
         cmd.append("--standin")
     elif model:
@@ -84,7 +96,9 @@ class EngineProcess:
     def __init__(self, python: str, address: str, model: str = "", *, cwd: str | None = None,
                  standin: bool = False, extra: list[str] | None = None,
                  log_path: str | None = None):
-        self.cmd = serve_command(python, address, model, standin=standin, extra=extra)
+        self.connection_file = connection_file(address)
+        self.cmd = serve_command(python, address, model, standin=standin, extra=extra,
+                                 conn_file=self.connection_file)
         self.python = python
         self.cwd = cwd or None
         self.log_path = log_path

@@ -20,10 +20,7 @@ DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
 ACTIVE_PHASES = (SENDING, QUEUED, RUNNING)
 
 STAGE_LABELS = {"encode_text": "Reading prompt", "denoise": "Denoising",
-                "decode": "Decoding", "encode_image": "Reading image"}
-# share of the progress bar each stage covers: (start, end)
-_STAGE_SPAN = {"encode_text": (0.0, 0.05), "encode_image": (0.0, 0.05),
-               "denoise": (0.05, 0.92), "decode": (0.92, 1.0)}
+                "decode": "Decoding", "encode_image": "Encoding image"}
 
 
 @dataclass
@@ -36,6 +33,7 @@ class Job:
     stage: str = ""
     step: int = 0
     steps: int = 0
+    fraction: float = 0.0        # overall progress 0..1, as the engine reports it
     message: str = "Sending"
     error: UserError | None = None
     started: float = 0.0
@@ -56,10 +54,7 @@ class Job:
     def progress(self) -> float:
         if self.phase == DONE:
             return 1.0
-        lo, hi = _STAGE_SPAN.get(self.stage, (0.0, 0.0))
-        if self.stage == "denoise" and self.steps:
-            return lo + (hi - lo) * min(1.0, self.step / self.steps)
-        return lo
+        return self.fraction   # the engine owns the stage shares (engine/server.py)
 
     def status_text(self) -> str:
         if self.phase == RUNNING and self.stage:
@@ -160,6 +155,10 @@ class JobBoard:
             job.stage = str(data.get("stage") or job.stage)
             job.step = _int(data.get("step"), job.step)
             job.steps = _int(data.get("steps"), job.steps or int(job.params.get("steps", 0)))
+            frac = data.get("fraction")
+            if isinstance(frac, (int, float)) and not isinstance(frac, bool) and \
+                    0.0 <= frac <= 1.0:
+                job.fraction = max(job.fraction, float(frac))   # monotonic (PROTOCOL.md §5)
         elif kind == "preview":
             images = getattr(event, "images", None) or []
             if images:

@@ -238,7 +238,26 @@ def build_request(settings: Settings, limits: EngineLimits, caps: set[str], *,
         params["control_scale"] = round(float(settings.control_scale), 4)
     elif settings.context != "none":
         raise RequestError("invalid_params", f"unknown context {settings.context!r}")
-    return Request(params, blobs)
+    return Request(typed_params(params, blobs, limits), blobs)
+
+
+def typed_params(params: dict, blobs: dict[str, bytes], limits: EngineLimits) -> dict:
+    """The protocol's typed request (protocol/request.py), validated against the engine's
+    limits: the params the engine will accept, or RequestError naming the field."""
+    try:
+        from ..vendor.protocol import messages, request
+        from ..vendor.protocol.errors import ProtocolError
+    except ImportError:   # running from the repository (tests)
+        from protocol import messages, request
+        from protocol.errors import ProtocolError
+    lim = messages.Limits(**{k: getattr(limits, k) for k in EngineLimits.__dataclass_fields__})
+    descs = [{"name": name, "mime": "image/png", "bytes": len(data)}
+             for name, data in blobs.items()]
+    try:
+        return request.GenerateRequest.from_params(params, descs, lim).to_params()
+    except ProtocolError as exc:
+        raise RequestError(exc.code if exc.code in ("invalid_params", "too_large")
+                           else "invalid_params", f"{exc.field}: {exc.message}") from None
 
 
 def image_name(prompt: str, seed: int, limit: int = 40) -> str:

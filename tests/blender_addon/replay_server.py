@@ -40,12 +40,11 @@ class ReplayPipeline(StandInPipeline):
     def generate(self, req, on_progress=None, should_cancel=None) -> Result:
         n = self.count
         self.count += 1
-        for key in ("image", "mask", "control_image"):
+        for key in ("init_image", "mask", "control_image"):
             value = getattr(req, key, None)
             if value is not None:
-                name = "init_image" if key == "image" else key
                 Image.fromarray(np.asarray(value, np.uint8)).save(
-                    os.path.join(self.folder, f"req_{n}_{name}.png"))
+                    os.path.join(self.folder, f"req_{n}_{key}.png"))
         with open(os.path.join(self.folder, f"req_{n}.json"), "w") as fh:
             json.dump({"prompt": req.prompt, "width": req.width, "height": req.height,
                        "seed": req.seed, "strength": req.strength,

@@ -52,7 +52,8 @@ def test_missing_python_is_a_clear_error(tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 def test_start_ready_stop(tmp_path):
     log = tmp_path / "engine.log"
-    proc = EngineProcess(sys.executable, f"tcp://127.0.0.1:{free_port()}", standin=True,
+    address = f"tcp://localhost:{free_port()}"
+    proc = EngineProcess(sys.executable, address, standin=True,
                          cwd=str(ROOT), extra=["--min-side", "64"], log_path=str(log))
     proc.start()
     try:
@@ -62,6 +63,15 @@ def test_start_ready_stop(tmp_path):
         proc.mark_running()
         assert proc.poll() == RUNNING
         pid = proc.pid
+        # local trust: the engine wrote its token for this user only; the add-on's client
+        # finds it from the address, a client with another token is refused
+        assert os.stat(proc.connection_file).st_mode & 0o777 == 0o600
+        from protocol.client import generate
+        from protocol.errors import ProtocolError
+        small = {"prompt": "x", "width": 64, "height": 64, "steps": 2, "seed": 1}
+        assert generate(address, small, timeout=20).kind == "result"
+        with pytest.raises(ProtocolError, match="wrong or missing token"):
+            generate(address, small, timeout=20, token="0" * 64, accept_timeout_s=3)
     finally:
         proc.stop()
     assert proc.state == STOPPED and not _alive(pid)

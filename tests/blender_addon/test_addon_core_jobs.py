@@ -36,9 +36,14 @@ def test_full_job_lifecycle_and_progress():
     b.handle(Ev("accepted", "j1"))
     assert job.phase == QUEUED
     b.handle(Ev("started", "j1"))
-    b.handle(Ev("progress", "j1", {"stage": "denoise", "step": 2, "steps": 4}))
+    b.handle(Ev("progress", "j1", {"stage": "denoise", "step": 2, "steps": 4,
+                                   "fraction": 0.475}))
     assert job.phase == RUNNING and job.status_text() == "Denoising 2/4"
-    assert 0.4 < job.progress < 0.6
+    assert job.progress == 0.475            # the engine's fraction, not a local formula
+    for bogus in (0.1, 7, "0.9", True, None):   # never backwards, never out of range
+        b.handle(Ev("progress", "j1", {"stage": "denoise", "step": 2, "steps": 4,
+                                       "fraction": bogus}))
+    assert job.progress == 0.475
     effects = b.handle(Ev("preview", "j1", {"step": 2}, ["img"]))
     assert [e.kind for e in effects] == ["preview"] and job.preview_version == 1
     effects = b.handle(Ev("result", "j1", {}, ["a", "b"]))

@@ -40,6 +40,22 @@ def test_build_request_fixed_and_random_seed():
     assert 0 <= req.seed <= rq.MAX_SEED and req.seed == random.Random(1).randint(0, rq.MAX_SEED)
 
 
+def test_build_request_is_the_protocols_typed_request():
+    """The add-on builds protocol/request.py's GenerateRequest, checked once against the
+    engine's limits: what the add-on does not check itself (a 4,001-character prompt, a
+    strength out of range) is refused before sending, naming the field."""
+    with pytest.raises(rq.RequestError) as e:
+        rq.build_request(rq.Settings(prompt="x" * 4001), LIMITS, {"txt2img"})
+    assert e.value.code == "invalid_params" and e.value.detail.startswith("params.prompt")
+    s = rq.Settings(prompt="fox", context="img2img", strength=1.5, seed_random=False)
+    with pytest.raises(rq.RequestError) as e:
+        rq.build_request(s, LIMITS, {"img2img"}, init_png=b"\x89PNG fake")
+    assert e.value.detail.startswith("params.strength")
+    s.strength = 0.5
+    req = rq.build_request(s, LIMITS, {"img2img"}, init_png=b"\x89PNG fake")
+    assert req.params["init_image"] == "init_image" and req.params["strength"] == 0.5
+
+
 def test_build_request_refuses_what_the_engine_would_refuse():
     def code(**kw):
         base = dict(prompt="x", width=512, height=512)

@@ -32,7 +32,7 @@ def assert_clean_failure(r: subprocess.CompletedProcess, *words: str) -> None:
 @pytest.mark.parametrize("args,words", [
     (["--width", "100"], ["width 100", "multiple of 16"]),
     (["--height", "4096"], ["height 4096"]),
-    (["--steps", "0"], ["steps 0", "1 to 50"]),
+    (["--steps", "0"], ["steps 0", "1..50"]),
     (["--steps", "51"], ["steps 51"]),
     (["--dtype", "float16"], ["float16", "bfloat16"]),
     (["--num-images", "9"], ["num_images 9"]),

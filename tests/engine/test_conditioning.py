@@ -55,35 +55,35 @@ def test_cut_schedule_matches_diffusers_get_timesteps():
 
 
 def test_default_strengths_and_sizes():
-    assert resolve_strength(GenerateRequest("a", image=IMG)) == 0.6
-    assert resolve_strength(GenerateRequest("a", image=IMG, mask=MASK)) == 1.0
-    assert resolve_strength(GenerateRequest("a", image=IMG, strength=0.2)) == 0.2
+    assert resolve_strength(GenerateRequest("a", init_image=IMG)) == 0.6
+    assert resolve_strength(GenerateRequest("a", init_image=IMG, mask=MASK)) == 1.0
+    assert resolve_strength(GenerateRequest("a", init_image=IMG, strength=0.2)) == 0.2
     assert default_size(np.zeros((100, 150, 3), np.uint8), Limits()) == (144, 96)
     w, h = default_size(np.zeros((3000, 6000, 3), np.uint8), Limits())
     assert w <= 2048 and h <= 2048 and w % 16 == h % 16 == 0 and w / h == pytest.approx(2, 0.05)
 
 
 BAD = [  # field, overrides
-    ("image", dict(image=np.zeros((64, 64), np.uint8))),
-    ("image", dict(image=np.zeros((64, 64, 3), np.float32))),
-    ("image", dict(image=[[0, 0, 0]])),
-    ("image", dict(image=np.zeros((0, 64, 3), np.uint8))),
+    ("init_image", dict(init_image=np.zeros((64, 64), np.uint8))),
+    ("init_image", dict(init_image=np.zeros((64, 64, 3), np.float32))),
+    ("init_image", dict(init_image=[[0, 0, 0]])),
+    ("init_image", dict(init_image=np.zeros((0, 64, 3), np.uint8))),
     ("mask", dict(mask=MASK)),  # no image
-    ("mask", dict(image=IMG, mask=np.zeros((32, 64), np.uint8))),  # size differs
-    ("mask", dict(image=IMG, mask=np.zeros((64, 64, 3), np.uint8))),
-    ("strength", dict(image=IMG, strength=1.5)),
-    ("strength", dict(image=IMG, strength=-0.1)),
-    ("strength", dict(image=IMG, strength=float("nan"))),
-    ("strength", dict(image=IMG, strength="0.5")),
+    ("mask", dict(init_image=IMG, mask=np.zeros((32, 64), np.uint8))),  # size differs
+    ("mask", dict(init_image=IMG, mask=np.zeros((64, 64, 3), np.uint8))),
+    ("strength", dict(init_image=IMG, strength=1.5)),
+    ("strength", dict(init_image=IMG, strength=-0.1)),
+    ("strength", dict(init_image=IMG, strength=float("nan"))),
+    ("strength", dict(init_image=IMG, strength="0.5")),
     ("strength", dict(strength=0.5)),  # no image
     ("control_type", dict(control_image=IMG, control_type="normal")),
     ("control_type", dict(control_image=IMG)),  # no type
-    ("control_image", dict(control_type="depth")),  # no map
+    ("control_type", dict(control_type="depth")),  # no map (the protocol's rule names the type)
     ("control_image", dict(control_image=np.zeros((8, 8, 4), np.uint8), control_type="depth")),
-    ("image", dict(control_type="inpaint")),  # inpaint control needs image + mask
-    ("mask", dict(image=IMG, control_type="inpaint")),
+    ("control_type", dict(control_type="inpaint")),  # inpaint control needs image + mask
+    ("control_type", dict(init_image=IMG, control_type="inpaint")),
     ("control_scale", dict(control_image=IMG, control_type="depth", control_scale=5.0)),
-    ("control_scale", dict(control_image=IMG, control_type="depth", control_scale=None)),
+    ("control_scale", dict(control_image=IMG, control_type="depth", control_scale="1")),
     ("tile", dict(tile="z")),
     ("tile", dict(tile=True)),
 ]
@@ -98,8 +98,8 @@ def test_bad_inputs_name_their_field(field, overrides):
 
 
 def test_good_inputs_pass():
-    for overrides in (dict(image=IMG, strength=0.0), dict(image=IMG, mask=MASK, strength=1),
+    for overrides in (dict(init_image=IMG, strength=0.0), dict(init_image=IMG, mask=MASK, strength=1),
                       dict(control_image=IMG, control_type="pose", control_scale=0),
-                      dict(image=IMG, mask=MASK, control_type="inpaint"), dict(tile="xy")):
+                      dict(init_image=IMG, mask=MASK, control_type="inpaint"), dict(tile="xy")):
         check_request(dataclasses.replace(GenerateRequest("a fox", 64, 64), **overrides),
                       Limits())

@@ -113,7 +113,7 @@ def test_inpaint_with_control_matches_trainer(pipes, nets, parts, version, scale
     img, ctrl = sample_image(w, h, seed=11), sample_image(w, h, seed=12)
     mask = box_mask(w, h)
     ours = pipes[version].generate(GenerateRequest(
-        PROMPT, w, h, steps=4, seed=6, image=img, mask=mask, control_image=ctrl,
+        PROMPT, w, h, steps=4, seed=6, init_image=img, mask=mask, control_image=ctrl,
         control_type="inpaint", control_scale=scale))
     theirs = reference(parts, nets[version][1], 6, width=w, height=h, image=img, mask_image=mask,
                        control_image=ctrl, controlnet_conditioning_scale=scale,

@@ -63,7 +63,7 @@ def test_cli_img2img_matches_diffusers(tiny_model_dir, ref, source, tmp_path, st
 @pytest.mark.parametrize("strength", [0.3, 0.05])
 def test_api_img2img_low_strengths_match_diffusers(pipe, ref, source, strength):
     img, _ = source
-    ours = pipe.generate(GenerateRequest(PROMPT, 64, 64, steps=8, seed=5, image=img,
+    ours = pipe.generate(GenerateRequest(PROMPT, 64, 64, steps=8, seed=5, init_image=img,
                                          strength=strength))
     theirs = run_reference(ref, 5, prompt=PROMPT, image=img, strength=strength, width=64,
                            height=64, num_inference_steps=8)
@@ -73,7 +73,7 @@ def test_api_img2img_low_strengths_match_diffusers(pipe, ref, source, strength):
 def test_strength_zero_is_a_vae_round_trip(pipe, ref, source):
     img, _ = source
     steps = []
-    ours = pipe.generate(GenerateRequest(PROMPT, 64, 64, steps=8, seed=9, image=img, strength=0),
+    ours = pipe.generate(GenerateRequest(PROMPT, 64, 64, steps=8, seed=9, init_image=img, strength=0),
                          on_progress=lambda p: steps.append(p.stage))
     assert "denoise" not in steps
     x = torch.from_numpy(img.astype(np.float32) / 255.0).permute(2, 0, 1)[None] * 2 - 1
@@ -87,7 +87,7 @@ def test_strength_zero_is_a_vae_round_trip(pipe, ref, source):
 def test_num_images_use_consecutive_seeds(pipe, ref, source):
     img, _ = source
     result = pipe.generate(GenerateRequest(PROMPT, 64, 64, steps=4, seed=20, num_images=2,
-                                           image=img, strength=0.5))
+                                           init_image=img, strength=0.5))
     assert result.seeds == [20, 21]
     for image, seed in zip(result.images, result.seeds):
         theirs = run_reference(ref, seed, prompt=PROMPT, image=img, strength=0.5, width=64,
@@ -97,6 +97,6 @@ def test_num_images_use_consecutive_seeds(pipe, ref, source):
 
 def test_other_sizes_are_fitted_not_stretched(pipe):
     wide = sample_image(160, 64, seed=2)  # 2.5:1 into 64x64: scaled to 64 high, centre crop
-    result = pipe.generate(GenerateRequest(PROMPT, 64, 64, steps=2, seed=1, image=wide,
+    result = pipe.generate(GenerateRequest(PROMPT, 64, 64, steps=2, seed=1, init_image=wide,
                                            strength=0.5))
     assert result.images[0].shape == (64, 64, 3)

@@ -50,7 +50,7 @@ def test_cli_inpaint_matches_diffusers(tiny_model_dir, ref, tmp_path):
 
 def test_inpaint_with_strength_matches_diffusers(pipe, ref):
     img, mask = sample_image(64, 64, seed=5), box_mask(64, 64, box=(0, 24, 40, 64))
-    ours = pipe.generate(GenerateRequest(PROMPT, 64, 64, steps=8, seed=3, image=img, mask=mask,
+    ours = pipe.generate(GenerateRequest(PROMPT, 64, 64, steps=8, seed=3, init_image=img, mask=mask,
                                          strength=0.7))
     theirs = run_reference(ref, 3, prompt=PROMPT, image=img, mask_image=mask, strength=0.7,
                            width=64, height=64, num_inference_steps=8)
@@ -67,8 +67,8 @@ def test_unmasked_area_keeps_the_input_latents(pipe, monkeypatch):
     monkeypatch.setattr(pipe.vae, "decode",
                         lambda z, **kw: decoded.append(z.clone()) or original(z, **kw))
     img, mask = sample_image(64, 64, seed=6), box_mask(64, 64, box=(0, 0, 32, 64))
-    pipe.generate(GenerateRequest(PROMPT, 64, 64, steps=4, seed=12, image=img, mask=mask))
-    pipe.generate(GenerateRequest(PROMPT, 64, 64, steps=4, seed=12, image=img, strength=0.0))
+    pipe.generate(GenerateRequest(PROMPT, 64, 64, steps=4, seed=12, init_image=img, mask=mask))
+    pipe.generate(GenerateRequest(PROMPT, 64, 64, steps=4, seed=12, init_image=img, strength=0.0))
     inpainted, round_trip = decoded
     keep = slice(4, 8)  # latent rows 4..7 = pixel rows 32..63, outside the mask
     assert torch.equal(inpainted[..., keep, :], round_trip[..., keep, :])

@@ -101,6 +101,6 @@ def test_seamless_result_has_no_seam(pipe):
 
 def test_tiled_img2img_runs_with_x_only(pipe):
     img = sample_image(64, 64, seed=3)
-    out = pipe.generate(GenerateRequest("texture", 64, 64, steps=2, seed=1, image=img,
+    out = pipe.generate(GenerateRequest("texture", 64, 64, steps=2, seed=1, init_image=img,
                                         strength=0.5, tile="x")).images[0]
     assert out.shape == (64, 64, 3) and 0.7 < seam_ratio(out, 1) < 1.25

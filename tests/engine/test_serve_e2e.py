@@ -114,6 +114,6 @@ def test_image_to_image_over_the_wire(tiny_model_dir):
     finally:
         srv.stop()
     served = np.frombuffer(ev.images[0].to_rgb_bytes(), np.uint8).reshape(64, 64, 3)
-    local = pipe.generate(GenerateRequest("a fox", 64, 64, 4, seed=3, image=source,
+    local = pipe.generate(GenerateRequest("a fox", 64, 64, 4, seed=3, init_image=source,
                                           strength=0.5)).images[0]
     assert np.array_equal(served, local)

@@ -452,7 +452,7 @@ def test_image_modes_need_the_capability_and_bombs_are_refused():
         got = None
 
         def generate(self, req, on_progress=None, should_cancel=None):
-            type(self).got = req.image
+            type(self).got = req.init_image
             return super().generate(req, on_progress, should_cancel)
 
     # a PNG whose IHDR claims 60000 x 60000: refused from the header, never decoded

@@ -33,7 +33,7 @@ def test_round_trip_submit_fills_defaults():
                                                                                  1)
     assert msg["want"] == {"result_format": "raw", "preview_every": 1, "preview_max_side": 256}
     assert msg["deadline_ms"] == DEFAULT_LIMITS.default_deadline_ms
-    assert "init_image" not in p and p["guidance"] == 0.0
+    assert "init_image" not in p and "guidance" not in p and "negative_prompt" not in p
 
 
 def test_round_trip_every_client_message():
@@ -221,3 +221,31 @@ def test_control_inpaint_needs_no_control_map_but_other_types_do():
     with pytest.raises(ProtocolError) as e:
         validate_params({**base, "control_type": "depth"}, blobs, lim)
     assert e.value.field == "params.control_type"
+
+
+def test_typed_request_round_trip_and_seed_range():
+    from protocol.request import MAX_SEED, GenerateRequest, random_seed
+    req = GenerateRequest.from_params({"prompt": "fox", "width": 512, "num_images": 4})
+    assert (req.width, req.height, req.steps, req.seed) == (512, 1024, 8, None)
+    assert req.to_params() == {"prompt": "fox", "width": 512, "height": 1024, "steps": 8,
+                               "seed": None, "num_images": 4}
+    seeded = req.with_seed()
+    assert 0 <= seeded.seed <= MAX_SEED - 3 and seeded.with_seed() is seeded
+    assert all(random_seed(4) + 3 <= MAX_SEED for _ in range(1000))
+    # the last image's seed (seed + num_images - 1) must fit too
+    with pytest.raises(ProtocolError) as e:
+        GenerateRequest.from_params({"prompt": "x", "seed": MAX_SEED, "num_images": 2})
+    assert e.value.field == "params.seed"
+    assert GenerateRequest.from_params({"prompt": "x", "seed": MAX_SEED}).seed == MAX_SEED
+    with pytest.raises(ProtocolError) as e:
+        GenerateRequest.from_params({"prompt": "x", "tile": "z"})
+    assert e.value.field == "params.tile"
+
+
+def test_job_state_is_one_vocabulary_and_its_own_wire_value():
+    import json as _json
+    from protocol.messages import JOB_STATES, TERMINAL_STATES, JobState
+    assert JOB_STATES == ("queued", "running", "succeeded", "failed", "cancelled")
+    assert TERMINAL_STATES == ("succeeded", "failed", "cancelled")
+    assert _json.loads(_json.dumps({"state": JobState.CANCELLED})) == {"state": "cancelled"}
+    assert JobState("running") is JobState.RUNNING and not JobState.PENDING.terminal

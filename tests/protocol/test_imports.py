@@ -11,7 +11,8 @@ import sys
 for name in ("torch", "numpy", "PIL", "bpy", "engine"):
     sys.modules[name] = None          # any import of these now raises ImportError
 import protocol, protocol.errors, protocol.wire, protocol.messages, protocol.png
-import protocol.client, protocol.cli
+import protocol.client, protocol.cli, protocol.request, protocol.connection
+import protocol.events, protocol.jobs, protocol.generate
 from protocol.client import EngineClient, Event, ImageData, generate
 c = EngineClient("tcp://127.0.0.1:1")
 c.start(); c.close()
