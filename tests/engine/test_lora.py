@@ -348,7 +348,7 @@ def test_pipeline_request_names_loras_from_its_library(pipe, lora_files, base_im
                     (("style", float("nan")),)]:
             with pytest.raises(EngineError) as e:
                 pipe.generate(GenerateRequest(PROMPT, W, H, steps=STEPS, seed=SEED, loras=bad))
-            assert (e.value.code, e.value.field) == ("invalid_params", "loras")
+            assert e.value.code == "invalid_params" and e.value.field.startswith("loras")
         plain = pipe.generate(GenerateRequest(PROMPT, W, H, steps=STEPS, seed=SEED)).images[0]
         assert np.array_equal(plain, base_image) and pipe.loras.active == ()
     finally:
