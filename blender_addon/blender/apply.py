@@ -15,7 +15,7 @@ import os
 import bpy
 
 from ..core import pixels
-from ..core.history import Record
+from ..core.history import Record, loras_json, parse_loras
 from ..core.requests import image_name
 
 PREVIEW_NAME = "Z-Image Preview"
@@ -111,7 +111,7 @@ def make_records(job, model: str, kind: str) -> list[Record]:
         seed = img.seed if img.seed is not None else int(p["seed"]) + i
         out.append(Record(prompt=p["prompt"], seed=int(seed), steps=int(p["steps"]),
                           width=int(img.width or p["width"]), height=int(img.height or p["height"]),
-                          model=model, kind=kind))
+                          model=model, kind=kind, loras=parse_loras(p.get("loras"))))
     return out
 
 
@@ -123,6 +123,7 @@ def add_history(scene, records: list[Record]) -> None:
         for key in ("prompt", "seed", "steps", "width", "height", "model", "image_name", "kind",
                     "created"):
             setattr(item, key, getattr(r, key))
+        item.loras = loras_json(r.loras) if r.loras else ""
     for _ in range(trim(len(hist))):
         hist.remove(0)
     scene.zimage.history_index = len(hist) - 1

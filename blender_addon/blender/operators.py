@@ -9,7 +9,7 @@ from bpy.props import EnumProperty, IntProperty, StringProperty
 
 from ..core import requests as rq
 from ..core.errors import explain
-from ..core.history import Record, recall_settings
+from ..core.history import Record, parse_loras, recall_settings
 from . import apply, capture, pump, runtime
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,14 @@ def read_settings(scene, limits: rq.EngineLimits, context: str = "none") -> rq.S
     w, h = effective_size(scene, limits)
     return rq.Settings(prompt=s.prompt, width=w, height=h, steps=s.steps,
                        seed_random=s.seed_random, seed=s.seed, num_images=s.num_images,
-                       context=context, strength=s.strength, control_scale=s.control_scale)
+                       context=context, strength=s.strength, control_scale=s.control_scale,
+                       loras=active_loras(s))
+
+
+def active_loras(s) -> tuple:
+    """The LoRAs switched on in the panel that the engine offers: ((name, weight), ...)."""
+    return tuple((item.name, round(item.weight, 4)) for item in s.loras
+                 if item.use and item.offered)
 
 
 _port_open = runtime.port_open
@@ -564,6 +571,21 @@ def _history_item(context, index: int):
     return hist[index] if 0 <= index < len(hist) else None
 
 
+def recall_loras(s, loras) -> None:
+    """Exactly these LoRAs on, with their weights; every other one off."""
+    wanted = dict(loras)
+    have = {item.name: item for item in s.loras}
+    for name in wanted:
+        if name not in have:              # not offered by this engine (yet): keep the choice
+            item = s.loras.add()
+            item.name, item.offered = name, False
+            have[name] = item
+    for name, item in have.items():
+        item.use = name in wanted
+        if name in wanted:
+            item.weight = wanted[name]
+
+
 class ZIMAGE_OT_history_recall(bpy.types.Operator):
     """Put this result's prompt, size, steps and seed back into the panel"""
     bl_idname = "zimage.history_recall"
@@ -578,8 +600,10 @@ class ZIMAGE_OT_history_recall(bpy.types.Operator):
         if item is None:
             return {"CANCELLED"}
         s = context.scene.zimage
-        rec = Record(item.prompt, item.seed, item.steps, item.width, item.height, item.model)
+        rec = Record(item.prompt, item.seed, item.steps, item.width, item.height, item.model,
+                     loras=parse_loras(item.loras))
         values = recall_settings(rec)
+        recall_loras(s, values.pop("loras", ()))
         preset = next((k for k, (w, h) in rq.PRESET_SIZES.items()
                        if (w, h) == (rec.width, rec.height)), "CUSTOM")
         s.size_preset = preset

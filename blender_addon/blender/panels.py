@@ -259,6 +259,41 @@ class ZIMAGE_UL_history(bpy.types.UIList):
         row.label(text=f"{item.seed}  {item.width}x{item.height}")
 
 
+class ZIMAGE_UL_loras(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_prop, index=0,
+                  flt_flag=0):
+        row = layout.row(align=True)
+        row.active = item.offered
+        row.prop(item, "use", text="")
+        row.label(text=item.name if item.offered else f"{item.name} (not offered)")
+        sub = row.row(align=True)
+        sub.enabled = item.use
+        sub.prop(item, "weight", text="")
+
+
+class LorasPanel(_Base):
+    bl_label = "LoRAs"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        s = context.scene.zimage
+        layout = self.layout
+        rt = runtime.get()
+        caps = rq.capabilities(rt.board.welcome)
+        if rt.board.welcome is not None and not rq.can_lora(caps):
+            layout.label(text="This engine applies no LoRAs", icon="INFO")
+            return
+        if not len(s.loras):
+            _wrapped(layout.column(align=True), "No LoRAs: start the engine with --lora-dir "
+                     "(or Extra Arguments in the preferences) and put .safetensors files there",
+                     icon="INFO")
+            return
+        layout.template_list("ZIMAGE_UL_loras", "", s, "loras", s, "lora_index", rows=3)
+        if 0 <= s.lora_index < len(s.loras) and s.loras[s.lora_index].trigger_words:
+            _wrapped(layout.column(align=True),
+                     f"Trigger words: {s.loras[s.lora_index].trigger_words}", icon="TEXT")
+
+
 class HistoryPanel(_Base):
     bl_label = "History"
     bl_options = {"DEFAULT_CLOSED"}
@@ -314,9 +349,9 @@ class _ShaderEditor:
 
 
 PANEL_PARTS = {
-    "VIEW3D": (("texture", TexturePanel), ("concept", ConceptPanel),
+    "VIEW3D": (("texture", TexturePanel), ("concept", ConceptPanel), ("loras", LorasPanel),
                ("preview", PreviewPanel), ("history", HistoryPanel)),
-    "IMAGE": (("texture", TexturePanel), ("concept", ConceptPanel),
+    "IMAGE": (("texture", TexturePanel), ("concept", ConceptPanel), ("loras", LorasPanel),
               ("preview", PreviewPanel), ("history", HistoryPanel),
               ("touchup", TouchUpPanel)),
     "NODE": (("texture", TexturePanel),),
@@ -340,4 +375,4 @@ def _make_panels():
     return tuple(classes)
 
 
-CLASSES = (ZIMAGE_UL_history,) + _make_panels()
+CLASSES = (ZIMAGE_UL_history, ZIMAGE_UL_loras) + _make_panels()

@@ -34,6 +34,22 @@ class ZIMAGE_PG_history_item(bpy.types.PropertyGroup):
     kind: StringProperty(name="Kind", default="texture",
                          description="Texture, concept image or touch-up")
     created: FloatProperty(name="Created", description="When it was made (Unix time)")
+    loras: StringProperty(name="LoRAs", description="The LoRAs used, as JSON [{name, weight}]")
+
+
+class ZIMAGE_PG_lora(bpy.types.PropertyGroup):
+    # `name` (PropertyGroup's own) is the LoRA's name in the engine's list
+    use: BoolProperty(name="Use", default=False,
+                      description="Apply this LoRA to the next generations")
+    weight: FloatProperty(name="Weight", default=1.0, min=-4.0, max=4.0, soft_min=-2.0,
+                          soft_max=2.0, step=10,
+                          description="How strongly the LoRA changes the image (1 = as "
+                          "trained, negative pushes away from it)")
+    rank: IntProperty(name="Rank", description="The LoRA's rank (size)")
+    trigger_words: StringProperty(name="Trigger Words",
+                                  description="Words the LoRA was trained with (from its file)")
+    offered: BoolProperty(name="Offered", default=True,
+                          description="The connected engine lists this LoRA")
 
 
 class ZIMAGE_PG_settings(bpy.types.PropertyGroup):
@@ -119,6 +135,9 @@ class ZIMAGE_PG_settings(bpy.types.PropertyGroup):
     touchup_mask_image: PointerProperty(
         type=bpy.types.Image, name="Mask Image",
         description="Grey image, white where to repaint (same size as the texture)")
+    loras: CollectionProperty(type=ZIMAGE_PG_lora,
+                              description="The engine's LoRAs, with use and weight")
+    lora_index: IntProperty(name="LoRA", default=0, description="The selected LoRA")
     history: CollectionProperty(type=ZIMAGE_PG_history_item,
                                 description="Results made in this file")
     history_index: IntProperty(name="History", default=0, description="The selected result")
@@ -197,7 +216,28 @@ class ZIMAGE_AP_preferences(bpy.types.AddonPreferences):
         box.prop(self, "standin")
 
 
-CLASSES = (ZIMAGE_PG_history_item, ZIMAGE_PG_settings, ZIMAGE_AP_preferences)
+CLASSES = (ZIMAGE_PG_history_item, ZIMAGE_PG_lora, ZIMAGE_PG_settings, ZIMAGE_AP_preferences)
+
+
+def sync_loras(welcome) -> None:
+    """The engine's LoRA list into every scene's settings: new names appear (off, weight 1),
+    known ones keep the artist's choice, names the engine no longer offers are marked."""
+    from ..core.requests import engine_loras
+    offered = {d["name"]: d for d in engine_loras(welcome)}
+    for scene in bpy.data.scenes:
+        s = getattr(scene, "zimage", None)
+        if s is None:
+            continue
+        have = {item.name: item for item in s.loras}
+        for name, d in offered.items():
+            item = have.get(name)
+            if item is None:
+                item = s.loras.add()
+                item.name = name
+            item.rank, item.trigger_words, item.offered = d["rank"], d["trigger_words"], True
+        for name, item in have.items():
+            if name not in offered and item.offered:
+                item.offered = False
 
 
 def register_props():

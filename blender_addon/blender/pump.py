@@ -40,6 +40,15 @@ def tick():
             if eff.job.active or eff.kind == "result":
                 rt.board.fail(eff.job, "apply_failed", str(exc))
     try:
+        welcome = rt.board.welcome
+        if welcome is not None and welcome is not rt.loras_synced:
+            rt.loras_synced = welcome       # a new welcome (e.g. new LoRA files): list them
+            from .props import sync_loras
+            sync_loras(welcome)
+            redraw()
+    except Exception:
+        log.exception("Z-Image LoRA list")
+    try:
         snap = (rt.board.snapshot(), rt.connection, rt.engine_state, rt.notice,
                 install.state().snapshot(),
                 ((rt.board.welcome or {}).get("engine") or {}).get("download"))

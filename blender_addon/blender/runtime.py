@@ -125,6 +125,7 @@ class Runtime:
         self.address: str | None = None
         self.engine: EngineProcess | None = None
         self.last_snapshot = None
+        self.loras_synced = None        # the welcome whose LoRA list the scenes show
         self.notice = ""            # last informational line shown in the panel
         self.last_capture: bytes | None = None   # PNG last sent as context (for tests, UI)
         self._encoder = None        # one worker thread: result PNGs off the main thread

@@ -27,9 +27,13 @@ class Record:
     image_name: str = ""
     kind: str = "texture"            # texture | concept
     created: float = field(default_factory=time.time)
+    loras: tuple = ()                # ((name, weight), ...) the engine applied
 
     def parameters(self) -> dict:
-        return {k: getattr(self, k) for k in PARAMETER_KEYS}
+        out = {k: getattr(self, k) for k in PARAMETER_KEYS}
+        if self.loras:               # as the engine CLI writes them
+            out["loras"] = [{"name": n, "weight": w} for n, w in self.loras]
+        return out
 
     def parameters_json(self) -> str:
         """The PNG `parameters` chunk: same keys and order as the engine CLI's."""
@@ -37,8 +41,10 @@ class Record:
 
     def image_props(self) -> dict:
         """Custom properties for the image datablock."""
-        out = {PROP_PREFIX + k: v for k, v in self.parameters().items()}
+        out = {PROP_PREFIX + k: v for k, v in self.parameters().items() if k != "loras"}
         out[PROP_PREFIX + "kind"] = self.kind
+        if self.loras:
+            out[PROP_PREFIX + "loras"] = loras_json(self.loras)
         return out
 
     @classmethod
@@ -49,7 +55,8 @@ class Record:
                        steps=int(values["steps"]), width=int(values["width"]),
                        height=int(values["height"]), model=str(values["model"]),
                        image_name=image_name,
-                       kind=str(props.get(PROP_PREFIX + "kind", "texture")))
+                       kind=str(props.get(PROP_PREFIX + "kind", "texture")),
+                       loras=parse_loras(props.get(PROP_PREFIX + "loras")))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -67,13 +74,39 @@ def parse_parameters(text: str | None) -> dict | None:
         return None
     if not isinstance(data, dict) or not all(k in data for k in PARAMETER_KEYS):
         return None
-    return {k: data[k] for k in PARAMETER_KEYS}
+    out = {k: data[k] for k in PARAMETER_KEYS}
+    loras = parse_loras(data.get("loras"))
+    if loras:
+        out["loras"] = [{"name": n, "weight": w} for n, w in loras]
+    return out
+
+
+def loras_json(loras) -> str:
+    return json.dumps([{"name": n, "weight": w} for n, w in loras], ensure_ascii=False)
+
+
+def parse_loras(value) -> tuple:
+    """[{name, weight}] (or its JSON) -> ((name, weight), ...); anything malformed is dropped."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value else []
+        except ValueError:
+            return ()
+    out = []
+    for item in value if isinstance(value, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("name"), str) and isinstance(
+                item.get("weight", 1.0), (int, float)) and not isinstance(item.get("weight"), bool):
+            out.append((item["name"][:200], float(item.get("weight", 1.0))))
+    return tuple(out)
 
 
 def recall_settings(record: Record) -> dict:
     """What 'recall' writes back into the panel: the same result again (fixed seed)."""
-    return {"prompt": record.prompt, "width": record.width, "height": record.height,
-            "steps": record.steps, "seed": record.seed, "seed_random": False}
+    out = {"prompt": record.prompt, "width": record.width, "height": record.height,
+           "steps": record.steps, "seed": record.seed, "seed_random": False}
+    if record.loras:
+        out["loras"] = tuple(record.loras)
+    return out
 
 
 def trim(count: int, limit: int = MAX_ENTRIES) -> int:

@@ -166,6 +166,7 @@ class Settings:
     context: str = "none"
     strength: float = 0.6
     control_scale: float = 0.75
+    loras: tuple = ()               # ((name, weight), ...): names from the engine's welcome
 
 
 @dataclass
@@ -238,7 +239,31 @@ def build_request(settings: Settings, limits: EngineLimits, caps: set[str], *,
         params["control_scale"] = round(float(settings.control_scale), 4)
     elif settings.context != "none":
         raise RequestError("invalid_params", f"unknown context {settings.context!r}")
+    if settings.loras:
+        if not can_lora(caps):
+            raise RequestError("capability_unavailable", "LoRAs")
+        params["loras"] = [{"name": n, "weight": round(float(w), 4)} for n, w in settings.loras]
     return Request(typed_params(params, blobs, limits), blobs)
+
+
+MAX_LISTED_LORAS = 256      # the protocol's bound on welcome.loras
+
+
+def can_lora(caps: set[str]) -> bool:
+    return "lora" in caps
+
+
+def engine_loras(welcome: dict | None) -> list[dict]:
+    """The LoRAs an engine offers, from its welcome: [{name, rank, trigger_words}], bounded."""
+    out = []
+    for item in list((welcome or {}).get("loras") or [])[:MAX_LISTED_LORAS]:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            continue
+        rank = item.get("rank")
+        out.append({"name": item["name"][:200],
+                    "rank": rank if isinstance(rank, int) else 0,
+                    "trigger_words": str(item.get("trigger_words") or "")[:200]})
+    return out
 
 
 def typed_params(params: dict, blobs: dict[str, bytes], limits: EngineLimits) -> dict:

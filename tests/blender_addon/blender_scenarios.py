@@ -583,6 +583,52 @@ def readme_walkthrough(out):
     out["seed"] = j.seed
 
 
+@scenario
+def lora_texture(out):
+    """After readme_walkthrough: the local engine restarted with --lora-dir (Extra Arguments),
+    the LoRA list filled from its welcome, one LoRA on at 0.5, Generate Texture; the texture's
+    PNG and history record it, its pixels are the engine's for those params, Recall restores it."""
+    prefs = bpy.context.preferences.addons[MOD].preferences
+    r = rt()
+    assert bpy.ops.zimage.stop_engine() == {"FINISHED"}
+    prefs.extra_args = f"--lora-dir {ARGS.lora_dir}"
+    assert bpy.ops.zimage.start_engine() == {"FINISHED"}
+    s = bpy.context.scene.zimage
+    ok = tick_until(lambda: r.connection == "connected" and len(s.loras) > 0
+                    and ((r.board.welcome or {}).get("engine") or {}).get("state") == "ready", 90)
+    out["engine_log"] = r.engine.log_tail(8) if r.engine else []
+    assert ok, "no LoRA list from the engine"
+    out["listed"] = [(i.name, i.rank, i.use, i.offered) for i in s.loras]
+    log = []
+    panel = next(getattr(bpy.types, n) for n in dir(bpy.types)
+                 if n.startswith("ZIMAGE_PT_view3d_loras"))
+    panel.draw(type("P", (), {"layout": FakeLayout(log)})(), bpy.context)
+    out["panel"] = [e[0] if e[0] != "template_list" else e[1] for e in log]
+    s.loras[0].use, s.loras[0].weight = True, 0.5
+    s.prompt, s.seed_random, s.seed = "mossy stones", False, 11
+    assert bpy.ops.zimage.generate_texture() == {"FINISHED"}
+    assert tick_until(lambda: not job("texture").active, 120)
+    j = job("texture")
+    out["phase"], out["error"] = j.phase, j.error.text if j.error else None
+    out["params_loras"] = j.params.get("loras")
+    image = bpy.context.view_layer.objects.active.active_material.node_tree.nodes.get(
+        "Image Texture").image
+    out["image_loras"] = image.get("zimage_loras")
+    out["png_has_loras"] = b'"loras"' in bytes(image.packed_file.data)
+    client = sys.modules.get(f"{MOD}.vendor.protocol.client") or __import__(
+        f"{MOD}.vendor.protocol.client", fromlist=["generate"])
+    expected = client.generate(prefs.address, dict(j.params), timeout=120)
+    without = dict(j.params)
+    del without["loras"]
+    plain = client.generate(prefs.address, without, timeout=120)
+    rgb8 = image_rgb8(image)
+    out["pixels_equal_engine"] = rgb8 == list(expected.images[0].to_rgb_bytes())
+    out["lora_changes_pixels"] = rgb8 != list(plain.images[0].to_rgb_bytes())
+    s.loras[0].use, s.loras[0].weight = False, 1.0
+    assert bpy.ops.zimage.history_recall() == {"FINISHED"}
+    out["recalled"] = [(i.name, i.use, round(i.weight, 3)) for i in s.loras]
+
+
 class FakeLayout:
     """Stands in for UILayout (no UI in background mode): checks that every drawn property
     exists and every button names a registered operator."""
@@ -674,6 +720,7 @@ def main(extra_args=()) -> int:
     ap.add_argument("--local-port", type=int, default=0)
     ap.add_argument("--repo", default="")
     ap.add_argument("--model", default="")
+    ap.add_argument("--lora-dir", default="")
     ap.add_argument("--scenarios", required=True)
     ARGS = ap.parse_args()
     names = [n for n in ARGS.scenarios.split(",") if n]

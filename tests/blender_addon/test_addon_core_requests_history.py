@@ -137,3 +137,32 @@ def test_free_vram_needs_the_unload_cap_and_reports_what_it_freed():
     assert rq.can_free_vram({"unload", "txt2img"}) and not rq.can_free_vram({"txt2img"})
     assert rq.unloaded_notice(12 * 1024**3).startswith("12.0 GB of GPU memory freed")
     assert rq.unloaded_notice(0) == "GPU memory freed; the next job reloads the model"
+
+
+def test_loras_travel_from_settings_to_the_png_and_back():
+    caps = {"txt2img", "lora"}
+    s = rq.Settings(prompt="a wall", seed_random=False, seed=3,
+                          loras=(("brick", 0.5), ("moss", -1.0)))
+    req = rq.build_request(s, rq.EngineLimits(), caps)
+    assert req.params["loras"] == [{"name": "brick", "weight": 0.5},
+                                   {"name": "moss", "weight": -1.0}]
+    with pytest.raises(rq.RequestError) as e:
+        rq.build_request(s, rq.EngineLimits(), {"txt2img"})
+    assert e.value.code == "capability_unavailable"
+    bad = rq.Settings(prompt="a wall", loras=(("brick", 9.0),))
+    with pytest.raises(rq.RequestError) as e:
+        rq.build_request(bad, rq.EngineLimits(), caps)
+    assert "loras" in e.value.detail
+
+    rec = history.Record("a wall", 3, 8, 1024, 1024, "m", loras=(("brick", 0.5),))
+    assert history.parse_parameters(rec.parameters_json())["loras"] == [
+        {"name": "brick", "weight": 0.5}]
+    back = history.Record.from_image_props(rec.image_props(), "img")
+    assert back.loras == (("brick", 0.5),)
+    assert history.recall_settings(back)["loras"] == (("brick", 0.5),)
+    assert history.parse_loras("not json") == () and history.parse_loras([{"name": 3}]) == ()
+
+    welcome = {"loras": [{"name": "brick", "rank": 4, "trigger_words": "lhstyle"}, "junk",
+                         {"name": 5}]}
+    assert rq.engine_loras(welcome) == [{"name": "brick", "rank": 4,
+                                              "trigger_words": "lhstyle"}]

@@ -54,3 +54,37 @@ def test_readme_walkthrough_texture_from_the_tiny_model(addon_zip, tiny_model, t
     assert r["pixels_equal_engine"]
     assert 0 < r["pixel_mean"] < 255
     assert results["_process"]["rc"] == 0, results["_process"]["stderr"]
+
+
+def test_a_lora_from_the_engines_list_on_a_texture(addon_zip, tiny_model, tmp_path):
+    """issue 13: the sidebar's LoRA list comes from the engine's welcome; a texture made with
+    one records it (PNG parameters, image properties, history) and Recall restores it."""
+    import torch
+    from safetensors.torch import save_file
+
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    g = torch.Generator().manual_seed(3)
+    sd = {}
+    from safetensors import safe_open
+    for f in sorted((tiny_model / "transformer").glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                if k.endswith(("attention.to_q.weight", "attention.to_v.weight")):
+                    out_f, in_f = st.get_slice(k).get_shape()
+                    key = "lora_unet_" + k[: -len(".weight")].replace(".", "_")
+                    sd[f"{key}.lora_down.weight"] = torch.randn(4, in_f, generator=g) * 0.3
+                    sd[f"{key}.lora_up.weight"] = torch.randn(out_f, 4, generator=g) * 0.3
+    assert sd
+    save_file(sd, str(loras / "moss style.safetensors"))
+    results = run_scenarios(addon_zip["path"], ["install", "readme_walkthrough", "lora_texture"],
+                            tmp_path, timeout=300, local_port=free_port(), repo=ROOT,
+                            model=tiny_model, lora_dir=loras)
+    r = check(results, "lora_texture")
+    assert r["listed"] == [("moss style", 4, False, True)], r["engine_log"]
+    assert "template_list" not in r["panel"] and "ZIMAGE_UL_loras" in r["panel"]
+    assert r["phase"] == "done", r["error"]
+    assert r["params_loras"] == [{"name": "moss style", "weight": 0.5}]
+    assert r["image_loras"] and "moss style" in r["image_loras"] and r["png_has_loras"]
+    assert r["pixels_equal_engine"] and r["lora_changes_pixels"]
+    assert r["recalled"] == [("moss style", True, 0.5)]
