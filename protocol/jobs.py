@@ -184,13 +184,20 @@ class JobTracking:
         elif code != "not_finished":
             self._emit("error", jid, data)
 
+    WELCOME_KEYS = ("version", "engine", "caps", "limits", "epoch", "heartbeat_ms", "session",
+                    "loras")
+
+    @classmethod
+    def _welcome_event(cls, header: dict) -> dict:
+        """What a `welcome` event carries to the host app (loras only when the engine lists
+        them, so hosts can tell an engine without LoRAs from one with none)."""
+        return {k: header.get(k) for k in cls.WELCOME_KEYS if k != "loras" or k in header}
+
     def _on_welcome(self, header: dict, now: float) -> None:
         if self._welcomed and header.get("epoch") == self.epoch and "re" not in header:
             # unsolicited update (e.g. the model finished loading): new caps/state only
             self.welcome = header
-            self._emit("welcome", None, {k: header.get(k) for k in
-                                         ("version", "engine", "caps", "limits", "epoch",
-                                          "heartbeat_ms", "session")})
+            self._emit("welcome", None, self._welcome_event(header))
             return
         old_epoch = self.epoch
         self.epoch = header.get("epoch")
@@ -204,9 +211,7 @@ class JobTracking:
                                        "reconnected": reconnected,
                                        "engine_restarted": bool(old_epoch and
                                                                 old_epoch != self.epoch)})
-        self._emit("welcome", None, {k: header.get(k) for k in
-                                     ("version", "engine", "caps", "limits", "epoch",
-                                      "heartbeat_ms", "session")})
+        self._emit("welcome", None, self._welcome_event(header))
         if old_epoch is not None and old_epoch != self.epoch:
             for job in list(self._jobs.values()):
                 if not job.terminal and job.state != JobState.PENDING:

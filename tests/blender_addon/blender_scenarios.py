@@ -597,7 +597,9 @@ def lora_texture(out):
     ok = tick_until(lambda: r.connection == "connected" and len(s.loras) > 0
                     and ((r.board.welcome or {}).get("engine") or {}).get("state") == "ready", 90)
     out["engine_log"] = r.engine.log_tail(8) if r.engine else []
-    assert ok, "no LoRA list from the engine"
+    assert ok, (f"no LoRA list from the engine: {r.connection}, "
+                f"{(r.board.welcome or {}).get('engine')}, {(r.board.welcome or {}).get('loras')}"
+                f", {len(s.loras)}, {out['engine_log']}")
     out["listed"] = [(i.name, i.rank, i.use, i.offered) for i in s.loras]
     log = []
     panel = next(getattr(bpy.types, n) for n in dir(bpy.types)

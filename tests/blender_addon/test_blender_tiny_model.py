@@ -81,10 +81,10 @@ def test_a_lora_from_the_engines_list_on_a_texture(addon_zip, tiny_model, tmp_pa
                             tmp_path, timeout=300, local_port=free_port(), repo=ROOT,
                             model=tiny_model, lora_dir=loras)
     r = check(results, "lora_texture")
-    assert r["listed"] == [("moss style", 4, False, True)], r["engine_log"]
+    assert r["listed"] == [["moss style", 4, False, True]], r
     assert "template_list" not in r["panel"] and "ZIMAGE_UL_loras" in r["panel"]
     assert r["phase"] == "done", r["error"]
     assert r["params_loras"] == [{"name": "moss style", "weight": 0.5}]
     assert r["image_loras"] and "moss style" in r["image_loras"] and r["png_has_loras"]
     assert r["pixels_equal_engine"] and r["lora_changes_pixels"]
-    assert r["recalled"] == [("moss style", True, 0.5)]
+    assert r["recalled"] == [["moss style", True, 0.5]]
