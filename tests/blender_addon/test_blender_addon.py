@@ -50,8 +50,8 @@ def test_install_enables_the_built_zip(results):
     assert r["result"] == ["FINISHED"] and r["enabled"] and r["runtime"]
     assert r["has_props"] and r["has_operator"] and r["vendored_client"]
     # main + 4 sub-panels in the 3D view and the image editor (+ Touch Up there), main +
-    # Texture in the Shader Editor, + "Texture from Views" (3D view)
-    assert len(r["panels"]) == 14
+    # Texture in the Shader Editor, + "Texture from Views" (3D view), + LoRAs (3D view, image)
+    assert len(r["panels"]) == 16
     if results["_wheels"] and sys.platform.startswith("linux"):
         assert r["wheel_installed"], "the bundled pyzmq wheel was not installed"
 
@@ -145,7 +145,7 @@ def test_concept_depth_to_reference_image(results):
 
 def test_panels_draw_without_errors(results):
     r = check(results, "panels_draw")
-    assert len(r["drawn"]) == 14
+    assert len(r["drawn"]) == 16
     assert {"zimage.generate_texture", "zimage.generate_concept", "zimage.start_engine",
             "zimage.free_vram", "zimage.history_recall", "zimage.show_image"} <= set(
         r["operators"]), r["operators"]
