@@ -117,3 +117,16 @@ class LiveController:
         for phase in (QUEUED, RUNNING):
             n = sum(1 for f in self.frames.values() if f.phase == phase)
             self.peak[phase] = max(self.peak[phase], n)
+
+
+def live_size(aspect: float, long_side: int, min_side: int = 64, max_side: int = 2048,
+              multiple: int = 16) -> tuple[int, int]:
+    """width x height for a live frame: `long_side` on the long side, the camera's aspect,
+    both multiples of `multiple` inside the engine's side limits."""
+    if not (aspect > 0 and aspect < float("inf")):
+        aspect = 1.0
+    long_side = max(min_side, min(int(long_side), max_side))
+    short = max(min_side, min(max_side, int(round(long_side / max(aspect, 1 / aspect)
+                                                  / multiple)) * multiple))
+    long_side = long_side // multiple * multiple
+    return (long_side, short) if aspect >= 1.0 else (short, long_side)

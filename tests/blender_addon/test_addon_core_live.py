@@ -59,3 +59,11 @@ def test_stop_returns_what_to_cancel_and_forgets_it():
     c.touch()
     assert c.stop() == ["x"] and not c.frames and not c.due()
     assert not c.handle(ev("result", "x", images=["late"])) and c.take() is None
+
+
+def test_live_size_keeps_the_long_side_and_the_aspect():
+    from blender_addon.core.live import live_size
+    assert live_size(16 / 9, 512) == (512, 288)
+    assert live_size(9 / 16, 768) == (432, 768)
+    assert live_size(1.0, 512) == (512, 512)
+    assert live_size(100.0, 512, min_side=64) == (512, 64)
