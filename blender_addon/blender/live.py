@@ -219,7 +219,7 @@ def _send_frame(st: _State, rt) -> None:
         if mode == "depth":
             png = capture.capture_depth(bpy.context, scene, "CAMERA", w, h)
         else:
-            png = capture.capture_color(bpy.context, scene, "CAMERA", w, h)
+            png = capture.capture_color(bpy.context, scene, "CAMERA", w, h, quick=True)
     finally:
         st.capturing = False
     capture_ms = (time.perf_counter() - t0) * 1000.0
