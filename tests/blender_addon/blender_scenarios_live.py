@@ -90,6 +90,7 @@ def live_follows_the_scene(out):
     out["handler_on"] = lv._on_depsgraph in bpy.app.handlers.depsgraph_update_post
     out["timer_on"] = bpy.app.timers.is_registered(lv.tick)
     out["draw_handler_on"] = st.draw_handle is not None
+    lv._draw_overlay()          # headless Blender has no GPU drawing: it must not raise
     # the first frame (the scene as it is) is shown
     assert tick_live(lambda: st.ctrl.shown is not None), st.ctrl.error
     first_shown = st.ctrl.counts["shown"]
