@@ -77,6 +77,7 @@ class _State:
         self.params: dict = {}      # the params of the frame on screen
         self.last_capture: bytes | None = None
         self.timings: list[dict] = []   # per shown frame: scene change -> shown (benchmark)
+        self.view_key = None        # the 3D view's matrix, when the view is the source
 
 
 _STATE: _State | None = None
@@ -179,6 +180,10 @@ def tick():
     except Exception:
         log.exception("Z-Image Live: pump")
     try:
+        _watch_view(st)
+    except Exception:
+        log.exception("Z-Image Live: watching the view")
+    try:
         shown = st.ctrl.take()
         if shown is not None:
             _show(st, *shown)
@@ -195,6 +200,27 @@ def tick():
     return TICK
 
 
+def _live_view(scene):
+    """The 3D view to capture when the concept source is the current view and Blender has a
+    window (never in background mode); else None: the camera."""
+    if scene.zimage.concept_source != "VIEW":
+        return None
+    return capture.find_view3d(bpy.context)
+
+
+def _watch_view(st: _State) -> None:
+    """Navigating the view changes no datablock (no depsgraph update): compare its matrix."""
+    scene = bpy.data.scenes.get(st.scene_name)
+    view = _live_view(scene) if scene is not None else None
+    if view is None:
+        st.view_key = None
+        return
+    key = tuple(round(v, 5) for row in view[3].region_3d.view_matrix for v in row)
+    if st.view_key is not None and key != st.view_key:
+        st.ctrl.touch()
+    st.view_key = key
+
+
 def _send_frame(st: _State, rt) -> None:
     scene = bpy.data.scenes.get(st.scene_name)
     if scene is None:
@@ -204,12 +230,18 @@ def _send_frame(st: _State, rt) -> None:
     st.ctrl.debounce_s = lv.debounce_ms / 1000.0
     welcome = rt.board.welcome
     limits, caps = rq.EngineLimits.from_welcome(welcome), rq.capabilities(welcome)
-    if scene.camera is None:
+    view = _live_view(scene)
+    source = "VIEW" if view is not None else "CAMERA"
+    if view is None and scene.camera is None:
         st.ctrl.error = "The scene has no camera to follow."
         st.ctrl.changed_at = None
         return
     r = scene.render
-    aspect = (r.resolution_x * r.pixel_aspect_x) / max(1e-6, r.resolution_y * r.pixel_aspect_y)
+    if view is not None:
+        aspect = view[2].width / max(1, view[2].height)
+    else:
+        aspect = (r.resolution_x * r.pixel_aspect_x) / max(1e-6,
+                                                           r.resolution_y * r.pixel_aspect_y)
     w, h = core.live_size(aspect, int(lv.size), limits.min_side, limits.max_side,
                           limits.side_multiple)
     mode = "depth" if lv.context == "DEPTH" else "img2img"
@@ -217,9 +249,9 @@ def _send_frame(st: _State, rt) -> None:
     st.capturing = True         # our own render changes settings: not a scene change
     try:
         if mode == "depth":
-            png = capture.capture_depth(bpy.context, scene, "CAMERA", w, h)
+            png = capture.capture_depth(bpy.context, scene, source, w, h)
         else:
-            png = capture.capture_color(bpy.context, scene, "CAMERA", w, h, quick=True)
+            png = capture.capture_color(bpy.context, scene, source, w, h, quick=True)
     finally:
         st.capturing = False
     capture_ms = (time.perf_counter() - t0) * 1000.0
@@ -330,7 +362,7 @@ class ZIMAGE_OT_live(bpy.types.Operator):
         rt = runtime.get()
         if rt is None:
             return {"CANCELLED"}
-        if context.scene.camera is None:
+        if context.scene.camera is None and _live_view(context.scene) is None:
             self.report({"ERROR"}, "Live needs a scene camera to follow.")
             return {"CANCELLED"}
         if not context.scene.zimage.prompt.strip():
