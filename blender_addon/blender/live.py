@@ -157,12 +157,13 @@ def _on_depsgraph(scene, depsgraph) -> None:
             idb = update.id
             if type(idb).__name__ in _IGNORED or getattr(idb, "bl_rna", None) is None:
                 continue
-            if isinstance(idb, bpy.types.Scene):
-                continue
-            if (update.is_updated_transform or update.is_updated_geometry
-                    or update.is_updated_shading or isinstance(idb, bpy.types.Object)):
-                st.ctrl.touch()
-                return
+            if isinstance(idb, bpy.types.Object):
+                # a moved, edited or re-shaded object (not a selection change)
+                if not (update.is_updated_transform or update.is_updated_geometry
+                        or update.is_updated_shading):
+                    continue
+            st.ctrl.touch()     # the data of a mesh, material, light, camera, world ...
+            return
     except Exception:           # never let a handler raise into Blender's update loop
         log.exception("Z-Image Live: depsgraph handler")
 

@@ -145,6 +145,40 @@ def live_follows_the_scene(out):
 
 
 @scenario
+def live_sees_what_the_camera_sees(out):
+    """Which edits start a frame: materials, lights, the camera do; a selection does not."""
+    setup_live(debounce_ms=10_000)               # nothing is sent while this looks
+    lv = live()
+    assert bpy.ops.zimage.live() == {"FINISHED"}
+    st = lv.state()
+    obj = cube()
+    light = next(o for o in bpy.data.objects if o.type == "LIGHT")
+    camera = bpy.context.scene.camera
+    mat = bpy.data.materials.new("live test")
+    if not obj.material_slots:
+        obj.data.materials.append(mat)
+    edits = {
+        "select": lambda: obj.select_set(not obj.select_get()),
+        "material_colour": lambda: setattr(obj.material_slots[0].material, "diffuse_color",
+                                           (0.1, 0.7, 0.2, 1.0)),
+        "light_energy": lambda: setattr(light.data, "energy", light.data.energy + 100.0),
+        "camera_move": lambda: setattr(camera, "location", camera.location * 1.1),
+        "camera_lens": lambda: setattr(camera.data, "lens", camera.data.lens + 5.0),
+        "mesh_edit": lambda: obj.data.vertices[0].co.__setitem__(0, 1.3),
+    }
+    out["touched"] = {}
+    for name, edit in edits.items():
+        bpy.context.view_layer.update()
+        st.ctrl.changed_at = None
+        edit()
+        if name == "mesh_edit":
+            obj.data.update()
+        bpy.context.view_layer.update()
+        out["touched"][name] = st.ctrl.changed_at is not None
+    bpy.ops.zimage.live()
+
+
+@scenario
 def live_stops_on_disconnect_and_file_load(out):
     setup_live(debounce_ms=0, steps=8)
     lv = live()

@@ -11,7 +11,8 @@ from blender_harness import check, have_bpy, run_scenarios, start_standin
 pytestmark = [pytest.mark.blender,
               pytest.mark.skipif(not have_bpy(), reason="needs bpy (pip install bpy==5.0.1)")]
 
-SCENARIOS = ["install", "live_follows_the_scene", "live_stops_on_disconnect_and_file_load"]
+SCENARIOS = ["install", "live_follows_the_scene", "live_sees_what_the_camera_sees",
+             "live_stops_on_disconnect_and_file_load"]
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,12 @@ def test_toggling_off_leaves_nothing_behind(results):
     r = check(results, "live_follows_the_scene")["off"]
     assert r == {"state": True, "handler": False, "timer": False, "runtime_live": False,
                  "live_images": ["Z-Image Live"]}, r
+
+
+def test_edits_the_camera_sees_start_a_frame_and_a_selection_does_not(results):
+    r = check(results, "live_sees_what_the_camera_sees")["touched"]
+    assert r == {"select": False, "material_colour": True, "light_energy": True,
+                 "camera_move": True, "camera_lens": True, "mesh_edit": True}, r
 
 
 def test_disconnect_and_loading_a_file_stop_live(results):
