@@ -46,6 +46,14 @@ def undo_steps() -> list[str]:
     return artist.undo_steps()
 
 
+def rss_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
 def tick_live(until, timeout: float = 20.0, peak: dict | None = None) -> bool:
     lv = live()
     end = time.monotonic() + timeout
@@ -96,7 +104,10 @@ def live_follows_the_scene(out):
     first_shown = st.ctrl.counts["shown"]
     sent0 = st.ctrl.counts["sent"]
     peak: dict = {}
+    rss = []
     for i in range(20):
+        if i in (5, 19):
+            rss.append(rss_mib())
         obj.location.x += 0.15
         bpy.context.view_layer.update()          # Blender runs this after an edit
         assert st.ctrl.changed_at is not None, "the depsgraph handler saw no change"
@@ -122,6 +133,8 @@ def live_follows_the_scene(out):
                                                           quick=True)
     out["final_capture_matches"] = echo_colour(again) == out["expected_colour"]
     out["live_images"] = live_images()
+    out["images_total"] = len(bpy.data.images)
+    out["rss_growth_mib_frames_5_to_19"] = round(rss[1] - rss[0], 1)
     out["undo_steps_added"] = [s for s in undo_steps() if s not in steps_before]
     out["history"] = len(scene.zimage.history)
     # Keep: the frame on screen becomes a concept result (one undo step, like any apply)
