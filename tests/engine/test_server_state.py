@@ -238,3 +238,35 @@ def test_live_key_is_bounded(live):
     with pytest.raises(Exception) as info:
         submit(st, b"r1", S1, "j", live=live)
     assert getattr(info.value, "field", None) == "live"
+
+
+def test_twenty_live_frames_keep_at_most_one_running_and_one_queued():
+    st = Recorder()
+    hello(st, b"r1", S1)
+    hello(st, b"r2", S2)
+    submit(st, b"r2", S2, "other")            # another client's job keeps its turn
+    for i in range(20):
+        submit(st, b"r1", S1, f"f{i}", live="cam")
+        st._dispatch()
+        if i == 0:
+            assert st._running.id == "other"     # it was first: its turn is kept
+        if i == 3:                               # it finishes; live frames run from now on
+            other = st._running
+            st._events.put(("done", other, (JobState.SUCCEEDED,
+                                             ({"type": "result", "job_id": "other"}, []))))
+            st._drain_events()
+            st._dispatch()
+        mine = [j for j in st.jobs.values() if j.session_id == S1]
+        running = [j for j in mine if j.state is JobState.RUNNING
+                   and not j.cancel_event.is_set()]
+        queued = [j for j in mine if j.state is JobState.QUEUED]
+        assert len(running) <= 1 and len(queued) <= 1, (i, running, queued)
+        r = st._running
+        if r is not None and r.cancel_event.is_set():      # the worker stops at its step
+            st._events.put(("done", r, (JobState.CANCELLED, 1)))
+            st._drain_events()
+    st._dispatch()
+    states = [st.jobs[f"f{i}"].state for i in range(20)]
+    assert states.count(JobState.CANCELLED) == 19 and st.counters["superseded"] == 19
+    assert st.jobs["other"].state is JobState.SUCCEEDED
+    assert st.jobs["f19"].state is JobState.RUNNING      # the newest frame runs
