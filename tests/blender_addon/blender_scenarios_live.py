@@ -214,6 +214,38 @@ def live_stops_on_disconnect_and_file_load(out):
 
 
 @scenario
+def live_on_an_engine_without_live_keys(out):
+    """An older engine (no `live` capability): the add-on cancels the stale frames itself."""
+    connect(base.ARGS.pre_live)
+    settings(prompt="a clay sculpture", steps=4)
+    lv_props = bpy.context.scene.zimage_live
+    lv_props.debounce_ms, lv_props.steps = 30, 4
+    out["caps_have_live"] = "live" in (rt().board.welcome or {}).get("caps", [])
+    lv = live()
+    assert bpy.ops.zimage.live() == {"FINISHED"}
+    st = lv.state()
+    assert tick_live(lambda: st.ctrl.shown is not None), st.ctrl.error
+    peak: dict = {}
+    obj = cube()
+    for i in range(8):
+        obj.location.y += 0.15
+        bpy.context.view_layer.update()
+        n = st.ctrl.counts["sent"]
+        assert tick_live(lambda: st.ctrl.counts["sent"] > n, 10, peak)
+    final = st.ctrl.number
+    assert tick_live(lambda: st.ctrl.shown.number == final, 30, peak)
+    out["peak"] = peak
+    out["shown_is_last"] = st.ctrl.shown.number == final
+    image = bpy.data.images[lv.LIVE_NAME]
+    w, h = image.size
+    mid = ((h // 2) * w + w // 2) * 4
+    out["colour_ok"] = [round(v * 255) for v in image.pixels[mid:mid + 3]] == \
+        echo_colour(st.last_capture)
+    bpy.ops.zimage.live()
+    connect(base.ARGS.engine)
+
+
+@scenario
 def live_bench(out):
     """Benchmark (scripts/bench_addon.py --live): scene change -> frame shown, minus the
     debounce and the engine's compute time; and the capture alone."""
@@ -248,4 +280,4 @@ def live_bench(out):
 
 
 if __name__ == "__main__":
-    sys.exit(base.main())
+    sys.exit(base.main((("--pre-live", ""),)))

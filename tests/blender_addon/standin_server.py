@@ -66,6 +66,20 @@ class TilingStandIn(StandInPipeline):
         return result
 
 
+class PreLiveServer(EngineServer):
+    """An engine from before live keys (--pre-live 1): no `live` capability, the field
+    ignored, as any v1 engine ignores fields it does not know."""
+
+    def _welcome(self, s, mid, resume_jobs):
+        h = super()._welcome(s, mid, resume_jobs)
+        h["caps"] = [c for c in h["caps"] if c != "live"]
+        return h
+
+    def _on_submit(self, s, msg, now):
+        msg["live"] = None
+        super()._on_submit(s, msg, now)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bind", required=True)
@@ -74,6 +88,7 @@ def main() -> int:
     ap.add_argument("--min-side", type=int, default=64)
     ap.add_argument("--max-prompt-chars", type=int, default=Limits.max_prompt_chars)
     ap.add_argument("--curve-dir", default=None)
+    ap.add_argument("--pre-live", default="0", help="1: an engine without live keys")
     ap.add_argument("--echo-hash", default="0",
                     help="1: an image input comes back as one colour from its hash")
     args = ap.parse_args()
@@ -84,7 +99,8 @@ def main() -> int:
     if args.curve_dir:
         curve = {"curve_secret_file": os.path.join(args.curve_dir, "server.key_secret"),
                  "curve_authorized_dir": os.path.join(args.curve_dir, "authorized_clients")}
-    server = EngineServer(pipe, bind=args.bind, limits=Limits(
+    cls = PreLiveServer if args.pre_live == "1" else EngineServer
+    server = cls(pipe, bind=args.bind, limits=Limits(
         min_side=args.min_side, max_prompt_chars=args.max_prompt_chars), **curve)
     server.start()
     stop = threading.Event()

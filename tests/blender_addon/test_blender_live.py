@@ -12,18 +12,20 @@ pytestmark = [pytest.mark.blender,
               pytest.mark.skipif(not have_bpy(), reason="needs bpy (pip install bpy==5.0.1)")]
 
 SCENARIOS = ["install", "live_follows_the_scene", "live_sees_what_the_camera_sees",
-             "live_stops_on_disconnect_and_file_load"]
+             "live_on_an_engine_without_live_keys", "live_stops_on_disconnect_and_file_load"]
 
 
 @pytest.fixture(scope="module")
 def results(addon_zip, tmp_path_factory):
     engine = start_standin(0.1, echo_hash=1)
+    pre_live = start_standin(0.1, echo_hash=1, pre_live=1)
     try:
         return run_scenarios(addon_zip["path"], SCENARIOS, tmp_path_factory.mktemp("blender"),
                              timeout=400, script="blender_scenarios_live.py",
-                             engine=engine.address)
+                             engine=engine.address, pre_live=pre_live.address)
     finally:
         engine.stop()
+        pre_live.stop()
 
 
 def test_twenty_quick_moves_newest_frame_wins(results):
@@ -61,6 +63,12 @@ def test_edits_the_camera_sees_start_a_frame_and_a_selection_does_not(results):
     r = check(results, "live_sees_what_the_camera_sees")["touched"]
     assert r == {"select": False, "material_colour": True, "light_energy": True,
                  "camera_move": True, "camera_lens": True, "mesh_edit": True}, r
+
+
+def test_an_engine_without_live_keys_gets_the_stale_frames_cancelled(results):
+    r = check(results, "live_on_an_engine_without_live_keys")
+    assert not r["caps_have_live"], r
+    assert r["shown_is_last"] and r["colour_ok"], r
 
 
 def test_disconnect_and_loading_a_file_stop_live(results):
