@@ -78,7 +78,7 @@ def cmd_generate(args) -> int:
         client.close()
         raise
     job_id = client.submit(params, result_format=args.format, preview_every=0,
-                           deadline_ms=int(args.timeout * 1000))
+                           deadline_ms=int(args.timeout * 1000), live=args.live)
     show = not args.quiet
     downloading = False         # the engine reports its model download: keep that line
     end = time.monotonic() + args.timeout
@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the engine's connection file (token); default: found from --engine")
     g.add_argument("--curve-server-key", help="engine public key file (server.key)")
     g.add_argument("--curve-client-key", help="this client's secret key file (NAME.key_secret)")
+    g.add_argument("--live", default=None, metavar="KEY",
+                   help="live key: a later job of this client with the same key supersedes "
+                   "this one (the engine's `live` capability)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=cmd_generate)
     return parser

@@ -121,9 +121,13 @@ class EngineClient(JobTracking):
     def submit(self, params: dict, blobs: dict | None = None, result_format: str = "raw",
                preview_every: int = 1, preview_max_side: int = 256, *,
                job_id: str | None = None, deadline_ms: int | None = None,
-               priority: str = "normal") -> str:
+               priority: str = "normal", live: str | None = None) -> str:
         """Queue a job; returns its id at once. Problems the engine finds arrive as an
-        `error` event; a params dict that cannot be encoded raises ProtocolError here."""
+        `error` event; a params dict that cannot be encoded raises ProtocolError here.
+
+        live: a key (`[A-Za-z0-9_.-]{1,64}`); a later submit of this client with the same key
+        supersedes this job (newest frame wins: it ends `cancelled`, reason `superseded`).
+        Needs the engine's `live` capability; older engines ignore it."""
         if not isinstance(params, dict):
             raise ProtocolError("invalid_params", "params must be a dict", field="params")
         job_id = job_id or uuid.uuid4().hex
@@ -153,6 +157,8 @@ class EngineClient(JobTracking):
                            "preview_max_side": preview_max_side}}
         if descs:
             header["blobs"] = descs
+        if live is not None:
+            header["live"] = live
         try:
             encode(header)
         except (TypeError, ValueError) as exc:

@@ -45,6 +45,9 @@ class JobState(str, Enum):
         return self.value
 
 
+# `cancelled.reason` of a job replaced by a newer one with the same live key (PROTOCOL.md §4)
+SUPERSEDED = "superseded"
+
 JOB_STATES = tuple(s.value for s in JobState if s is not JobState.PENDING)   # on the wire
 TERMINAL_STATES = tuple(s.value for s in JobState if s.terminal)
 
@@ -423,6 +426,8 @@ def _validate_request(header: dict, blobs: list, limits: Limits) -> dict:
         }
         out["priority"] = _enum(_get(header, "priority", "priority", "normal"), "priority",
                                 ("normal", "high"))
+        live = header.get("live")   # newest frame wins (§4, `live` capability)
+        out["live"] = None if live is None else _str(live, "live", 1, 64, _ID_RE)
         out["params"] = validate_params(_get(header, "params", "params"), descs, limits)
     elif kind == "cancel":
         if header.get("all") is not None and _structural(_bool, header["all"], "all"):

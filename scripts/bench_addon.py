@@ -30,6 +30,15 @@ throwaway Blender user profile exactly as the tests do, starts a stand-in engine
     every timer tick (pump + projection, called as Blender's timers would), the time from the
     last view's image arriving to the texture applied, and the peak RSS the run added.
 
+(d) Live mode (`--parts live`; blender/live.py): the live_bench scenario of
+    tests/blender_addon/blender_scenarios_live.py in its own headless Blender, against a
+    stand-in engine (`--live-step-seconds` per step, 4 steps) that echoes a colour of its input:
+    `--live-runs` single moves of the cube, each waited out; for each, the time from the scene
+    change (the depsgraph handler) to the new frame in "Z-Image Live", minus the debounce
+    (150 ms) and minus the engine's compute time (its generate_ms), and the capture alone
+    (a Workbench render of the camera at 512 on the long side, PNG). The live timer is driven
+    in a tight loop here; Blender's own timer (every 20 ms) can add up to 2 x 20 ms.
+
 Prints markdown tables (docs/benchmarks.md, "Add-on (Blender)").
 """
 
@@ -103,11 +112,18 @@ def main() -> int:
                     help="which measurements: apply, stalls, projection")
     ap.add_argument("--subdiv", default="2,3", help="Subdivision levels of Suzanne for (c)")
     ap.add_argument("--texture", type=int, default=2048)
+    ap.add_argument("--live-runs", type=int, default=15)
+    ap.add_argument("--live-step-seconds", type=float, default=0.02)
     args = ap.parse_args()
     parts = set(args.parts.split(","))
 
     tmp = Path(tempfile.mkdtemp(prefix="zimage_bench_"))
     zip_path = args.zip or build_zip(tmp / "zimage_studio.zip")
+    if "live" in parts:
+        bench_live(zip_path, tmp, args)
+        if parts == {"live"}:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return 0
     engine, address = start_engine(args.step_seconds)
     try:
         import bpy
@@ -396,6 +412,36 @@ def report_projection(args, rows) -> None:
 
 
 # ---- report ------------------------------------------------------------------------------
+
+# ---- (d) live mode -------------------------------------------------------------------------
+
+def bench_live(zip_path: Path, tmp: Path, args) -> None:
+    sys.path.insert(0, str(ROOT / "tests" / "blender_addon"))
+    from blender_harness import run_scenarios, start_standin
+    engine = start_standin(args.live_step_seconds, echo_hash=1)
+    os.environ["ZIMAGE_LIVE_BENCH_N"] = str(args.live_runs)
+    try:
+        res = run_scenarios(zip_path, ["install", "live_bench"], tmp, timeout=900,
+                            script="blender_scenarios_live.py", engine=engine.address)
+    finally:
+        engine.stop()
+    r = res.get("live_bench") or {}
+    if not r.get("ok"):
+        print("live bench failed:", r.get("error") or res.get("_process"))
+        return
+    w, h = r["size"]
+    print(f"\nMachine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()}.")
+    print(f"\n(d) Live: {r['n']} single moves of the cube, each frame {w}x{h}, 4 steps, "
+          f"stand-in engine {args.live_step_seconds}s per step, debounce 150 ms\n")
+    print("| measure | median ms | max ms |")
+    print("|---|---|---|")
+    for key, label in (("beyond_debounce_and_compute_ms", "scene change -> frame shown, minus "
+                        "debounce and engine compute"),
+                       ("capture_ms", "capture alone (Workbench render of the camera, PNG)"),
+                       ("compute_ms", "engine compute (stand-in, generate_ms)"),
+                       ("change_to_shown_ms", "scene change -> frame shown, all of it")):
+        print(f"| {label} | {r[key]['median']} | {r[key]['max']} |")
+
 
 def cpu_name() -> str:
     try:

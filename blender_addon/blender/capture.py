@@ -97,8 +97,10 @@ def _render_settings(snap: Snapshot, scene, width: int, height: int, path: str) 
     snap.set(scene.view_settings, "gamma", 1.0)
 
 
-def capture_color(context, scene, source: str, width: int, height: int) -> bytes:
-    """PNG bytes of the view at width x height."""
+def capture_color(context, scene, source: str, width: int, height: int, *,
+                  quick: bool = False) -> bytes:
+    """PNG bytes of the view at width x height. `quick` (live frames): the camera's Workbench
+    render without its 8-sample anti-aliasing (FXAA instead) and an uncompressed PNG."""
     folder = tempfile.mkdtemp(prefix="zimage_capture_")
     path = os.path.join(folder, "capture.png")
     snap = Snapshot()
@@ -121,6 +123,9 @@ def capture_color(context, scene, source: str, width: int, height: int) -> bytes
                 shading = scene.display.shading
                 snap.set(shading, "light", "STUDIO")
                 snap.set(shading, "color_type", "MATERIAL")
+                if quick:
+                    snap.set(scene.display, "render_aa", "FXAA")
+                    snap.set(scene.render.image_settings, "compression", 0)
             with context.temp_override(scene=scene):
                 bpy.ops.render.render(write_still=True, scene=scene.name)
         with open(path, "rb") as fh:

@@ -231,6 +231,8 @@ class ConceptPanel(_Base):
         col = layout.column()
         col.enabled = ok
         draw_job(col, "concept", "Generate Concept", "zimage.generate_concept")
+        from . import live
+        live.draw_panel(layout, context)
 
 
 class PreviewPanel(_Base):

@@ -6,10 +6,10 @@ import atexit
 
 import bpy
 
-from . import install, operators, panels, project_ui, props, pump, runtime
+from . import install, live, operators, panels, project_ui, props, pump, runtime
 
 CLASSES = (props.CLASSES + operators.CLASSES + panels.CLASSES + project_ui.CLASSES
-           + install.CLASSES)
+           + install.CLASSES + live.CLASSES)
 
 
 def _at_exit():
@@ -25,6 +25,7 @@ def register():
     for menu, fn in operators.MENUS:
         getattr(bpy.types, menu).append(fn)
     project_ui.register_props()
+    live.register_props()
     runtime.create()
     if runtime.on_load_pre not in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.append(runtime.on_load_pre)
@@ -33,6 +34,7 @@ def register():
 
 
 def unregister():
+    live.stop("the add-on was disabled")
     pump.stop()
     atexit.unregister(_at_exit)
     if runtime.on_load_pre in bpy.app.handlers.load_pre:
@@ -41,6 +43,7 @@ def unregister():
     runtime.destroy()
     for menu, fn in operators.MENUS:
         getattr(bpy.types, menu).remove(fn)
+    live.unregister_props()
     project_ui.unregister_props()
     props.unregister_props()
     for cls in reversed(CLASSES):

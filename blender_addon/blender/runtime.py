@@ -118,6 +118,11 @@ def user_dir() -> str:
         return path
 
 
+def _stop_live(why: str) -> None:
+    from . import live
+    live.stop(why)
+
+
 class Runtime:
     def __init__(self):
         self.board = JobBoard(connect_timeout=10.0)
@@ -132,6 +137,7 @@ class Runtime:
         self._encoding: list = []   # (result effect, future) not handed to the glue yet
         self.auth_problem: str | None = None   # unauthorized / handshake_failed, until welcome
         self._probed_at = 0.0
+        self.live = None            # core.live.LiveController while Live is on (blender.live)
 
     # ---- connection ---------------------------------------------------------------------
     def connect(self, address: str | None = None):
@@ -154,6 +160,7 @@ class Runtime:
         return self.client
 
     def disconnect(self) -> None:
+        _stop_live("disconnected")
         client, self.client = self.client, None
         for slot in list(self.board.jobs):
             job = self.board.active(slot)
@@ -213,6 +220,8 @@ class Runtime:
         if self.client is not None:
             for ev in self.client.poll():
                 try:
+                    if self.live is not None and self.live.handle(ev):
+                        continue            # a live frame: blender.live draws it
                     effects.extend(self.board.handle(ev))
                 except Exception:
                     log.exception("handling %r", ev)
@@ -272,6 +281,7 @@ class Runtime:
 
     def drop_jobs(self, why: str) -> None:
         """Cancel every job in flight (nothing of theirs is applied)."""
+        _stop_live(why)
         for slot in list(self.board.jobs):
             job_id = self.board.cancel(slot)
             if job_id and self.client is not None:

@@ -25,7 +25,8 @@ from typing import Any, Callable
 import engine
 from protocol import PROTOCOL_VERSION
 from protocol.errors import CODES
-from protocol.messages import DEFAULT_LIMITS, JobState, Limits, required_capabilities
+from protocol.messages import (DEFAULT_LIMITS, SUPERSEDED, JobState, Limits,
+                               required_capabilities)
 from protocol.request import GenerateRequest
 from protocol.wire import SIGNATURE, encode_header
 
@@ -83,6 +84,7 @@ class Job:
     finished: float = 0.0
     cancel_event: threading.Event = field(default_factory=threading.Event)
     cancel_reason: str = "client"
+    live: str | None = None         # the submit's live key: a newer one supersedes this job
 
 
 
@@ -370,7 +372,8 @@ class EngineState:
 
     def _welcome(self, s: Session, mid, resume_jobs: list) -> dict:
         info = self._pipe_info()
-        caps = list(info.get("capabilities", [])) + ["result.raw", "result.png", "preview.jpeg"]
+        caps = list(info.get("capabilities", [])) + ["result.raw", "result.png", "preview.jpeg",
+                                                     "live"]
         if self.pipeline is not None and hasattr(self.pipeline, "unload"):
             caps.append("unload")
         h = {"type": "welcome", "version": PROTOCOL_VERSION, "session": s.id,
@@ -470,6 +473,8 @@ class EngineState:
                             f"{', '.join(sorted(have))})", job_id=jid, re=mid,
                             field=f"params.{key}")
                 return
+        if msg.get("live") is not None:
+            self._supersede(s, msg["live"])
         retry = max(200, int(self._avg_job_s * 1000))
         if len(s.queue) >= self.limits.max_queue_per_session:
             self._error(s, s.route, "queue_full", f"this session already has {len(s.queue)} "
@@ -487,7 +492,8 @@ class EngineState:
         req = GenerateRequest.from_clean(msg["params"]).with_seed()
         params = req.to_params()
         job = Job(jid, s.id, s.user_id, params, msg["want"], msg["blobs"], msg["_raw_blobs"],
-                  fp, now, now + msg["deadline_ms"] / 1000.0, msg["priority"])
+                  fp, now, now + msg["deadline_ms"] / 1000.0, msg["priority"],
+                  live=msg.get("live"))
         job.steps = params["steps"]
         self.jobs[jid] = job
         self._input_bytes += in_bytes
@@ -575,6 +581,20 @@ class EngineState:
             elif not msg["all"]:
                 self._send(s, {"type": "jobs", "re": mid, "jobs": [self._snapshot(job.id,
                                                                                    s.id)]})
+
+    def _supersede(self, s: Session, live: str) -> None:
+        """Newest frame wins: this session's queued jobs with the same live key are dropped
+        at once, its running one stops at the next step boundary (`cancelled`, reason
+        `superseded`). Only the submitting session's own jobs are looked at."""
+        for job in [j for j in s.queue if j.live == live]:
+            self._cancel_queued(job, SUPERSEDED)
+            self.counters["superseded"] += 1
+        r = self._running
+        if (r is not None and r.session_id == s.id and r.live == live
+                and r.state == JobState.RUNNING and not r.cancel_event.is_set()):
+            r.cancel_reason = SUPERSEDED
+            r.cancel_event.set()
+            self.counters["superseded"] += 1
 
     def _cancel_queued(self, job: Job, reason: str | None) -> None:
         s = self.sessions.get(job.session_id)

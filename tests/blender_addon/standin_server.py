@@ -3,7 +3,7 @@ stand-in pipeline, with a chosen capability list, for the add-on's plumbing test
 
     python tests/blender_addon/standin_server.py --bind tcp://127.0.0.1:PORT \
         [--step-seconds 0.1] [--caps txt2img,img2img,control,control.depth] [--min-side 64]
-        [--max-prompt-chars N] [--curve-dir DIR]
+        [--max-prompt-chars N] [--curve-dir DIR] [--echo-hash 1]
 
 With `tile` in --caps, a request with `tile` gets a tiling test image (a stand-in for the
 real pipeline's circular VAE padding): periodic along the tiled axes, so the opposite edges
@@ -43,13 +43,41 @@ def tiling_image(seed: int, width: int, height: int, tile: str) -> np.ndarray:
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
+def echo_colour(rgb: bytes) -> tuple[int, int, int]:
+    """The colour the --echo-hash stand-in paints for an input image's RGB8 pixels."""
+    import hashlib
+    return tuple(hashlib.sha256(bytes(rgb)).digest()[:3])
+
+
 class TilingStandIn(StandInPipeline):
+    echo_hash = False
+
     def generate(self, req, on_progress=None, should_cancel=None):
         result = super().generate(req, on_progress, should_cancel)
+        source = req.init_image if req.init_image is not None else req.control_image
+        if self.echo_hash and source is not None:
+            # one colour from a hash of the input: the result shows which input it came from
+            colour = echo_colour(np.ascontiguousarray(source, np.uint8).tobytes())
+            result.images = [np.full((req.height, req.width, 3), colour, np.uint8)
+                             for _ in result.seeds]
         if getattr(req, "tile", None):
             result.images = [tiling_image(s, req.width, req.height, req.tile)
                              for s in result.seeds]
         return result
+
+
+class PreLiveServer(EngineServer):
+    """An engine from before live keys (--pre-live 1): no `live` capability, the field
+    ignored, as any v1 engine ignores fields it does not know."""
+
+    def _welcome(self, s, mid, resume_jobs):
+        h = super()._welcome(s, mid, resume_jobs)
+        h["caps"] = [c for c in h["caps"] if c != "live"]
+        return h
+
+    def _on_submit(self, s, msg, now):
+        msg["live"] = None
+        super()._on_submit(s, msg, now)
 
 
 def main() -> int:
@@ -60,14 +88,19 @@ def main() -> int:
     ap.add_argument("--min-side", type=int, default=64)
     ap.add_argument("--max-prompt-chars", type=int, default=Limits.max_prompt_chars)
     ap.add_argument("--curve-dir", default=None)
+    ap.add_argument("--pre-live", default="0", help="1: an engine without live keys")
+    ap.add_argument("--echo-hash", default="0",
+                    help="1: an image input comes back as one colour from its hash")
     args = ap.parse_args()
     caps = tuple(c for c in args.caps.split(",") if c)
     pipe = TilingStandIn(args.step_seconds, capabilities=caps)
+    pipe.echo_hash = args.echo_hash == "1"
     curve = {}
     if args.curve_dir:
         curve = {"curve_secret_file": os.path.join(args.curve_dir, "server.key_secret"),
                  "curve_authorized_dir": os.path.join(args.curve_dir, "authorized_clients")}
-    server = EngineServer(pipe, bind=args.bind, limits=Limits(
+    cls = PreLiveServer if args.pre_live == "1" else EngineServer
+    server = cls(pipe, bind=args.bind, limits=Limits(
         min_side=args.min_side, max_prompt_chars=args.max_prompt_chars), **curve)
     server.start()
     stop = threading.Event()

@@ -61,7 +61,7 @@ def test_zip_layout_and_manifest(addon_zip):
 # numpy ships with Blender; only pixel-heavy code uses it (texturing: docs/texture-projection.md;
 # touch-up)
 NUMPY_USERS = {"core/projection.py", "blender/project.py", "blender/project_scene.py",
-               "core/touchup.py", "blender/operators.py"}
+               "core/touchup.py", "blender/operators.py", "blender/live.py"}
 
 
 def test_addon_never_touches_sys_path_or_torch():

@@ -177,3 +177,96 @@ def test_token_is_checked_at_hello_and_binds_the_connection(token, ok):
     assert st.types()[-1] == ("welcome" if ok else "error")
     st.msg(b"r2", S1, {"type": "status"})      # another connection, same session id
     assert st.last("error")["code"] == "unauthorized"
+
+
+# ---- live: newest frame wins ----------------------------------------------------------------
+
+def test_live_supersedes_the_queued_job_of_the_same_key_at_once():
+    st = Recorder()
+    hello(st, b"r1", S1)
+    assert "live" in st.last("welcome")["caps"]
+    # no _dispatch: both stay queued
+    submit(st, b"r1", S1, "f1", live="cam")
+    submit(st, b"r1", S1, "other")       # no key: never superseded
+    submit(st, b"r1", S1, "f2", live="cam")
+    assert st.jobs["f1"].state is JobState.CANCELLED
+    assert st.last("cancelled") == {**st.last("cancelled"), "job_id": "f1", "at_step": None,
+                                    "reason": "superseded"}
+    assert [j.id for j in st.sessions[S1].queue] == ["other", "f2"] and st._queued == 2
+    submit(st, b"r1", S1, "g1", live="other-key")   # another key: untouched
+    assert st.jobs["f2"].state is JobState.QUEUED
+
+
+def test_live_stops_the_running_job_of_the_same_key_at_its_next_step():
+    st = Recorder()
+    hello(st, b"r1", S1)
+    submit(st, b"r1", S1, "f1", live="cam")
+    st._dispatch()
+    _, running = st._work.get_nowait()
+    submit(st, b"r1", S1, "f2", live="cam")
+    assert running.cancel_event.is_set() and running.cancel_reason == "superseded"
+    assert st.jobs["f2"].state is JobState.QUEUED
+    # the worker reports the stop at its step boundary; the state says why
+    st._events.put(("done", running, (JobState.CANCELLED, 3)))
+    st._drain_events()
+    assert st.last("cancelled") == {**st.last("cancelled"), "job_id": "f1", "at_step": 3,
+                                    "reason": "superseded"}
+    st._dispatch()
+    assert st._work.get_nowait()[1].id == "f2"
+
+
+def test_live_never_reaches_another_sessions_jobs():
+    st = Recorder()
+    hello(st, b"r1", S1)
+    hello(st, b"r2", S2)
+    submit(st, b"r2", S2, "theirs-run", live="cam")
+    st._dispatch()
+    _, running = st._work.get_nowait()
+    submit(st, b"r2", S2, "theirs-q", live="cam")
+    running.cancel_event.clear()          # only S2's own second frame asked it to stop
+    running.cancel_reason = "client"
+    submit(st, b"r1", S1, "mine", live="cam")
+    assert not running.cancel_event.is_set()
+    assert st.jobs["theirs-q"].state is JobState.QUEUED
+    assert st.jobs["mine"].state is JobState.QUEUED
+
+
+@pytest.mark.parametrize("live", ["", "x" * 65, "a b", 5, ["k"]])
+def test_live_key_is_bounded(live):
+    st = Recorder()
+    hello(st, b"r1", S1)
+    with pytest.raises(Exception) as info:
+        submit(st, b"r1", S1, "j", live=live)
+    assert getattr(info.value, "field", None) == "live"
+
+
+def test_twenty_live_frames_keep_at_most_one_running_and_one_queued():
+    st = Recorder()
+    hello(st, b"r1", S1)
+    hello(st, b"r2", S2)
+    submit(st, b"r2", S2, "other")            # another client's job keeps its turn
+    for i in range(20):
+        submit(st, b"r1", S1, f"f{i}", live="cam")
+        st._dispatch()
+        if i == 0:
+            assert st._running.id == "other"     # it was first: its turn is kept
+        if i == 3:                               # it finishes; live frames run from now on
+            other = st._running
+            st._events.put(("done", other, (JobState.SUCCEEDED,
+                                             ({"type": "result", "job_id": "other"}, []))))
+            st._drain_events()
+            st._dispatch()
+        mine = [j for j in st.jobs.values() if j.session_id == S1]
+        running = [j for j in mine if j.state is JobState.RUNNING
+                   and not j.cancel_event.is_set()]
+        queued = [j for j in mine if j.state is JobState.QUEUED]
+        assert len(running) <= 1 and len(queued) <= 1, (i, running, queued)
+        r = st._running
+        if r is not None and r.cancel_event.is_set():      # the worker stops at its step
+            st._events.put(("done", r, (JobState.CANCELLED, 1)))
+            st._drain_events()
+    st._dispatch()
+    states = [st.jobs[f"f{i}"].state for i in range(20)]
+    assert states.count(JobState.CANCELLED) == 19 and st.counters["superseded"] == 19
+    assert st.jobs["other"].state is JobState.SUCCEEDED
+    assert st.jobs["f19"].state is JobState.RUNNING      # the newest frame runs

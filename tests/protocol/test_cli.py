@@ -89,3 +89,16 @@ def test_ctrl_c_cancels_the_job_then_exits_nonzero(tmp_path):
         while job.state == "running" and time.monotonic() < end:
             time.sleep(0.02)
         assert job.state == "cancelled" and job.at_step < 50
+
+
+def test_live_flag_reaches_the_engine_and_a_bad_key_is_one_line(tmp_path):
+    out = tmp_path / "live.png"
+    with serve() as srv:
+        r = cli("--engine", srv.endpoint, "--prompt", "a fox", "--width", "64", "--height",
+                "64", "--steps", "2", "--seed", "1", "--output", str(out), "--live", "cam-1")
+        assert r.returncode == 0, r.stderr
+        assert [j.live for j in srv.jobs.values()] == ["cam-1"]
+        r = cli("--engine", srv.endpoint, "--prompt", "a fox", "--width", "64", "--height",
+                "64", "--output", str(out), "--live", "not a key")
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        assert "live" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
