@@ -173,10 +173,10 @@ def test_lite_layout(pipes):
 
 def test_capabilities(pipe21, tiny_model_dir):
     assert pipe21.info["capabilities"] == [
-        "txt2img", "img2img", "inpaint", "tile",
+        "txt2img", "img2img", "inpaint", "tile", "lora",
         "control.depth", "control.canny", "control.pose", "control.inpaint"]
     plain = load_pipeline(str(tiny_model_dir), device="cpu", dtype="float32")
-    assert plain.info["capabilities"] == ["txt2img", "img2img", "inpaint", "tile"]
+    assert plain.info["capabilities"] == ["txt2img", "img2img", "inpaint", "tile", "lora"]
     with pytest.raises(EngineError) as e:
         plain.generate(GenerateRequest(PROMPT, 64, 64, steps=1, seed=1,
                                        control_image=sample_image(), control_type="depth"))
