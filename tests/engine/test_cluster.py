@@ -48,7 +48,7 @@ def ray_cluster():
 @contextlib.contextmanager
 def farm(factory: PipelineFactory, **kw):
     srv = ClusterServer(factory, bind="tcp://127.0.0.1:0", limits=Limits(**LIM),
-                        replica_cpus=0.5, **{**FAST, **kw}).start()
+                        replica_cpus=0.25, **{**FAST, **kw}).start()
     try:
         assert srv.wait_ready(120) == "ready", srv.model_error
         yield srv
@@ -221,3 +221,71 @@ def test_autoscaling_from_one_to_two_replicas_under_load_and_back(ray_cluster):
         while time.monotonic() < end and srv.replicas().get("RUNNING") != 1:
             time.sleep(0.5)
         assert srv.replicas().get("RUNNING") == 1, srv.replicas()
+
+
+def test_tiny_model_on_two_replicas_equals_a_single_engine(ray_cluster, tiny_model_dir):
+    import numpy as np
+
+    from engine.loading import load_pipeline
+    kw = {"device": "cpu", "dtype": "float32"}
+    seeds = [3, 4, 5, 6]
+    with farm(PipelineFactory("model", str(tiny_model_dir), kw), min_replicas=2,
+              max_replicas=2, app_name="tiny") as srv, connect(srv.endpoint) as c:
+        assert "txt2img" in srv.pipeline.info["capabilities"]
+        ids = {c.submit(small(seed=s, steps=2, width=64, height=96), preview_every=1): s
+               for s in seeds}
+        got = {}
+        collect(c, lambda e: terminal(e.job_id)(e) and not got.update({e.job_id: e})
+                and len(got) == len(ids), timeout=180)
+        pids = {p for j in ids for p in srv.replica_pids[j]}
+    with EngineServer(load_pipeline(str(tiny_model_dir), **kw), bind="tcp://127.0.0.1:0",
+                      limits=Limits(**LIM), **FAST) as single, connect(single.endpoint) as c1:
+        for jid, seed in ids.items():
+            j1 = c1.submit(small(seed=seed, steps=2, width=64, height=96), preview_every=0)
+            ref = collect(c1, terminal(j1), timeout=120)[-1]
+            assert got[jid].kind == "result" and ref.kind == "result"
+            a, b = got[jid].images[0], ref.images[0]
+            assert a.seed == b.seed == seed and a.data == b.data   # the same bytes
+            assert np.frombuffer(a.data, np.uint8).std() > 0
+    assert len(pids) == 2, pids
+
+
+def test_cluster_command_joins_a_ray_cluster_and_serves_the_cli_client(ray_cluster, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "cluster", "--standin", "--ray-address", address,
+         "--bind", "tcp://127.0.0.1:0", "--no-token", "--min-side", "64",
+         "--replica-cpus", "0.25"],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("ready "), line + proc.stderr.read()
+        endpoint = line.split()[1]
+        out = tmp_path / "x.png"
+        r = subprocess.run([sys.executable, "-m", "protocol", "generate", "--engine", endpoint,
+                            "--prompt", "x", "--width", "64", "--height", "64", "--steps", "2",
+                            "--seed", "11", "--output", str(out)], cwd=root,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        from PIL import Image
+        import numpy as np
+        assert np.array_equal(np.asarray(Image.open(out).convert("RGB")),
+                              pattern_image(11, 64, 64))
+        # the same validation and error codes as `engine serve`
+        r = subprocess.run([sys.executable, "-m", "protocol", "generate", "--engine", endpoint,
+                            "--prompt", "x", "--width", "70", "--height", "64", "--output",
+                            str(tmp_path / "y.png")], cwd=root, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        assert "width" in r.stderr.strip().splitlines()[-1]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
