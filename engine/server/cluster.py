@@ -49,13 +49,17 @@ CANCEL_POLL_S = 0.05
 
 @dataclass
 class PipelineFactory:
-    """What each replica loads, picklable: kind "standin" (kwargs of StandInPipeline) or
-    "model" (load_pipeline(model, **kwargs))."""
+    """What each replica loads, picklable: kind "standin" (kwargs of StandInPipeline),
+    "model" (load_pipeline(model, **kwargs)) or "object" (a copy of `obj`, a picklable
+    pipeline: tests run their own stand-ins on the farm)."""
     kind: str
     model: str | None = None
     kwargs: dict = field(default_factory=dict)
+    obj: Any = None
 
     def __call__(self):
+        if self.kind == "object":
+            return self.obj
         if self.kind == "standin":
             from engine.standin import StandInPipeline
             return StandInPipeline(**self.kwargs)

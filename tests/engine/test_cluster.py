@@ -1,5 +1,5 @@
 """The farm gateway (engine/server/cluster.py) with real Ray Serve: one local Ray cluster for
-the whole test session (2 CPUs), CPU replicas of the stand-in pipeline, real loopback
+the whole test session (2 CPUs, the `ray_cluster` fixture), CPU replicas of the stand-in pipeline, real loopback
 sockets and the real protocol client. Skipped when the `cluster` extra (ray[serve]) is
 not installed."""
 
@@ -34,15 +34,6 @@ STEP_S = 0.05
 
 def small(**kw) -> dict:
     return {"prompt": "test", "width": 64, "height": 64, "steps": 3, "seed": 1, **kw}
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve.start(proxy_location="Disabled")
-    yield
-    serve.shutdown()
-    ray.shutdown()
 
 
 @contextlib.contextmanager
