@@ -27,6 +27,7 @@ How the pieces talk (docs/architecture.md, "A farm of GPUs"):
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -41,6 +42,11 @@ from .state import EngineState, Job
 from .worker import Worker
 
 log = logging.getLogger("engine.cluster")
+
+# A job waiting in Serve's router for a busy replica retries with exponential backoff (up to
+# 0.5 s by default): with jobs of seconds that idles a replica for ~0.1-0.5 s a job. Cap it
+# at 50 ms (read when ray.serve is first imported: import this module before ray.serve).
+os.environ.setdefault("RAY_SERVE_ROUTER_RETRY_MAX_BACKOFF_S", "0.05")
 
 CANCEL_POLL_S = 0.05
 

@@ -14,11 +14,12 @@ import time
 
 import pytest
 
+from engine.server.cluster import ClusterServer, PipelineFactory  # noqa: E402  (before ray)
+
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 from engine.server import EngineServer  # noqa: E402
-from engine.server.cluster import ClusterServer, PipelineFactory  # noqa: E402
 from engine.standin import StandInPipeline, pattern_image  # noqa: E402
 from protocol.client import EngineClient  # noqa: E402
 from protocol.messages import Limits  # noqa: E402
