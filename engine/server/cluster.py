@@ -197,6 +197,7 @@ class ClusterServer(EngineServer):
                  min_replicas: int = 1, max_replicas: int = 1, replica_gpus: float = 0.0,
                  replica_cpus: float = 1.0, max_inflight: int | None = None,
                  autoscaling: dict | None = None, app_name: str | None = None, **kw):
+        kw.setdefault("name", "zimage-cluster")
         super().__init__(None, loader=self._deploy, **kw)
         self.factory = factory
         self.ray_address = ray_address

@@ -128,6 +128,17 @@ def test_four_clients_forty_jobs_each_result_to_its_sender(two_replicas):
     assert len(pids) == 2, pids
 
 
+def test_welcome_names_the_farm_and_unload_is_not_offered(two_replicas):
+    with connect(two_replicas.endpoint) as c:
+        ev = collect(c, lambda e: e.kind == "welcome")[-1]
+        w = c.welcome
+        assert w["engine"]["name"] == "zimage-cluster" and w["engine"]["state"] == "ready"
+        assert "txt2img" in w["caps"] and "unload" not in w["caps"], ev
+        c.unload()
+        ev = collect(c, lambda e: e.kind == "error")[-1]
+        assert ev.data["code"] == "capability_unavailable"
+
+
 def test_progress_and_previews_stream_back(two_replicas):
     with connect(two_replicas.endpoint) as c:
         jid = c.submit(small(steps=6), preview_every=2)
