@@ -290,6 +290,15 @@ class ClusterServer(EngineServer):
         self._pool.submit(self._run_remote, job)
 
     def _run_remote(self, job: Job) -> None:
+        try:
+            self._run_on_farm(job)
+        except BaseException:  # noqa: BLE001 - a job must always end
+            log.exception("dispatching job %s failed", job.id)
+            self._post("done", job, (JobState.FAILED, self._err(
+                "internal_error", "the gateway could not hand this job to the farm (see "
+                "its log)")))
+
+    def _run_on_farm(self, job: Job) -> None:
         now = self.clock()
         spec = {"id": job.id, "params": job.params, "want": job.want,
                 "blob_descs": job.blob_descs, "blobs": job.blobs,
