@@ -130,14 +130,14 @@ class PipelineReplica:
         return os.getpid()
 
     def run(self, spec: dict):
-        """Stream ("progress", header, blobs)... then ("done", outcome)."""
+        """Stream ("progress", header, blobs, pid)... then ("done", outcome)."""
         import os
+        pid = os.getpid()
         now = time.monotonic()
         job = Job(spec["id"], "", None, spec["params"], spec["want"], spec["blob_descs"],
                   spec["blobs"], "", now - spec["queue_s"], now + spec["remaining_s"])
         job.started, job.steps = now, spec["params"]["steps"]
         job.cancel_event = _BoardFlag(spec["board"], job.id)
-        yield ("pid", os.getpid())
         if job.cancel_event.is_set():
             yield ("done", (JobState.CANCELLED, None))
             return
@@ -148,7 +148,7 @@ class PipelineReplica:
         while True:
             ev = events.get()
             if ev[0] == "progress":
-                yield ("progress", ev[2], ev[3])
+                yield ("progress", ev[2], ev[3], pid)
             elif ev[0] == "done":
                 yield ("done", ev[2])
                 return
@@ -216,6 +216,7 @@ class ClusterServer(EngineServer):
         self._board = None
         self._ray_started = False
         self.replica_pids: dict[str, list] = {}   # job id -> pids of the replicas that ran it
+        self._pids_lock = threading.Lock()
 
     # -- deployment (runs on the worker thread, as the model load does for `serve`) --
 
@@ -303,16 +304,21 @@ class ClusterServer(EngineServer):
         spec = {"id": job.id, "params": job.params, "want": job.want,
                 "blob_descs": job.blob_descs, "blobs": job.blobs,
                 "queue_s": job.started - job.submitted, "board": self._board}
-        pids = self.replica_pids.setdefault(job.id, [])
+        with self._pids_lock:                         # pool threads share it
+            pids = self.replica_pids.setdefault(job.id, [])
+            while len(self.replica_pids) > 4096:      # bounded: the oldest jobs go first
+                self.replica_pids.pop(next(iter(self.replica_pids)))
         last = None
         for attempt in (1, 2):
             spec["remaining_s"] = job.deadline - self.clock()
             try:
                 stream = self._deployment.options(stream=True).run.remote(spec)
+                seen_pid = False
                 for ev in stream:
-                    if ev[0] == "pid":
-                        pids.append(ev[1])
-                    elif ev[0] == "progress":
+                    if ev[0] == "progress":
+                        if not seen_pid:      # which replica runs it (tests, logs)
+                            seen_pid = True
+                            pids.append(ev[3])
                         self._post("progress", job, ev[1], ev[2])
                     elif ev[0] == "done":
                         self._post("done", job, ev[1])
