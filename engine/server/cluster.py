@@ -76,22 +76,40 @@ class PipelineFactory:
 # ---- the replica side ---------------------------------------------------------------------
 
 class _BoardFlag:
-    """A replica job's cancel flag: set when the gateway's cancel board lists the job."""
+    """A replica job's cancel flag: set when the gateway's cancel board lists the job. Polls
+    the board at most every 50 ms without blocking the step (the answer is read at a later
+    step); `check_now` blocks, for the check before a job starts."""
 
     def __init__(self, board, job_id: str):
         self.board, self.job_id = board, job_id
-        self._set, self._next = False, 0.0
+        self._set, self._next, self._ref = False, 0.0, None
+
+    def check_now(self) -> bool:
+        import ray
+        try:
+            self._set = self._set or bool(ray.get(self.board.is_cancelled.remote(self.job_id),
+                                                  timeout=10))
+        except Exception:   # the board is gone with its gateway: stop
+            self._set = True
+        self._next = time.monotonic() + CANCEL_POLL_S
+        return self._set
 
     def is_set(self) -> bool:
+        if self._set:
+            return True
+        import ray
+        if self._ref is not None:
+            ready, _ = ray.wait([self._ref], timeout=0)
+            if ready:
+                try:
+                    self._set = bool(ray.get(self._ref))
+                except Exception:   # the board is gone with its gateway: stop
+                    self._set = True
+                self._ref = None
         now = time.monotonic()
-        if not self._set and now >= self._next:
-            import ray
+        if self._ref is None and not self._set and now >= self._next:
             self._next = now + CANCEL_POLL_S
-            try:
-                self._set = bool(ray.get(self.board.is_cancelled.remote(self.job_id),
-                                         timeout=5))
-            except Exception:   # the board is gone with its gateway: stop
-                self._set = True
+            self._ref = self.board.is_cancelled.remote(self.job_id)
         return self._set
 
     def set(self) -> None:
@@ -138,7 +156,7 @@ class PipelineReplica:
                   spec["blobs"], "", now - spec["queue_s"], now + spec["remaining_s"])
         job.started, job.steps = now, spec["params"]["steps"]
         job.cancel_event = _BoardFlag(spec["board"], job.id)
-        if job.cancel_event.is_set():
+        if job.cancel_event.check_now():     # cancelled while it waited in Serve's queue
             yield ("done", (JobState.CANCELLED, None))
             return
         events: queue.Queue = queue.Queue()
@@ -331,6 +349,8 @@ class ClusterServer(EngineServer):
             if job.cancel_event.is_set():
                 self._post("done", job, (JobState.CANCELLED, job.step or None))
                 return
+            if attempt == 1:
+                time.sleep(0.5)   # let Serve's router drop the dead replica before the rerun
         log.error("job %s failed twice on the farm (%s), after %.1fs", job.id, last,
                   self.clock() - now)
         self._post("done", job, (JobState.FAILED, self._err(
