@@ -292,3 +292,33 @@ def test_cluster_command_joins_a_ray_cluster_and_serves_the_cli_client(ray_clust
         except subprocess.TimeoutExpired:
             proc.kill()
     assert proc.returncode == 0, proc.stderr.read()[-2000:]
+
+
+def test_curve_and_the_token_guard_the_gateway_as_they_guard_serve(ray_cluster, tmp_path):
+    import zmq.auth
+
+    from engine.serve_cli import run_keys
+    keydir = tmp_path / "keys"
+    assert run_keys(type("A", (), {"dir": str(keydir), "client": ["alice", "mallory"]})) == 0
+    os.remove(keydir / "authorized_clients" / "mallory.key")   # not allowed
+    skey, _ = zmq.auth.load_certificate(str(keydir / "server.key"))
+
+    def keys(name):
+        return zmq.auth.load_certificate(str(keydir / "clients" / f"{name}.key_secret"))
+
+    with farm(PipelineFactory("standin"), app_name="curve",
+              curve_secret_file=str(keydir / "server.key_secret"),
+              curve_authorized_dir=str(keydir / "authorized_clients")) as srv:
+        with EngineClient(srv.endpoint, client_name="alice", curve_server_key=skey,
+                          curve_client_keys=keys("alice"), **CLIENT_FAST).start() as c:
+            jid = c.submit(small(seed=21), preview_every=0)
+            ev = collect(c, terminal(jid))[-1]
+            assert ev.kind == "result" and ev.images[0].data == pattern_image(21, 64, 64).tobytes()
+        with EngineClient(srv.endpoint, client_name="mallory", curve_server_key=skey,
+                          curve_client_keys=keys("mallory"), **CLIENT_FAST).start() as c:
+            ev = collect(c, lambda e: e.kind in ("disconnected", "welcome"), timeout=5)[-1]
+            assert ev.kind == "disconnected" and ev.data["reason"] == "unauthorized"
+    with farm(PipelineFactory("standin"), app_name="token", token="s3cret") as srv:
+        with connect(srv.endpoint) as c:       # no token
+            ev = collect(c, lambda e: e.kind in ("disconnected", "welcome", "error"))[-1]
+            assert ev.kind != "welcome" and c.welcome is None
