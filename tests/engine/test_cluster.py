@@ -164,7 +164,7 @@ def test_cancel_of_a_queued_and_of_a_running_job(two_replicas):
         c.cancel(a)
         ev = collect(c, terminal(a))[-1]
         assert ev.kind == "cancelled" and 2 <= ev.data["at_step"] < 40, ev
-        assert time.monotonic() - t0 < 1.0    # at its next step (50 ms) plus the board poll
+        assert time.monotonic() - t0 < 2.0    # next step (50 ms) + board poll + Ray RPCs on 2 busy cores
         c.cancel_all()
         rest = set(ids[1:-1])
         ends = {}
