@@ -204,11 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_tiny_model)
 
     try:
-        from engine.serve_cli import add_keys_parser, add_serve_parser
+        from engine.serve_cli import add_cluster_parser, add_keys_parser, add_serve_parser
     except ImportError:  # the server module is optional for `generate`
         pass
     else:
         add_serve_parser(sub)
+        add_cluster_parser(sub)
         add_keys_parser(sub)
     return parser
 

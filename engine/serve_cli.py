@@ -29,9 +29,11 @@ DIR/authorized_clients/ public keys (*.key) of the clients allowed to connect
 DIR/clients/NAME.key, NAME.key_secret   a client key pair (copy to that client)"""
 
 
-def add_serve_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("serve", help="run the engine: answer jobs over ZeroMQ",
-                              description="Run the engine server (protocol v1 over ZeroMQ).")
+def add_serve_parser(subparsers, name: str = "serve",
+                     help: str = "run the engine: answer jobs over ZeroMQ",
+                     description: str = "Run the engine server (protocol v1 over ZeroMQ)."
+                     ) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help=help, description=description)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="model folder or Hugging Face repo id")
     src.add_argument("--standin", action="store_true",
@@ -77,6 +79,30 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     else:
         add_memory_args(p)
     p.set_defaults(func=run_serve)
+    return p
+
+
+def add_cluster_parser(subparsers) -> argparse.ArgumentParser:
+    """`cluster`: the options of `serve` (the same gateway) plus where the replicas run."""
+    p = add_serve_parser(
+        subparsers, "cluster", help="one engine address for a farm of GPUs (Ray Serve)",
+        description="Run the engine gateway (protocol v1 over ZeroMQ, exactly as `serve`) with "
+        "the pipelines as a Ray Serve deployment: one replica per GPU, autoscaled on the "
+        "queue. Needs the `cluster` extra (pip install '.[cluster]').")
+    p.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (e.g. 10.0.0.5:6379 or auto); default: start "
+                   "a local one")
+    p.add_argument("--min-replicas", type=int, default=1)
+    p.add_argument("--max-replicas", type=int, default=1,
+                   help="at most this many replicas (one per GPU)")
+    p.add_argument("--replica-gpus", type=float, default=None,
+                   help="GPUs per replica (default: 1 with --model, 0 with --standin)")
+    p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per replica")
+    p.add_argument("--upscale-delay", type=float, default=5.0,
+                   help="seconds of a longer queue before a replica is added")
+    p.add_argument("--downscale-delay", type=float, default=120.0,
+                   help="seconds of a shorter queue before a replica is removed")
+    p.set_defaults(func=run_serve, cluster=True)
     return p
 
 
@@ -151,7 +177,33 @@ def run_serve(args) -> int:
                     max_queue=args.max_queue, result_ttl_s=args.result_ttl,
                     result_budget_bytes=args.result_budget_mb * 1024 * 1024)
     pipeline = loader = None
-    if args.standin:
+    server_cls, extra = EngineServer, {}
+    if getattr(args, "cluster", False):
+        try:
+            from engine.server.cluster import ClusterServer, PipelineFactory
+            import ray  # noqa: F401
+        except ImportError:
+            return _fail("`cluster` needs Ray Serve: pip install '.[cluster]'", 2)
+        if args.standin:
+            factory = PipelineFactory("standin", kwargs={"step_seconds": args.step_seconds})
+        else:
+            kw = {k: getattr(args, k) for k in ("device", "dtype", "tokenizer", "controlnet")
+                  if getattr(args, k, None) is not None}
+            if hasattr(args, "memory"):
+                from engine.memory_args import memory_kwargs
+                kw.update(memory_kwargs(args))
+            if args.lora_dir:
+                kw["lora_dir"] = os.path.abspath(args.lora_dir)
+            factory = PipelineFactory("model", args.model, kw)
+        gpus = args.replica_gpus if args.replica_gpus is not None else (
+            0.0 if args.standin else 1.0)
+        server_cls = ClusterServer
+        extra = dict(factory=factory, ray_address=args.ray_address,
+                     min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                     replica_gpus=gpus, replica_cpus=args.replica_cpus,
+                     autoscaling={"upscale_delay_s": args.upscale_delay,
+                                  "downscale_delay_s": args.downscale_delay})
+    elif args.standin:
         from engine.standin import StandInPipeline
         pipeline = StandInPipeline(args.step_seconds)
     else:
@@ -171,11 +223,15 @@ def run_serve(args) -> int:
     from protocol import connection
     token = None if (curve or args.no_token) else connection.new_token()
     try:
-        server = EngineServer(pipeline, loader=loader, bind=bind, limits=limits, token=token,
-                              heartbeat_ivl_ms=args.heartbeat_ivl_ms,
-                              heartbeat_timeout_ms=args.heartbeat_timeout_ms,
-                              session_timeout_s=args.session_timeout,
-                              detach_grace_s=args.detach_grace, **curve)
+        common = dict(bind=bind, limits=limits, token=token,
+                      heartbeat_ivl_ms=args.heartbeat_ivl_ms,
+                      heartbeat_timeout_ms=args.heartbeat_timeout_ms,
+                      session_timeout_s=args.session_timeout,
+                      detach_grace_s=args.detach_grace, **curve)
+        if server_cls is EngineServer:
+            server = EngineServer(pipeline, loader=loader, **common)
+        else:                             # the farm: its replicas load the pipeline
+            server = server_cls(**extra, **common)
         server.start()
     except InsecureBindError as exc:
         return _fail(str(exc), 2)
@@ -225,6 +281,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.serve_cli")
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(sub)
+    add_cluster_parser(sub)
     add_keys_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)

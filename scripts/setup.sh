@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Creates .venv at the repo root and installs the project into it.
 #   bash scripts/setup.sh          engine only (run the main job)
-#   bash scripts/setup.sh test     engine + test dependencies (diffusers oracle, real Blender as bpy)
+#   bash scripts/setup.sh test     engine + test dependencies (diffusers oracle, real Blender as bpy,
+#                                  Ray Serve for the farm gateway)
 # Re-running is cheap: a stamp in .venv skips everything when pyproject.toml is unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="engine"
-[ "${1:-}" = "test" ] && extras="engine,test"
+[ "${1:-}" = "test" ] && extras="engine,test,cluster"   # cluster: Ray Serve, for its tests
 py="${PYTHON:-python3.11}"
 command -v "$py" >/dev/null 2>&1 || py=python3
 # One installer for every platform (scripts/install.py, also the add-on's Install Engine):

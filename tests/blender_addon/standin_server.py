@@ -9,6 +9,10 @@ With `tile` in --caps, a request with `tile` gets a tiling test image (a stand-i
 real pipeline's circular VAE padding): periodic along the tiled axes, so the opposite edges
 continue each other.
 
+With ZIMAGE_TEST_ENGINE=cluster in the environment the same pipeline runs behind the farm
+gateway (`engine cluster`: one Ray Serve replica; joins RAY_ADDRESS if set, else starts a
+local Ray), so the add-on's engine tests run unchanged against it.
+
 Prints `ready <endpoint>` when it accepts jobs; stops on SIGTERM or when stdin closes.
 (`python -m engine serve --standin` serves the same pipeline with txt2img only.)
 """
@@ -99,10 +103,21 @@ def main() -> int:
     if args.curve_dir:
         curve = {"curve_secret_file": os.path.join(args.curve_dir, "server.key_secret"),
                  "curve_authorized_dir": os.path.join(args.curve_dir, "authorized_clients")}
-    cls = PreLiveServer if args.pre_live == "1" else EngineServer
-    server = cls(pipe, bind=args.bind, limits=Limits(
-        min_side=args.min_side, max_prompt_chars=args.max_prompt_chars), **curve)
-    server.start()
+    limits = Limits(min_side=args.min_side, max_prompt_chars=args.max_prompt_chars)
+    if os.environ.get("ZIMAGE_TEST_ENGINE") == "cluster":
+        from engine.server.cluster import ClusterServer, PipelineFactory
+        server = ClusterServer(PipelineFactory("object", obj=pipe), bind=args.bind,
+                               limits=limits, replica_cpus=0.25,
+                               ray_address=os.environ.get("RAY_ADDRESS"), **curve)
+        server.start()
+        if server.wait_ready(180) != "ready":
+            print(f"failed {server.model_error}", flush=True)
+            server.stop()
+            return 1
+    else:
+        cls = PreLiveServer if args.pre_live == "1" else EngineServer
+        server = cls(pipe, bind=args.bind, limits=limits, **curve)
+        server.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
 

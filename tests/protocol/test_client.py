@@ -19,10 +19,32 @@ FAST = dict(heartbeat_ivl_ms=200, heartbeat_timeout_ms=600, heartbeat_ttl_ms=100
             unresponsive_s=1.5)
 
 
+ENGINE = {"kind": "serve"}
+
+
+@pytest.fixture(autouse=True, params=["serve", "cluster"])
+def engine_kind(request):
+    """Every test runs against `engine serve` and against the farm gateway (`engine cluster`:
+    the same pipeline as one Ray Serve replica); the tests themselves are the same."""
+    if request.param == "cluster":
+        request.getfixturevalue("ray_cluster")
+    ENGINE["kind"] = request.param
+    yield request.param
+    ENGINE["kind"] = "serve"
+
+
 @contextlib.contextmanager
 def serve(pipeline=None):
-    srv = EngineServer(pipeline or StandInPipeline(), bind="tcp://127.0.0.1:0", limits=LIM,
-                       heartbeat_ivl_ms=300, heartbeat_timeout_ms=900).start()
+    pipeline = pipeline or StandInPipeline()
+    kw = dict(bind="tcp://127.0.0.1:0", limits=LIM, heartbeat_ivl_ms=300,
+              heartbeat_timeout_ms=900)
+    if ENGINE["kind"] == "cluster":
+        from engine.server.cluster import ClusterServer, PipelineFactory
+        srv = ClusterServer(PipelineFactory("object", obj=pipeline), replica_cpus=0.25,
+                            **kw).start()
+        assert srv.wait_ready(120) == "ready", srv.model_error
+    else:
+        srv = EngineServer(pipeline, **kw).start()
     try:
         yield srv
     finally:
