@@ -5,7 +5,6 @@ and a file added to the folder reaches connected clients without a restart."""
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,8 @@ from PIL import Image
 
 from protocol.client import EngineClient
 from tests.engine.test_lora import ATTENTION, _random_pairs, write_kohya
-from tests.engine.test_serve_e2e import client, free_port
+from tests.engine.test_serve_e2e import client
+from tests.fixtures.serve import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,22 +31,8 @@ def lora_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir, lora_dir):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "serve", "--model", str(tiny_model_dir), "--bind",
-         f"tcp://127.0.0.1:{port}", "--device", "cpu", "--dtype", "float32", "--min-side", "64",
-         "--lora-dir", str(lora_dir)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("ready "), line + proc.stderr.read()
-        yield f"tcp://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with serving(tiny_model_dir, "--min-side", "64", "--lora-dir", str(lora_dir)) as endpoint:
+        yield endpoint
 
 
 def _welcome_when(c: EngineClient, pred, timeout: float = 60.0) -> dict:

@@ -3,7 +3,6 @@ client `python -m protocol generate`, against the in-process pipeline's image fo
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,34 +13,17 @@ import pytest
 from PIL import Image
 
 from engine.loading import load_pipeline
+from tests.fixtures.serve import serving
 from engine.pipeline import GenerateRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "serve", "--model", str(tiny_model_dir), "--bind",
-         f"tcp://127.0.0.1:{port}", "--device", "cpu", "--dtype", "float32", "--min-side", "64"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("ready "), line + proc.stderr.read()
-        yield f"tcp://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with serving(tiny_model_dir, "--min-side", "64") as endpoint:
+        yield endpoint
 
 
 def client(endpoint: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.fixtures.serve import free_port, serving
 
 from .conftest import HERE, ROOT, krita_missing
 
@@ -26,29 +26,11 @@ sys.path.insert(0, str(HERE))
 from krita_scenarios import pattern  # noqa: E402  (the same test images Krita paints)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def engine(tiny_engine_model_dir):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "serve", "--model", str(tiny_engine_model_dir),
-         "--bind", f"tcp://127.0.0.1:{port}", "--device", "cpu", "--dtype", "float32"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("ready "), line + proc.stderr.read()
-        yield f"tcp://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with serving(tiny_engine_model_dir) as endpoint:
+        yield endpoint
 
 
 class Xvfb:
