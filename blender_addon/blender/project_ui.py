@@ -36,36 +36,33 @@ class ZIMAGE_PG_projection(bpy.types.PropertyGroup):
                              description="Add \"front view\", \"back view\", ... to the prompt")
 
 
-class ZIMAGE_OT_project_view(bpy.types.Operator):
+class _ProjectOperator:
+    """One run at a time, in its own job slot; `mode` says which views."""
+    bl_options = {"REGISTER"}
+    mode = "VIEW"
+
+    @classmethod
+    def poll(cls, context):
+        rt = runtime.get()
+        return (rt is not None and project.current() is None
+                and rt.board.can_submit(project.SLOT))
+
+    def execute(self, context):
+        return project.start(self, context, self.mode)
+
+
+class ZIMAGE_OT_project_view(_ProjectOperator, bpy.types.Operator):
     """Generate the view (3D view or camera) and bake it into the selected objects' textures"""
     bl_idname = "zimage.project_view"
     bl_label = "Project from View"
-    bl_options = {"REGISTER"}
-
-    @classmethod
-    def poll(cls, context):
-        rt = runtime.get()
-        return (rt is not None and project.current() is None
-                and rt.board.can_submit(project.SLOT))
-
-    def execute(self, context):
-        return project.start(self, context, "VIEW")
+    mode = "VIEW"
 
 
-class ZIMAGE_OT_project_all(bpy.types.Operator):
+class ZIMAGE_OT_project_all(_ProjectOperator, bpy.types.Operator):
     """Texture the selected objects from several views that agree, baked into their UV maps"""
     bl_idname = "zimage.project_all"
     bl_label = "Texture All Sides"
-    bl_options = {"REGISTER"}
-
-    @classmethod
-    def poll(cls, context):
-        rt = runtime.get()
-        return (rt is not None and project.current() is None
-                and rt.board.can_submit(project.SLOT))
-
-    def execute(self, context):
-        return project.start(self, context, "ALL")
+    mode = "ALL"
 
 
 class ZIMAGE_OT_project_cancel(bpy.types.Operator):
