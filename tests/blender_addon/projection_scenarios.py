@@ -90,13 +90,14 @@ def camera(name: str, eye, target=(0.0, 0.0, 0.0), collection=None):
     return obj
 
 
-def render(cam, size: int, path: str) -> np.ndarray:
-    """(H,W,4) uint8 rows top-down: flat texture colour, alpha = the object's pixels."""
+def render(cam, size, path: str) -> np.ndarray:
+    """(H,W,4) uint8 rows top-down: flat texture colour, alpha = the object's pixels.
+    size: a side, or (width, height)."""
     scene = bpy.context.scene
     scene.camera = cam
     r = scene.render
     r.engine = "BLENDER_WORKBENCH"
-    r.resolution_x = r.resolution_y = size
+    r.resolution_x, r.resolution_y = (size, size) if isinstance(size, int) else size
     r.resolution_percentage = 100
     r.film_transparent = True
     r.image_settings.file_format = "PNG"
@@ -671,6 +672,94 @@ def readme_all_sides(out):
     r.stop_engine()
 
 
+class FakeViewport:
+    """Stands in for a 3D viewport (its WINDOW region and RegionView3D), which background
+    Blender cannot have: built from a camera, as a viewport looking through it would be."""
+
+    def __init__(self, cam, region_size: tuple[int, int], image_size: tuple[int, int]):
+        from types import SimpleNamespace
+        depsgraph = bpy.context.evaluated_depsgraph_get()
+        proj = cam.calc_matrix_camera(depsgraph, x=image_size[0], y=image_size[1])
+        view = cam.matrix_world.inverted()
+        self.region = SimpleNamespace(type="WINDOW", width=region_size[0],
+                                      height=region_size[1])
+        self.rv3d = SimpleNamespace(view_matrix=view, perspective_matrix=proj @ view,
+                                    is_perspective=True)
+
+    def find_view3d(self, context):
+        from types import SimpleNamespace
+        return None, None, self.region, SimpleNamespace(region_3d=self.rv3d)
+
+
+@scenario
+def project_from_the_3d_view(out):
+    """Project from View uses the 3D view when there is one (its aspect, its matrices), not
+    the scene camera: a round trip through a stand-in viewport."""
+    clear_scene()
+    connect(ARGS.replay_vp)
+    T = checker()
+    suz = add("monkey", (0, 0, 0), "Suzanne")
+    suz.data.materials.append(t_material(T))
+    eye = camera("Eye", (2.5, -5.5, 1.5))
+    bpy.context.scene.camera = camera("Elsewhere", (0, 6, 0.5))    # must not be used
+    settings()
+    rq = addon("core.requests")
+    w, h = rq.size_for_aspect(640 / 480, 512 * 512, rq.EngineLimits.from_welcome(
+        rt().board.welcome))
+    out["size"] = [w, h]
+    ref = render(eye, (w, h), os.path.join(ARGS.dir_vp, "reference.png"))
+    write_rgb(ref, os.path.join(ARGS.dir_vp, "view_0.png"))
+    strip_uvs(suz)
+    select([suz])
+    capture = addon("blender.capture")
+    real, capture.find_view3d = capture.find_view3d, FakeViewport(eye, (640, 480),
+                                                                  (w, h)).find_view3d
+    try:
+        assert bpy.ops.zimage.project_view() == {"FINISHED"}
+        out["run"] = run_until_done()
+    finally:
+        capture.find_view3d = real
+    req = json.load(open(os.path.join(ARGS.dir_vp, "req_0.json")))
+    out["request_size"] = [req["width"], req["height"]]
+    out["compare"] = compare_views(ref, render(eye, (w, h),
+                                               os.path.join(ARGS.dir_vp, "after.png")))
+
+
+def object_state(name: str) -> dict:
+    o = bpy.data.objects[name]
+    return {"images": sorted(i.name for i in bpy.data.images if not transient(i.name)),
+            "materials": sorted(m.name for m in bpy.data.materials),
+            "uv_maps": [u.name for u in o.data.uv_layers],
+            "slots": [sl.material.name if sl.material else None for sl in o.material_slots],
+            "history": len(bpy.context.scene.zimage.history)}
+
+
+@scenario
+def projection_is_one_undo_step(out):
+    """The whole result (new UV map, texture, coverage, material, history) is one undo step:
+    undo takes exactly it back, redo brings it again."""
+    undo_steps = bs.undo_steps
+    clear_scene()
+    connect(ARGS.rules)
+    suz = add("monkey", (0, 0, 0), "Suzanne")
+    strip_uvs(suz)
+    bpy.context.scene.camera = camera("Cam", (0, -6, 0.6))
+    select([suz])
+    settings()
+    bpy.ops.ed.undo_push(message="user edit")
+    steps_before, before = undo_steps(), object_state("Suzanne")
+    assert bpy.ops.zimage.project_view() == {"FINISHED"}
+    out["phase"] = run_until_done()["phase"]
+    steps_after, after = undo_steps(), object_state("Suzanne")
+    out.update(before=before, after=after, new_steps=steps_after[len(steps_before):])
+    if out["new_steps"] != ["Z-Image: texture from views"]:
+        return          # undoing a change without a step of its own may crash Blender
+    bpy.ops.ed.undo()
+    out["after_undo"] = object_state("Suzanne")
+    bpy.ops.ed.redo()
+    out["after_redo"] = object_state("Suzanne")
+
+
 def rt():
     return bs.rt()
 
@@ -694,6 +783,8 @@ def main() -> int:
     ap.add_argument("--rules", default="")
     ap.add_argument("--nocontrol", default="")
     ap.add_argument("--dir-nc", default="")
+    ap.add_argument("--replay-vp", default="")
+    ap.add_argument("--dir-vp", default="")
     ap.add_argument("--local-port", type=int, default=0)
     ap.add_argument("--repo", default="")
     ap.add_argument("--model", default="")
@@ -703,7 +794,8 @@ def main() -> int:
     table = {f.__name__: f for f in (install, project_one_view, project_again_adds,
                                      project_six_views, selection_rules,
                                      cancel_applies_nothing, img2img_without_controlnet,
-                                     starts_before_the_welcome,
+                                     starts_before_the_welcome, project_from_the_3d_view,
+                                     projection_is_one_undo_step,
                                      readme_all_sides)}
     for name in [n for n in ARGS.scenarios.split(",") if n]:
         table[name]()

@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.blender,
 
 SCENARIOS = ["install", "project_one_view", "project_again_adds", "project_six_views",
              "selection_rules", "cancel_applies_nothing", "img2img_without_controlnet",
-             "starts_before_the_welcome"]
+             "starts_before_the_welcome", "project_from_the_3d_view",
+             "projection_is_one_undo_step"]
 
 
 def start_replay(folder, caps: str | None = None):
@@ -39,7 +40,7 @@ def start_replay(folder, caps: str | None = None):
 
 @pytest.fixture(scope="module")
 def results(addon_zip, tmp_path_factory):
-    dirs = {k: tmp_path_factory.mktemp(k) for k in ("one", "six", "b", "rules")}
+    dirs = {k: tmp_path_factory.mktemp(k) for k in ("one", "six", "b", "rules", "vp")}
     servers = {k: start_replay(d) for k, d in dirs.items()}
     dirs["nc"] = tmp_path_factory.mktemp("nc")
     servers["nc"] = start_replay(dirs["nc"], "txt2img,img2img,inpaint")
@@ -50,7 +51,8 @@ def results(addon_zip, tmp_path_factory):
                             replay6=servers["six"][1], dir6=dirs["six"],
                             replay_b=servers["b"][1], dir_b=dirs["b"],
                             rules=servers["rules"][1], nocontrol=servers["nc"][1],
-                            dir_nc=dirs["nc"])
+                            dir_nc=dirs["nc"], replay_vp=servers["vp"][1],
+                            dir_vp=dirs["vp"])
     finally:
         for proc, _ in servers.values():
             proc.stdin.close()
@@ -195,3 +197,27 @@ def test_a_run_started_before_the_welcome_waits_for_the_engine(results):
     assert r["connection_before"] == "disconnected"
     assert r["phase"] == "done", r["message"]
     assert r["blobs"] == [["init_image"]]       # the engine's real caps: no ControlNet
+
+
+def test_project_from_the_3d_view(results):
+    # a stand-in viewport (background Blender has no window) at 640x480 looking through one
+    # camera while the scene camera looks from behind: the view's aspect and matrices are used
+    r = check(results, "project_from_the_3d_view")
+    assert r["run"]["phase"] == "done", r["run"]
+    w, h = r["size"]
+    assert w > h and r["request_size"] == [w, h]
+    c = r["compare"]
+    print("from the 3D view:", c)
+    assert c["inner_fraction"] >= 0.95 and c["psnr_inner"] >= 30.0, c
+
+
+def test_projection_is_one_undo_step(results):
+    r = check(results, "projection_is_one_undo_step")
+    assert r["phase"] == "done"
+    before, after = r["before"], r["after"]
+    assert after["uv_maps"] == ["Z-Image UV"] and before["uv_maps"] == []
+    assert len(after["images"]) == len(before["images"]) + 2          # texture + coverage
+    assert after["history"] == before["history"] + 1
+    assert r["new_steps"] == ["Z-Image: texture from views"], r["new_steps"]
+    assert r["after_undo"] == before
+    assert r["after_redo"] == after
