@@ -344,13 +344,13 @@ class Run:
             pump.notify(message)
         pump.redraw()
 
-    def cancel(self) -> None:
+    def cancel(self, message: str = "Cancelled: nothing was applied") -> None:
         rt = runtime.get()
         if self.phase == "generating" and self.job is not None and self.job.active:
             job_id = rt.board.cancel(SLOT)
             if job_id and rt.client is not None:
                 rt.client.cancel(job_id)
-        self._end("cancelled", "Cancelled: nothing was applied")
+        self._end("cancelled", message)
 
 
 def _png_grey_rgb(grey: np.ndarray) -> bytes:
@@ -562,6 +562,16 @@ def _view_count(scene) -> int:
 
 
 # ---- timer and pump hook -------------------------------------------------------------------
+
+def stop(why: str) -> None:
+    """Another file is opening (or the add-on goes away): the run ends in whatever phase it
+    is, and nothing of it is applied (its objects' names mean nothing in the next file)."""
+    run = _RUN
+    if run is not None:
+        run.cancel(f"Cancelled: {why}")
+    if bpy.app.timers.is_registered(tick):
+        bpy.app.timers.unregister(tick)
+
 
 def tick():
     """Timer: moves the run along. Never raises (that would unregister it)."""

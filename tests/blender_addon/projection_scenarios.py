@@ -760,6 +760,64 @@ def projection_is_one_undo_step(out):
     out["after_redo"] = object_state("Suzanne")
 
 
+@scenario
+def another_file_mid_run(out):
+    """Opening another file while a run is baking ends the run: nothing lands in the new
+    file, even on an object of the same name."""
+    import tempfile
+    project = addon("blender.project")
+    clear_scene()
+    connect(ARGS.rules)
+    suz = add("monkey", (0, 0, 0), "Suzanne")
+    strip_uvs(suz)
+    bpy.context.scene.camera = camera("Cam", (0, -6, 0.6))
+    select([suz])
+    p = settings()
+    p.views_source, p.views_around, p.view_above = "ORBIT", 2, False
+    path = os.path.join(tempfile.mkdtemp(prefix="zimage_other_"), "other.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=path, copy=True)
+    out["phases"] = {}
+    for when in ("generating", "absorbing", "preparing", "finishing"):
+        assert bpy.ops.zimage.project_all() == {"FINISHED"}
+        pump = addon("blender.pump")
+        end = time.monotonic() + 60
+        seen = []
+        while project.current() is not None and time.monotonic() < end:
+            pump.tick()
+            project.tick()
+            run = project.current()
+            if run is None or run.phase == when and (when != "preparing" or run.index > 0):
+                break
+            time.sleep(0.002)
+        run = project.current()
+        seen = run.phase if run is not None else None
+        bpy.ops.wm.open_mainfile(filepath=path)
+        at_open = sorted(i.name for i in bpy.data.images if not transient(i.name))
+        history_at_open = len(bpy.context.scene.zimage.history)
+        end = time.monotonic() + 30
+        while project.current() is not None and time.monotonic() < end:
+            pump.tick()
+            project.tick()
+            time.sleep(0.01)
+        time.sleep(0.3)                        # a late worker result must change nothing
+        pump.tick()
+        project.tick()
+        o = bpy.data.objects["Suzanne"]
+        out["phases"][when] = {
+            "caught": seen, "ended": project.current() is None,
+            "last": {k: project.last().get(k) for k in ("phase", "message")},
+            "uv_maps": [u.name for u in o.data.uv_layers],
+            "materials": [sl.material.name if sl.material else None for sl in o.material_slots],
+            "images": sorted(i.name for i in bpy.data.images if not transient(i.name)),
+            "images_at_open": at_open, "history_at_open": history_at_open,
+            "history": len(bpy.context.scene.zimage.history)}
+        # back to a scene the next round can start from (the opened file's selection)
+        select([bpy.data.objects["Suzanne"]])
+        bpy.context.scene.camera = bpy.data.objects["Cam"]
+        p = settings()
+        p.views_source, p.views_around, p.view_above = "ORBIT", 2, False
+
+
 def rt():
     return bs.rt()
 
@@ -795,7 +853,7 @@ def main() -> int:
                                      project_six_views, selection_rules,
                                      cancel_applies_nothing, img2img_without_controlnet,
                                      starts_before_the_welcome, project_from_the_3d_view,
-                                     projection_is_one_undo_step,
+                                     projection_is_one_undo_step, another_file_mid_run,
                                      readme_all_sides)}
     for name in [n for n in ARGS.scenarios.split(",") if n]:
         table[name]()

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.blender,
 SCENARIOS = ["install", "project_one_view", "project_again_adds", "project_six_views",
              "selection_rules", "cancel_applies_nothing", "img2img_without_controlnet",
              "starts_before_the_welcome", "project_from_the_3d_view",
-             "projection_is_one_undo_step"]
+             "projection_is_one_undo_step", "another_file_mid_run"]
 
 
 def start_replay(folder, caps: str | None = None):
@@ -221,3 +221,16 @@ def test_projection_is_one_undo_step(results):
     assert r["new_steps"] == ["Z-Image: texture from views"], r["new_steps"]
     assert r["after_undo"] == before
     assert r["after_redo"] == after
+
+
+def test_another_file_opened_mid_run_gets_nothing(results):
+    r = check(results, "another_file_mid_run")
+    for when, st in r["phases"].items():
+        print(when, st["caught"], st["last"])
+        assert st["caught"] == when, (when, st)          # the file opened in that phase
+        assert st["ended"] and st["last"]["phase"] == "cancelled", (when, st)
+        assert "another file" in st["last"]["message"], (when, st)
+        # the opened file is as it was saved: no UV map, material, texture or history
+        assert st["uv_maps"] == [] and st["materials"] == [], (when, st)
+        assert st["images"] == st["images_at_open"], (when, st)
+        assert st["history"] == st["history_at_open"], (when, st)
