@@ -320,7 +320,7 @@ class Run:
         covered = float(np.mean([t.bake.covered_fraction() for t in self.targets]))
         text = pjobs.run_summary([t.object for t in self.targets], self.summary["created_uv"],
                                  self.summary["shared"], self.summary["skipped"], covered,
-                                 self.count)
+                                 self.count, self.summary["linked"])
         self._end("done", text)
 
     def _end(self, phase: str, message: str) -> None:
@@ -415,12 +415,25 @@ def start(op, context, mode: str) -> set:
         return {"CANCELLED"}
     selected = [o for o in context.selected_objects] or (
         [context.active_object] if context.active_object else [])
+    # full names: a library's object or mesh may share its name with a local one
+    by_name = {o.name_full: o for o in selected}
     targets_names, shared, skipped = pjobs.split_selection(
-        [(o.name, o.type, o.data.name if o.data else "") for o in selected])
+        [(o.name_full, o.type, o.data.name_full if o.data else "") for o in selected])
     if skipped:
         op.report({"WARNING"}, f"Skipped (not meshes): {', '.join(skipped)}")
+    locked = [apply.can_hold_texture(by_name[n]) for n in targets_names]
+    linked = []
+    for name, problem in zip(targets_names, locked):
+        if problem:                         # linked from a library; its twins share the mesh
+            twins = shared.pop(name, [])
+            linked += [name] + twins
+            op.report({"WARNING"}, f"Skipped: {problem}"
+                      + (f" (and its linked duplicates {', '.join(twins)})" if twins else ""))
+    targets_names = [n for n, problem in zip(targets_names, locked) if not problem]
     if not targets_names:
-        op.report({"ERROR"}, "Select one or more mesh objects to texture")
+        op.report({"ERROR"}, "Nothing to texture: the selected meshes are linked from a library "
+                  "(make them local first)" if linked else
+                  "Select one or more mesh objects to texture")
         return {"CANCELLED"}
     limits, caps, known = _limits_caps(rt)
     if known:
@@ -519,7 +532,7 @@ def start(op, context, mode: str) -> set:
     except Exception as exc:
         op.report({"ERROR"}, f"Could not start the engine: {exc}")
         return {"CANCELLED"}
-    summary = {"created_uv": created_uv, "shared": shared, "skipped": skipped}
+    summary = {"created_uv": created_uv, "shared": shared, "skipped": skipped, "linked": linked}
     _RUN = Run(scene, targets, views, words, settings, p.sharpness, first_init, summary)
     start_timer()
     op.report({"INFO"}, f"Texturing {', '.join(t.object for t in targets)} from {len(views)} "

@@ -818,6 +818,51 @@ def another_file_mid_run(out):
         p.views_source, p.views_around, p.view_above = "ORBIT", 2, False
 
 
+@scenario
+def linked_from_a_library(out):
+    """Objects linked from another file cannot take a texture: skipped with a message before
+    anything is sent, while a local object of the same name is textured."""
+    import tempfile
+    project = addon("blender.project")
+    clear_scene()
+    connect(ARGS.rules)
+    statue = add("monkey", (0, 0, 0), "Suzanne")
+    lib = os.path.join(tempfile.mkdtemp(prefix="zimage_lib_"), "statues.blend")
+    bpy.data.libraries.write(lib, {statue}, fake_user=True)
+    clear_scene()
+    with bpy.data.libraries.load(lib, link=True) as (_src, dst):
+        dst.objects = ["Suzanne"]
+    linked = dst.objects[0]
+    bpy.context.scene.collection.objects.link(linked)
+    local = add("monkey", (3, 0, 0), "Suzanne")            # the same name, local
+    strip_uvs(local)
+    bpy.context.scene.camera = camera("Cam", (1.5, -9, 1), (1.5, 0, 0))
+    settings()
+    out["names"] = [linked.name_full, local.name_full]
+    uv_before = [u.name for u in linked.data.uv_layers]
+    select([linked])
+    try:
+        out["only_linked"] = sorted(bpy.ops.zimage.project_view())
+    except RuntimeError as exc:
+        out["only_linked"], out["only_linked_error"] = ["CANCELLED"], str(exc)
+    out["only_linked_run"] = project.current() is not None
+    select([linked, local], active=local)
+    assert bpy.ops.zimage.project_view() == {"FINISHED"}
+    run = run_until_done()
+    out["phase"], out["message"] = run["phase"], run["message"]
+    out["linked_after"] = {"uv": [u.name for u in linked.data.uv_layers], "before": uv_before,
+                           "slots": len(linked.material_slots)}
+    out["local_after"] = {"uv": [u.name for u in local.data.uv_layers],
+                          "material": local.active_material.name if local.active_material
+                          else None}
+    bs.settings(prompt="bronze statue", seed_random=False, seed=3, steps=2)
+    select([linked])
+    try:
+        out["generate_linked"] = sorted(bpy.ops.zimage.generate_texture())
+    except RuntimeError as exc:
+        out["generate_linked"], out["generate_linked_error"] = ["CANCELLED"], str(exc)
+
+
 def rt():
     return bs.rt()
 
@@ -854,6 +899,7 @@ def main() -> int:
                                      cancel_applies_nothing, img2img_without_controlnet,
                                      starts_before_the_welcome, project_from_the_3d_view,
                                      projection_is_one_undo_step, another_file_mid_run,
+                                     linked_from_a_library,
                                      readme_all_sides)}
     for name in [n for n in ARGS.scenarios.split(",") if n]:
         table[name]()

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.blender,
 SCENARIOS = ["install", "project_one_view", "project_again_adds", "project_six_views",
              "selection_rules", "cancel_applies_nothing", "img2img_without_controlnet",
              "starts_before_the_welcome", "project_from_the_3d_view",
-             "projection_is_one_undo_step", "another_file_mid_run"]
+             "projection_is_one_undo_step", "another_file_mid_run", "linked_from_a_library"]
 
 
 def start_replay(folder, caps: str | None = None):
@@ -234,3 +234,22 @@ def test_another_file_opened_mid_run_gets_nothing(results):
         assert st["uv_maps"] == [] and st["materials"] == [], (when, st)
         assert st["images"] == st["images_at_open"], (when, st)
         assert st["history"] == st["history_at_open"], (when, st)
+
+
+def test_objects_linked_from_a_library_are_skipped(results):
+    r = check(results, "linked_from_a_library")
+    linked, local = r["names"]
+    assert linked == "Suzanne [statues.blend]" and local == "Suzanne"
+    # alone: refused before anything is sent, saying why
+    assert r["only_linked"] == ["CANCELLED"] and not r["only_linked_run"]
+    assert "linked from a library" in r["only_linked_error"], r
+    # with a local object of the same name: that one is textured, the linked one untouched
+    assert r["phase"] == "done", r["message"]
+    assert "skipped (linked from a library): Suzanne [statues.blend]" in r["message"]
+    assert r["linked_after"]["uv"] == r["linked_after"]["before"]
+    assert r["linked_after"]["slots"] == 0
+    assert r["local_after"]["uv"] == ["Z-Image UV"] and r["local_after"]["material"]
+    # Generate Texture refuses it too, before sending
+    assert r["generate_linked"] == ["CANCELLED"]
+    assert "statues.blend" in r["generate_linked_error"] and "Make Local" in \
+        r["generate_linked_error"], r["generate_linked_error"]
