@@ -299,6 +299,10 @@ class Run:
                 for key, value in rec.image_props().items():
                     image[key] = value
                 image["zimage_coverage"] = cov.name
+                # fake users: saving drops images nothing uses (the coverage always; the
+                # texture once its material is gone, while the history still lists it)
+                apply.keep_image(tx, cov)
+                apply.keep_image(tx, image)
                 image["zimage_views"] = self.count
                 rec.image_name = image.name
                 mat = apply.new_texture_material(tx, image)

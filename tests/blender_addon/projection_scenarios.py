@@ -574,6 +574,40 @@ def project_again_adds(out):
 
 
 @scenario
+def survives_save_and_reopen(out):
+    """The baked texture, its coverage and the material come back with the file, and
+    projecting again after reopening still adds to the texture."""
+    import tempfile
+    sphere = bpy.data.objects["Sphere"]          # textured twice by the scenarios above
+    tex = next(n for n in sphere.active_material.node_tree.nodes if n.type == "TEX_IMAGE").image
+    names = [tex.name, tex["zimage_coverage"]]
+    before = [image_rgb(bpy.data.images[n]) for n in names]
+    path = os.path.join(tempfile.mkdtemp(prefix="zimage_save_"), "textured.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=path)
+    bpy.ops.wm.open_mainfile(filepath=path)
+    connect(ARGS.rules)
+    out["found"] = [n in bpy.data.images for n in names]
+    if not all(out["found"]):
+        return
+    after = [image_rgb(bpy.data.images[n]) for n in names]
+    out["packed"] = [bpy.data.images[n].packed_file is not None for n in names]
+    out["same_pixels"] = [bool(np.array_equal(a, b)) for a, b in zip(before, after)]
+    sphere = bpy.data.objects["Sphere"]
+    c1 = after[1][..., 0]
+    bpy.context.scene.camera = camera("Below", (-1.3, 0.5, -6.5), (-1.3, 0, 0))
+    select([sphere])
+    settings()
+    assert bpy.ops.zimage.project_view() == {"FINISHED"}
+    out["phase"] = run_until_done()["phase"]
+    tex = next(n for n in sphere.active_material.node_tree.nodes if n.type == "TEX_IMAGE").image
+    px2 = image_rgb(tex)
+    c2 = image_rgb(bpy.data.images[tex["zimage_coverage"]])[..., 0]
+    kept = (c1 > 0) & (c2 <= c1)
+    out["kept_texels"] = int(kept.sum())
+    out["kept_equal"] = bool(np.abs(px2[kept] - after[0][kept]).max() < 1.5 / 255)
+
+
+@scenario
 def starts_before_the_welcome(out):
     """Texturing clicked while the add-on is not connected: the run connects, waits for the
     engine's welcome, then sends (with the engine's real capabilities)."""
@@ -899,7 +933,7 @@ def main() -> int:
                                      cancel_applies_nothing, img2img_without_controlnet,
                                      starts_before_the_welcome, project_from_the_3d_view,
                                      projection_is_one_undo_step, another_file_mid_run,
-                                     linked_from_a_library,
+                                     linked_from_a_library, survives_save_and_reopen,
                                      readme_all_sides)}
     for name in [n for n in ARGS.scenarios.split(",") if n]:
         table[name]()

@@ -18,7 +18,8 @@ from blender_harness import HERE, ROOT, check, free_port, have_bpy, run_scenario
 pytestmark = [pytest.mark.blender,
               pytest.mark.skipif(not have_bpy(), reason="needs bpy (pip install bpy==5.0.1)")]
 
-SCENARIOS = ["install", "project_one_view", "project_again_adds", "project_six_views",
+SCENARIOS = ["install", "project_one_view", "project_again_adds", "survives_save_and_reopen",
+             "project_six_views",
              "selection_rules", "cancel_applies_nothing", "img2img_without_controlnet",
              "starts_before_the_welcome", "project_from_the_3d_view",
              "projection_is_one_undo_step", "another_file_mid_run", "linked_from_a_library"]
@@ -253,3 +254,12 @@ def test_objects_linked_from_a_library_are_skipped(results):
     assert r["generate_linked"] == ["CANCELLED"]
     assert "statues.blend" in r["generate_linked_error"] and "Make Local" in \
         r["generate_linked_error"], r["generate_linked_error"]
+
+
+def test_texture_and_coverage_survive_save_and_reopen(results):
+    r = check(results, "survives_save_and_reopen")
+    assert r["found"] == [True, True], "the texture or its coverage was not saved"
+    assert r["packed"] == [True, True] and r["same_pixels"] == [True, True]
+    # projecting again after reopening adds to the texture: what the new view does not see stays
+    assert r["phase"] == "done"
+    assert r["kept_texels"] > 10000 and r["kept_equal"]
