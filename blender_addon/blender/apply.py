@@ -184,11 +184,12 @@ def _face_indices_edit(obj):
     return bm, [f.material_index for f in bm.faces]
 
 
-def assign_material(tx: Transaction, obj, mat) -> int:
+def assign_material(tx: Transaction, obj, mat, faces: list[int] | None = None) -> int:
     """Add `mat` in a new slot. The faces on the active slot move to it - in Edit Mode the
-    selected faces (the active slot's when none is selected) - and every other face keeps
-    its material, so the user's per-face assignment survives. The user's materials stay as
-    they are; the old assignment is restored on rollback. Returns how many faces moved."""
+    selected faces (the active slot's when none is selected), or `faces` when given - and
+    every other face keeps its material, so the user's per-face assignment survives. The
+    user's materials stay as they are; the old assignment is restored on rollback. Returns
+    how many faces moved."""
     problem = can_hold_texture(obj)
     if problem:
         raise ValueError(problem)
@@ -205,6 +206,8 @@ def assign_material(tx: Transaction, obj, mat) -> int:
         old_faces = array("i", bytes(4 * len(polys)))
         polys.foreach_get("material_index", old_faces)
         picked = []
+    if faces is not None:
+        picked = [i for i in faces if 0 <= i < len(old_faces)]
     if not picked:
         picked = [i for i, m in enumerate(old_faces) if not had_slots or m == old_index]
     data.materials.append(mat)

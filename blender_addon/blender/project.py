@@ -56,9 +56,11 @@ class Target:
     """One mesh to texture (linked duplicates share it)."""
 
     def __init__(self, obj, mesh: pj.Mesh, uv_name: str | None, new_uv: np.ndarray | None,
-                 size: int, previous=None, previous_coverage=None):
+                 size: int, previous=None, previous_coverage=None, faces=None):
         self.object = obj.name
         self.mesh_name = obj.data.name
+        self.topology = (len(obj.data.polygons), len(obj.data.loops))
+        self.faces = faces          # the faces selected in Edit Mode, else None: active slot
         self.mesh = mesh
         self.uv_name = uv_name
         self.new_uv = new_uv
@@ -279,9 +281,14 @@ class Run:
         record = self._record(rt)
         tx = apply.Transaction()
         try:
-            records = []
+            records, applied, lost = [], [], []
             for t in self.targets:
-                obj = bpy.data.objects[t.object]
+                obj = bpy.data.objects.get(t.object)
+                why = _gone(obj, t)
+                if why:                  # the others still get theirs
+                    lost.append(f"{t.object} ({why})")
+                    continue
+                applied.append(t)
                 uv_name = t.uv_name
                 if t.new_uv is not None:
                     layer = obj.data.uv_layers.new(name=UV_NAME)
@@ -307,9 +314,11 @@ class Run:
                 rec.image_name = image.name
                 mat = apply.new_texture_material(tx, image)
                 _wire_uv_map(mat, uv_name)
-                apply.assign_material(tx, obj, mat)
+                apply.assign_material(tx, obj, mat, faces=t.faces)
                 records.append(rec)
                 self.images.append(image.name)
+            if not applied:
+                return self._end("failed", f"Nothing was applied: {', '.join(lost)}")
             apply.add_history(scene, records)
         except Exception as exc:
             log.exception("Z-Image: applying the projection failed")
@@ -321,10 +330,10 @@ class Run:
         except Exception:
             pass
         self.t_applied = time.perf_counter()
-        covered = float(np.mean([t.bake.covered_fraction() for t in self.targets]))
-        text = pjobs.run_summary([t.object for t in self.targets], self.summary["created_uv"],
+        covered = float(np.mean([t.bake.covered_fraction() for t in applied]))
+        text = pjobs.run_summary([t.object for t in applied], self.summary["created_uv"],
                                  self.summary["shared"], self.summary["skipped"], covered,
-                                 self.count, self.summary["linked"])
+                                 self.count, self.summary["linked"], lost)
         self._end("done", text)
 
     def _end(self, phase: str, message: str) -> None:
@@ -362,6 +371,17 @@ def _png_grey_rgb(grey: np.ndarray) -> bytes:
     return pixels.encode_png(np.repeat(grey[..., None], 3, 2).tobytes(), w, h, 3, level=1)
 
 
+def _gone(obj, t: Target) -> str | None:
+    """Why the texture can no longer go on the object it was baked for, if it cannot."""
+    if obj is None:
+        return "deleted while texturing"
+    if obj.type != "MESH" or obj.data is None or obj.data.name != t.mesh_name:
+        return "its mesh was replaced while texturing"
+    if (len(obj.data.polygons), len(obj.data.loops)) != t.topology:
+        return "its mesh was edited while texturing"
+    return None
+
+
 def _packed_image(tx, name: str, size: int, png: bytes, colorspace: str):
     image = tx.created(bpy.data.images, bpy.data.images.new(name, size, size, alpha=False))
     image.pack(data=png, data_len=len(png))
@@ -380,6 +400,13 @@ def _wire_uv_map(mat, uv_name: str) -> None:
     uv.uv_map = uv_name
     uv.location = (tex.location.x - 220, tex.location.y)
     links.new(uv.outputs["UV"], tex.inputs["Vector"])
+
+
+def _selected_faces(obj) -> list[int] | None:
+    """The faces selected in Edit Mode (read in Object Mode), or None when there are none."""
+    sel = np.zeros(len(obj.data.polygons), bool)
+    obj.data.polygons.foreach_get("select", sel)
+    return np.flatnonzero(sel).tolist() or None
 
 
 def _previous_texture(obj, size: int):
@@ -449,6 +476,7 @@ def start(op, context, mode: str) -> set:
             op.report({"ERROR"}, explain(exc.code, exc.detail).text)
             return {"CANCELLED"}
     size = int(p.texture_size)
+    editing = {n for n, o in by_name.items() if o.mode == "EDIT"}
     if context.mode != "OBJECT":                 # edits reach the mesh in Object Mode
         bpy.ops.object.mode_set(mode="OBJECT")
     depsgraph = context.evaluated_depsgraph_get()
@@ -459,15 +487,16 @@ def start(op, context, mode: str) -> set:
             if len(obj.data.polygons) == 0:
                 empty.append(name)
                 continue
+            faces = _selected_faces(obj) if name in editing else None
             if len(obj.data.uv_layers) == 0:
                 uv, mesh = smart_uv(context, obj)
                 created_uv.append(name)
-                targets.append(Target(obj, mesh, None, uv, size))
+                targets.append(Target(obj, mesh, None, uv, size, faces=faces))
             else:
                 uv_name = obj.data.uv_layers.active.name
                 mesh = mesh_triangles(obj.evaluated_get(depsgraph), uv_name)
                 prev, cov = _previous_texture(obj, size)
-                targets.append(Target(obj, mesh, uv_name, None, size, prev, cov))
+                targets.append(Target(obj, mesh, uv_name, None, size, prev, cov, faces))
     except Exception as exc:
         log.exception("Z-Image: reading the meshes")
         op.report({"ERROR"}, f"Could not read the meshes: {exc}")

@@ -109,7 +109,8 @@ def view_request(s: ProjectionSettings, limits: rq.EngineLimits, caps: set[str],
 
 
 def run_summary(textured: list[str], created_uv: list[str], shared: dict[str, list[str]],
-                skipped: list[str], covered: float, views: int, linked: list[str] = ()) -> str:
+                skipped: list[str], covered: float, views: int, linked: list[str] = (),
+                lost: list[str] = ()) -> str:
     """The report line of a finished run."""
     parts = [f"Textured {', '.join(textured)} from {views} view{'s' if views != 1 else ''} "
              f"({covered:.0%} of the surface covered)"]
@@ -122,6 +123,8 @@ def run_summary(textured: list[str], created_uv: list[str], shared: dict[str, li
         parts.append(f"skipped (not meshes): {', '.join(skipped)}")
     if linked:
         parts.append(f"skipped (linked from a library): {', '.join(linked)}")
+    if lost:
+        parts.append(f"not applied: {', '.join(lost)}")
     return "; ".join(parts)
 
 

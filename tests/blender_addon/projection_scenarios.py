@@ -897,6 +897,76 @@ def linked_from_a_library(out):
         out["generate_linked"], out["generate_linked_error"] = ["CANCELLED"], str(exc)
 
 
+def face_slots(obj) -> list[int]:
+    return [f.material_index for f in obj.data.polygons]
+
+
+@scenario
+def material_slots_and_faces(out):
+    """Several material slots: the new material takes the active slot's faces (the others keep
+    theirs); started in Edit Mode with faces selected, it takes those faces."""
+    clear_scene()
+    connect(ARGS.rules)
+    bpy.ops.mesh.primitive_cube_add(size=2.0)
+    cube = bpy.context.active_object
+    cube.name = "Slots"
+    for name in ("Paint A", "Paint B"):
+        cube.data.materials.append(bpy.data.materials.get(name) or bpy.data.materials.new(name))
+    cube.data.polygons.foreach_set("material_index", [0, 0, 0, 1, 1, 1])
+    cube.active_material_index = 1
+    bpy.context.scene.camera = camera("Cam", (4, -5, 3))
+    select([cube])
+    settings()
+    assert bpy.ops.zimage.project_view() == {"FINISHED"}
+    out["object_mode"] = {"phase": run_until_done()["phase"], "faces": face_slots(cube),
+                          "slots": [sl.material.name for sl in cube.material_slots]}
+    bpy.ops.object.mode_set(mode="EDIT")
+    bpy.ops.mesh.select_all(action="DESELECT")
+    bpy.ops.object.mode_set(mode="OBJECT")
+    for i in (0, 5):
+        cube.data.polygons[i].select = True
+    bpy.ops.object.mode_set(mode="EDIT")
+    assert bpy.ops.zimage.project_view() == {"FINISHED"}
+    out["edit_mode"] = {"phase": run_until_done()["phase"], "faces": face_slots(cube),
+                        "slots": len(cube.material_slots)}
+
+
+@scenario
+def objects_change_mid_run(out):
+    """An object deleted, or its mesh edited, while its texture is being made: the others get
+    theirs, the report says which did not, and nothing lands on a changed mesh."""
+    project, pump = addon("blender.project"), addon("blender.pump")
+    clear_scene()
+    connect(ARGS.rules)
+    objs = [add("sphere", (x, 0, 0), name) for x, name in ((-3, "Kept"), (0, "Deleted"),
+                                                             (3, "Edited"))]
+    bpy.context.scene.camera = camera("Cam", (0, -12, 2))
+    select(objs)
+    settings()
+    assert bpy.ops.zimage.project_view() == {"FINISHED"}
+    end = time.monotonic() + 30
+    while project.current() is not None and project.current().phase != "generating" \
+            and time.monotonic() < end:
+        pump.tick()
+        project.tick()
+        time.sleep(0.005)
+    out["caught"] = project.current().phase if project.current() else None
+    bpy.data.objects.remove(bpy.data.objects["Deleted"])
+    bpy.context.view_layer.update()
+    edited = bpy.data.objects["Edited"]
+    select([edited])
+    bpy.ops.object.mode_set(mode="EDIT")
+    bpy.ops.mesh.select_all(action="SELECT")
+    bpy.ops.mesh.subdivide()
+    bpy.ops.object.mode_set(mode="OBJECT")
+    run = run_until_done()
+    out["phase"], out["message"] = run["phase"], run["message"]
+    out["images"] = run["images"]
+    out["kept_material"] = [sl.material.name for sl in objs[0].material_slots]
+    out["edited"] = {"uv": [u.name for u in edited.data.uv_layers],
+                     "slots": len(edited.material_slots)}
+
+
 def rt():
     return bs.rt()
 
@@ -934,6 +1004,7 @@ def main() -> int:
                                      starts_before_the_welcome, project_from_the_3d_view,
                                      projection_is_one_undo_step, another_file_mid_run,
                                      linked_from_a_library, survives_save_and_reopen,
+                                     material_slots_and_faces, objects_change_mid_run,
                                      readme_all_sides)}
     for name in [n for n in ARGS.scenarios.split(",") if n]:
         table[name]()

@@ -22,7 +22,8 @@ SCENARIOS = ["install", "project_one_view", "project_again_adds", "survives_save
              "project_six_views",
              "selection_rules", "cancel_applies_nothing", "img2img_without_controlnet",
              "starts_before_the_welcome", "project_from_the_3d_view",
-             "projection_is_one_undo_step", "another_file_mid_run", "linked_from_a_library"]
+             "projection_is_one_undo_step", "another_file_mid_run", "linked_from_a_library",
+             "material_slots_and_faces", "objects_change_mid_run"]
 
 
 def start_replay(folder, caps: str | None = None):
@@ -263,3 +264,27 @@ def test_texture_and_coverage_survive_save_and_reopen(results):
     # projecting again after reopening adds to the texture: what the new view does not see stays
     assert r["phase"] == "done"
     assert r["kept_texels"] > 10000 and r["kept_equal"]
+
+
+def test_material_slots_and_edit_mode_faces(results):
+    r = check(results, "material_slots_and_faces")
+    # Object Mode: the active slot's faces (slot 1) take the new material (slot 2)
+    first = r["object_mode"]
+    assert first["phase"] == "done"
+    assert first["faces"] == [0, 0, 0, 2, 2, 2], first
+    assert first["slots"][:2] == ["Paint A", "Paint B"] and len(first["slots"]) == 3
+    # Edit Mode with faces 0 and 5 selected: exactly those take the next one (slot 3)
+    second = r["edit_mode"]
+    assert second["phase"] == "done"
+    assert second["faces"] == [3, 0, 0, 2, 2, 3] and second["slots"] == 4, second
+
+
+def test_object_deleted_or_edited_mid_run(results):
+    r = check(results, "objects_change_mid_run")
+    assert r["caught"] == "generating"
+    assert r["phase"] == "done", r["message"]
+    assert "Textured Kept" in r["message"] and len(r["images"]) == 1
+    assert "Deleted (deleted while texturing)" in r["message"], r["message"]
+    assert "Edited (its mesh was edited while texturing)" in r["message"], r["message"]
+    assert len(r["kept_material"]) == 1                  # the new one
+    assert r["edited"]["slots"] == 0 and r["edited"]["uv"] == ["UVMap"]   # untouched
