@@ -768,18 +768,24 @@ def object_state(name: str) -> dict:
             "history": len(bpy.context.scene.zimage.history)}
 
 
-@scenario
-def projection_is_one_undo_step(out):
-    """The whole result (new UV map, texture, coverage, material, history) is one undo step:
-    undo takes exactly it back, redo brings it again."""
-    undo_steps = bs.undo_steps
+def suzanne_before_a_camera():
+    """A fresh scene: Suzanne without UVs, selected, the scene camera in front; the rules
+    stand-in engine. Returns the projection settings."""
     clear_scene()
     connect(ARGS.rules)
     suz = add("monkey", (0, 0, 0), "Suzanne")
     strip_uvs(suz)
     bpy.context.scene.camera = camera("Cam", (0, -6, 0.6))
     select([suz])
-    settings()
+    return settings()
+
+
+@scenario
+def projection_is_one_undo_step(out):
+    """The whole result (new UV map, texture, coverage, material, history) is one undo step:
+    undo takes exactly it back, redo brings it again."""
+    undo_steps = bs.undo_steps
+    suzanne_before_a_camera()
     bpy.ops.ed.undo_push(message="user edit")
     steps_before, before = undo_steps(), object_state("Suzanne")
     assert bpy.ops.zimage.project_view() == {"FINISHED"}
@@ -800,13 +806,7 @@ def another_file_mid_run(out):
     file, even on an object of the same name."""
     import tempfile
     project = addon("blender.project")
-    clear_scene()
-    connect(ARGS.rules)
-    suz = add("monkey", (0, 0, 0), "Suzanne")
-    strip_uvs(suz)
-    bpy.context.scene.camera = camera("Cam", (0, -6, 0.6))
-    select([suz])
-    p = settings()
+    p = suzanne_before_a_camera()
     p.views_source, p.views_around, p.view_above = "ORBIT", 2, False
     path = os.path.join(tempfile.mkdtemp(prefix="zimage_other_"), "other.blend")
     bpy.ops.wm.save_as_mainfile(filepath=path, copy=True)
