@@ -63,7 +63,7 @@ def results(addon_zip, tmp_path_factory):
 
 def test_round_trip_one_view(results):
     r = check(results, "project_one_view")
-    assert r["run"]["phase"] == "done", r["run"]
+    assert r["run"]["phase"] == "succeeded", r["run"]
     c = r["compare"]
     print("one view:", c, r["run_seconds"], "s")
     # what the view sees comes back: PSNR >= 30 dB over >= 95 % of the visible pixels (the
@@ -89,7 +89,7 @@ def test_round_trip_one_view(results):
 
 def test_round_trip_six_views(results):
     r = check(results, "project_six_views")
-    assert r["run"]["phase"] == "done", r["run"]
+    assert r["run"]["phase"] == "succeeded", r["run"]
     print("six views: coverage", r["coverage"], "reachable", r["reachable"],
           "coverage of reachable", r["coverage_of_reachable"], "psnr", r["psnr_covered"])
     # Suzanne's eyeballs hide ~2.5 % of her surface from every direction, so the issue's
@@ -138,7 +138,7 @@ def test_selection_rules(results):
     assert r["only_empty"] == ["CANCELLED"] and not r["only_empty_run"]
     assert "no faces" in r["only_empty_error"]
     assert r["mode_after"] == "OBJECT"
-    assert r["phase"] == "done" and r["requests"] == 1
+    assert r["phase"] == "succeeded" and r["requests"] == 1
     assert r["existing_uv_untouched"] and r["uv_names"]["WithUV"] == r["uv_names"]["before"]
     assert r["uv_names"]["Bare"] == ["Z-Image UV"]
     assert len(r["images"]) == 2                                # WithUV, Bare (+ twin)
@@ -172,14 +172,14 @@ def test_panel_shows_settings_progress_per_view_and_previews(results):
 
 def test_projecting_again_adds_to_the_texture(results):
     r = check(results, "project_again_adds")
-    assert r["phase"] == "done" and r["uv_maps"] == ["Z-Image UV"]    # no second UV map
+    assert r["phase"] == "succeeded" and r["uv_maps"] == ["Z-Image UV"]    # no second UV map
     assert r["kept_texels"] > 10000 and r["kept_equal"]
     assert r["new_texels"] > 10000 and r["new_grey"] < 2 / 255
 
 
 def test_without_controlnet_the_first_view_is_img2img_from_a_shaded_capture(results):
     r = check(results, "img2img_without_controlnet")
-    assert r["phase"] == "done", r
+    assert r["phase"] == "succeeded", r
     assert r["request"]["blobs"] == ["init_image"], r["request"]
     assert "control_type" not in r["request"]["params"]
     assert r["strength"] == 0.45 and r["init_size"] == [512, 512, 3]
@@ -189,5 +189,5 @@ def test_without_controlnet_the_first_view_is_img2img_from_a_shaded_capture(resu
 def test_a_run_started_before_the_welcome_waits_for_the_engine(results):
     r = check(results, "starts_before_the_welcome")
     assert r["connection_before"] == "disconnected"
-    assert r["phase"] == "done", r["message"]
+    assert r["phase"] == "succeeded", r["message"]
     assert r["blobs"] == [["init_image"]]       # the engine's real caps: no ControlNet
