@@ -23,7 +23,9 @@ throwaway Blender user profile exactly as the tests do, starts a stand-in engine
     (building and sending the request) is listed too.
 
 (c) texturing from views (`--parts projection`; blender/project.py): Suzanne with a
-    Subdivision Surface modifier (`--subdiv`, level 2: 15.7k triangles, 3: 63k), no UV map
+    Subdivision Surface modifier (`--subdiv`, level 2: 15.7k triangles, 3: 63k; "c5": the mesh
+    itself subdivided with 5 cuts, 34.8k triangles, no modifier; "3:30000": level 3 with a
+    Decimate modifier down to about 30k), no UV map
     (Smart UV Project runs), "Texture All Sides" with 6 views (5 around + 1 above) at 1024²
     into a `--texture` (2048) texture, against a stand-in engine with depth control and
     inpainting (tests/blender_addon/standin_server.py). It records the operator's own time,
@@ -110,7 +112,9 @@ def main() -> int:
     ap.add_argument("--zip", type=Path, default=None, help="an already built add-on zip")
     ap.add_argument("--parts", default="apply,stalls,projection",
                     help="which measurements: apply, stalls, projection")
-    ap.add_argument("--subdiv", default="2,3", help="Subdivision levels of Suzanne for (c)")
+    ap.add_argument("--subdiv", default="2,c5,3",
+                    help="Suzanne for (c): Subdivision Surface LEVEL, cN (the mesh subdivided "
+                         "with N cuts), or LEVEL:TRIANGLES (then decimated to about TRIANGLES)")
     ap.add_argument("--texture", type=int, default=2048)
     ap.add_argument("--live-runs", type=int, default=15)
     ap.add_argument("--live-step-seconds", type=float, default=0.02)
@@ -340,15 +344,27 @@ def bench_projection(bpy, mods, args):
         connect(bpy, mods, address)
         project = sys.modules[f"{MOD}.blender.project"]
         pump = mods["blender.pump"]
-        for level in [int(v) for v in args.subdiv.split(",") if v]:
+        for item in [v for v in args.subdiv.split(",") if v]:
+            cuts = int(item[1:]) if item.startswith("c") else 0
+            level, _, target = ("0" if cuts else item).partition(":")
+            level = int(level)
             for o in list(bpy.data.objects):
                 if o.type == "MESH":
                     bpy.data.objects.remove(o)
             bpy.ops.mesh.primitive_monkey_add(size=2.0)
             obj = bpy.context.active_object
             bpy.ops.object.shade_smooth()
-            mod = obj.modifiers.new("Subdivision", "SUBSURF")
-            mod.levels = mod.render_levels = level
+            if cuts:
+                bpy.ops.object.mode_set(mode="EDIT")
+                bpy.ops.mesh.select_all(action="SELECT")
+                bpy.ops.mesh.subdivide(number_cuts=cuts, smoothness=1.0)
+                bpy.ops.object.mode_set(mode="OBJECT")
+            if level:
+                mod = obj.modifiers.new("Subdivision", "SUBSURF")
+                mod.levels = mod.render_levels = level
+            if target:                   # Suzanne's 968 triangles x 4 per level
+                dec = obj.modifiers.new("Decimate", "DECIMATE")
+                dec.ratio = min(1.0, int(target) / (968 * 4 ** level))
             while len(obj.data.uv_layers):
                 obj.data.uv_layers.remove(obj.data.uv_layers[0])
             obj.select_set(True)
@@ -378,7 +394,7 @@ def bench_projection(bpy, mods, args):
                 time.sleep(0.02)
             last = project.last()
             assert last.get("phase") == "succeeded", last
-            rows.append({"level": level, "tris": tris, "op": op_time, "ticks": ticks,
+            rows.append({"level": item, "tris": tris, "op": op_time, "ticks": ticks,
                          "apply": last["apply_seconds"], "rss": watch.stop(),
                          "message": last["message"]})
             for name in last["images"]:

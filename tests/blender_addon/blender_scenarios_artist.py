@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import blender_scenarios as base  # noqa: E402  (sets up the throwaway profile, imports bpy)
 from blender_scenarios import (MOD, addon, connect, cube, image_rgb8, job, rt,  # noqa: E402
-                               scenario, settings, state_counts, tick_until)
+                               scenario, settings, state_counts, tick_until, undo_steps)
 
 import bpy  # noqa: E402
 
@@ -27,25 +27,6 @@ def args():
 
 
 # ---- helpers -----------------------------------------------------------------------------
-
-def undo_steps() -> list[str]:
-    """The names of the steps on Blender's undo stack (WindowManager.print_undo_steps writes
-    them to the C stdout; it needs a non-empty stack, so scenarios push a first step)."""
-    fd = sys.stdout.fileno()
-    sys.stdout.flush()
-    with tempfile.TemporaryFile() as tmp:
-        saved = os.dup(fd)
-        os.dup2(tmp.fileno(), fd)
-        try:
-            bpy.context.window_manager.print_undo_steps()
-        finally:
-            os.dup2(saved, fd)
-            os.close(saved)
-        tmp.seek(0)
-        text = tmp.read().decode(errors="replace")
-    return [line.split("name='", 1)[1].rstrip("'") for line in text.splitlines()
-            if "name='" in line]
-
 
 def rna_dump(struct, prefix: str) -> dict:
     """Every plain property of an RNA struct, as text."""

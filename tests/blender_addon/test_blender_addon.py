@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.blender,
 SCENARIOS = ["install", "disable_enable", "texture", "history_recall", "image_node_target",
              "preview_updates", "cancel", "encode_off_thread", "concept_img2img", "concept_depth",
              "panels_draw", "free_vram", "unsupported_size", "engine_not_running", "engine_killed",
-             "local_engine", "undo"]
+             "local_engine"]
 
 
 @pytest.fixture(scope="module")
@@ -150,14 +150,6 @@ def test_panels_draw_without_errors(results):
     assert {"zimage.generate_texture", "zimage.generate_concept", "zimage.start_engine",
             "zimage.free_vram", "zimage.history_recall", "zimage.show_image"} <= set(
         r["operators"]), r["operators"]
-
-
-def test_applying_a_result_is_one_undo_step(results):
-    r = check(results, "undo")
-    assert r["phase"] == JobState.SUCCEEDED and r["applied"] and r["apply_op_has_undo"]
-    if not r["undo_available"]:
-        pytest.skip("ed.undo needs a window; background Blender has none")
-    assert r["undone"], (r["before"], r["after_undo"])
 
 
 def test_free_vram_asks_the_engine_and_says_so(results):

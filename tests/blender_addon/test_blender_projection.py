@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.blender,
 
 SCENARIOS = ["install", "project_one_view", "project_again_adds", "project_six_views",
              "selection_rules", "cancel_applies_nothing", "img2img_without_controlnet",
-             "starts_before_the_welcome"]
+             "starts_before_the_welcome", "project_from_the_3d_view",
+             "projection_is_one_undo_step"]
 
 
 def start_replay(folder, caps: str | None = None):
@@ -39,7 +40,7 @@ def start_replay(folder, caps: str | None = None):
 
 @pytest.fixture(scope="module")
 def results(addon_zip, tmp_path_factory):
-    dirs = {k: tmp_path_factory.mktemp(k) for k in ("one", "six", "b", "rules")}
+    dirs = {k: tmp_path_factory.mktemp(k) for k in ("one", "six", "b", "rules", "vp")}
     servers = {k: start_replay(d) for k, d in dirs.items()}
     dirs["nc"] = tmp_path_factory.mktemp("nc")
     servers["nc"] = start_replay(dirs["nc"], "txt2img,img2img,inpaint")
@@ -50,7 +51,8 @@ def results(addon_zip, tmp_path_factory):
                             replay6=servers["six"][1], dir6=dirs["six"],
                             replay_b=servers["b"][1], dir_b=dirs["b"],
                             rules=servers["rules"][1], nocontrol=servers["nc"][1],
-                            dir_nc=dirs["nc"])
+                            dir_nc=dirs["nc"], replay_vp=servers["vp"][1],
+                            dir_vp=dirs["vp"])
     finally:
         for proc, _ in servers.values():
             proc.stdin.close()
@@ -90,13 +92,17 @@ def test_round_trip_one_view(results):
 def test_round_trip_six_views(results):
     r = check(results, "project_six_views")
     assert r["run"]["phase"] == "succeeded", r["run"]
-    print("six views: coverage", r["coverage"], "reachable", r["reachable"],
-          "coverage of reachable", r["coverage_of_reachable"], "psnr", r["psnr_covered"])
-    # Suzanne's eyeballs hide ~2.5 % of her surface from every direction, so the issue's
-    # ">= 98 % of the surface texels" is measured over the texels any view can reach (26
-    # directions around); over all texels six views cover ~96 %
-    assert r["coverage_of_reachable"] >= 0.98, r
+    print("six views: coverage", r["coverage"], "exterior", r["exterior"],
+          "coverage of exterior", r["coverage_of_exterior"], "enclosed", r["enclosed"],
+          "covered", r["enclosed_covered"], "deep", r["deep"], "covered", r["deep_covered"],
+          "psnr", r["psnr_covered"])
+    # the surface texels are those a camera can see at all (Blender's ray casting decides:
+    # some ray from the texel escapes); ~3 % of Suzanne's texels lie inside her head, where her
+    # eyeballs sink in, and no view outside can reach them
+    assert r["coverage_of_exterior"] >= 0.98, r
     assert r["coverage"] >= 0.95, r
+    # what no view can see receives nothing beyond the depth test's tolerance band
+    assert r["deep"] > 100 and r["deep_covered"] == 0, r
     assert r["psnr_covered"] >= 28.0, r["psnr_covered"]
     for v in r["views"]:
         assert v["psnr_inner"] >= 28.0, v
@@ -191,3 +197,27 @@ def test_a_run_started_before_the_welcome_waits_for_the_engine(results):
     assert r["connection_before"] == "disconnected"
     assert r["phase"] == "succeeded", r["message"]
     assert r["blobs"] == [["init_image"]]       # the engine's real caps: no ControlNet
+
+
+def test_project_from_the_3d_view(results):
+    # a stand-in viewport (background Blender has no window) at 640x480 looking through one
+    # camera while the scene camera looks from behind: the view's aspect and matrices are used
+    r = check(results, "project_from_the_3d_view")
+    assert r["run"]["phase"] == "succeeded", r["run"]
+    w, h = r["size"]
+    assert w > h and r["request_size"] == [w, h]
+    c = r["compare"]
+    print("from the 3D view:", c)
+    assert c["inner_fraction"] >= 0.95 and c["psnr_inner"] >= 30.0, c
+
+
+def test_projection_is_one_undo_step(results):
+    r = check(results, "projection_is_one_undo_step")
+    assert r["phase"] == "succeeded"
+    before, after = r["before"], r["after"]
+    assert after["uv_maps"] == ["Z-Image UV"] and before["uv_maps"] == []
+    assert len(after["images"]) == len(before["images"]) + 2          # texture + coverage
+    assert after["history"] == before["history"] + 1
+    assert r["new_steps"] == ["Z-Image: texture from views"], r["new_steps"]
+    assert r["after_undo"] == before
+    assert r["after_redo"] == after
