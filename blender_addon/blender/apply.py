@@ -169,6 +169,11 @@ def can_hold_texture(obj) -> str | None:
         hint = " (convert it: Object > Convert > Mesh)" if obj.type in (
             "CURVE", "SURFACE", "FONT", "META", "CURVES") else ""
         return f"{obj.name} is a {kind}, not a mesh{hint}"
+    linked = obj.library or (obj.data.library if obj.data is not None else None)
+    if linked is not None:
+        what = obj.name if obj.library is not None else f"{obj.name}'s mesh"
+        return (f"{what} is linked from {linked.name} and cannot be changed here (make it "
+                "local first: Object > Relations > Make Local)")
     return None
 
 

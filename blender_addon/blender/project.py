@@ -300,6 +300,10 @@ class Run:
                 for key, value in rec.image_props().items():
                     image[key] = value
                 image["zimage_coverage"] = cov.name
+                # fake users: saving drops images nothing uses (the coverage always; the
+                # texture once its material is gone, while the history still lists it)
+                apply.keep_image(tx, cov)
+                apply.keep_image(tx, image)
                 image["zimage_views"] = self.count
                 rec.image_name = image.name
                 mat = apply.new_texture_material(tx, image)
@@ -321,7 +325,7 @@ class Run:
         covered = float(np.mean([t.bake.covered_fraction() for t in self.targets]))
         text = pjobs.run_summary([t.object for t in self.targets], self.summary["created_uv"],
                                  self.summary["shared"], self.summary["skipped"], covered,
-                                 self.count)
+                                 self.count, self.summary["linked"])
         self._end(JobState.SUCCEEDED, text)
 
     def _end(self, phase: JobState, message: str) -> None:
@@ -345,13 +349,13 @@ class Run:
             pump.notify(message)
         pump.redraw()
 
-    def cancel(self) -> None:
+    def cancel(self, message: str = "Cancelled: nothing was applied") -> None:
         rt = runtime.get()
         if self.phase == pjobs.GENERATING and self.job is not None and self.job.active:
             job_id = rt.board.cancel(SLOT)
             if job_id and rt.client is not None:
                 rt.client.cancel(job_id)
-        self._end(JobState.CANCELLED, "Cancelled: nothing was applied")
+        self._end(JobState.CANCELLED, message)
 
 
 def _png_grey_rgb(grey: np.ndarray) -> bytes:
@@ -416,12 +420,25 @@ def start(op, context, mode: str) -> set:
         return {"CANCELLED"}
     selected = [o for o in context.selected_objects] or (
         [context.active_object] if context.active_object else [])
+    # full names: a library's object or mesh may share its name with a local one
+    by_name = {o.name_full: o for o in selected}
     targets_names, shared, skipped = pjobs.split_selection(
-        [(o.name, o.type, o.data.name if o.data else "") for o in selected])
+        [(o.name_full, o.type, o.data.name_full if o.data else "") for o in selected])
     if skipped:
         op.report({"WARNING"}, f"Skipped (not meshes): {', '.join(skipped)}")
+    locked = [apply.can_hold_texture(by_name[n]) for n in targets_names]
+    linked = []
+    for name, problem in zip(targets_names, locked):
+        if problem:                         # linked from a library; its twins share the mesh
+            twins = shared.pop(name, [])
+            linked += [name] + twins
+            op.report({"WARNING"}, f"Skipped: {problem}"
+                      + (f" (and its linked duplicates {', '.join(twins)})" if twins else ""))
+    targets_names = [n for n, problem in zip(targets_names, locked) if not problem]
     if not targets_names:
-        op.report({"ERROR"}, "Select one or more mesh objects to texture")
+        op.report({"ERROR"}, "Nothing to texture: the selected meshes are linked from a library "
+                  "(make them local first)" if linked else
+                  "Select one or more mesh objects to texture")
         return {"CANCELLED"}
     limits, caps, known = _limits_caps(rt)
     if known:
@@ -520,7 +537,7 @@ def start(op, context, mode: str) -> set:
     except Exception as exc:
         op.report({"ERROR"}, f"Could not start the engine: {exc}")
         return {"CANCELLED"}
-    summary = {"created_uv": created_uv, "shared": shared, "skipped": skipped}
+    summary = {"created_uv": created_uv, "shared": shared, "skipped": skipped, "linked": linked}
     _RUN = Run(scene, targets, views, words, settings, p.sharpness, first_init, summary)
     start_timer()
     op.report({"INFO"}, f"Texturing {', '.join(t.object for t in targets)} from {len(views)} "
@@ -563,6 +580,16 @@ def _view_count(scene) -> int:
 
 
 # ---- timer and pump hook -------------------------------------------------------------------
+
+def stop(why: str) -> None:
+    """Another file is opening (or the add-on goes away): the run ends in whatever phase it
+    is, and nothing of it is applied (its objects' names mean nothing in the next file)."""
+    run = _RUN
+    if run is not None:
+        run.cancel(f"Cancelled: {why}")
+    if bpy.app.timers.is_registered(tick):
+        bpy.app.timers.unregister(tick)
+
 
 def tick():
     """Timer: moves the run along. Never raises (that would unregister it)."""

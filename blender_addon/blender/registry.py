@@ -6,7 +6,7 @@ import atexit
 
 import bpy
 
-from . import install, live, operators, panels, project_ui, props, pump, runtime
+from . import install, live, operators, panels, project, project_ui, props, pump, runtime
 
 CLASSES = (props.CLASSES + operators.CLASSES + panels.CLASSES + project_ui.CLASSES
            + install.CLASSES + live.CLASSES)
@@ -35,6 +35,7 @@ def register():
 
 def unregister():
     live.stop("the add-on was disabled")
+    project.stop("the add-on was disabled")
     pump.stop()
     atexit.unregister(_at_exit)
     if runtime.on_load_pre in bpy.app.handlers.load_pre:

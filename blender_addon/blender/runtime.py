@@ -123,6 +123,11 @@ def _stop_live(why: str) -> None:
     live.stop(why)
 
 
+def _stop_projection(why: str) -> None:
+    from . import project
+    project.stop(why)
+
+
 class Runtime:
     def __init__(self):
         self.board = JobBoard(connect_timeout=10.0)
@@ -282,6 +287,7 @@ class Runtime:
     def drop_jobs(self, why: str) -> None:
         """Cancel every job in flight (nothing of theirs is applied)."""
         _stop_live(why)
+        _stop_projection(why)
         for slot in list(self.board.jobs):
             job_id = self.board.cancel(slot)
             if job_id and self.client is not None:

@@ -114,7 +114,7 @@ def view_request(s: ProjectionSettings, limits: rq.EngineLimits, caps: set[str],
 
 
 def run_summary(textured: list[str], created_uv: list[str], shared: dict[str, list[str]],
-                skipped: list[str], covered: float, views: int) -> str:
+                skipped: list[str], covered: float, views: int, linked: list[str] = ()) -> str:
     """The report line of a finished run."""
     parts = [f"Textured {', '.join(textured)} from {views} view{'s' if views != 1 else ''} "
              f"({covered:.0%} of the surface covered)"]
@@ -125,6 +125,8 @@ def run_summary(textured: list[str], created_uv: list[str], shared: dict[str, li
                      f"{owner}'s mesh and texture")
     if skipped:
         parts.append(f"skipped (not meshes): {', '.join(skipped)}")
+    if linked:
+        parts.append(f"skipped (linked from a library): {', '.join(linked)}")
     return "; ".join(parts)
 
 

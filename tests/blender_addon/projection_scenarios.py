@@ -574,6 +574,40 @@ def project_again_adds(out):
 
 
 @scenario
+def survives_save_and_reopen(out):
+    """The baked texture, its coverage and the material come back with the file, and
+    projecting again after reopening still adds to the texture."""
+    import tempfile
+    sphere = bpy.data.objects["Sphere"]          # textured twice by the scenarios above
+    tex = next(n for n in sphere.active_material.node_tree.nodes if n.type == "TEX_IMAGE").image
+    names = [tex.name, tex["zimage_coverage"]]
+    before = [image_rgb(bpy.data.images[n]) for n in names]
+    path = os.path.join(tempfile.mkdtemp(prefix="zimage_save_"), "textured.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=path)
+    bpy.ops.wm.open_mainfile(filepath=path)
+    connect(ARGS.rules)
+    out["found"] = [n in bpy.data.images for n in names]
+    if not all(out["found"]):
+        return
+    after = [image_rgb(bpy.data.images[n]) for n in names]
+    out["packed"] = [bpy.data.images[n].packed_file is not None for n in names]
+    out["same_pixels"] = [bool(np.array_equal(a, b)) for a, b in zip(before, after)]
+    sphere = bpy.data.objects["Sphere"]
+    c1 = after[1][..., 0]
+    bpy.context.scene.camera = camera("Below", (-1.3, 0.5, -6.5), (-1.3, 0, 0))
+    select([sphere])
+    settings()
+    assert bpy.ops.zimage.project_view() == {"FINISHED"}
+    out["phase"] = run_until_done()["phase"]
+    tex = next(n for n in sphere.active_material.node_tree.nodes if n.type == "TEX_IMAGE").image
+    px2 = image_rgb(tex)
+    c2 = image_rgb(bpy.data.images[tex["zimage_coverage"]])[..., 0]
+    kept = (c1 > 0) & (c2 <= c1)
+    out["kept_texels"] = int(kept.sum())
+    out["kept_equal"] = bool(np.abs(px2[kept] - after[0][kept]).max() < 1.5 / 255)
+
+
+@scenario
 def starts_before_the_welcome(out):
     """Texturing clicked while the add-on is not connected: the run connects, waits for the
     engine's welcome, then sends (with the engine's real capabilities)."""
@@ -760,6 +794,109 @@ def projection_is_one_undo_step(out):
     out["after_redo"] = object_state("Suzanne")
 
 
+@scenario
+def another_file_mid_run(out):
+    """Opening another file while a run is baking ends the run: nothing lands in the new
+    file, even on an object of the same name."""
+    import tempfile
+    project = addon("blender.project")
+    clear_scene()
+    connect(ARGS.rules)
+    suz = add("monkey", (0, 0, 0), "Suzanne")
+    strip_uvs(suz)
+    bpy.context.scene.camera = camera("Cam", (0, -6, 0.6))
+    select([suz])
+    p = settings()
+    p.views_source, p.views_around, p.view_above = "ORBIT", 2, False
+    path = os.path.join(tempfile.mkdtemp(prefix="zimage_other_"), "other.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=path, copy=True)
+    out["phases"] = {}
+    for when in ("generating", "absorbing", "preparing", "finishing"):
+        assert bpy.ops.zimage.project_all() == {"FINISHED"}
+        pump = addon("blender.pump")
+        end = time.monotonic() + 60
+        seen = []
+        while project.current() is not None and time.monotonic() < end:
+            pump.tick()
+            project.tick()
+            run = project.current()
+            if run is None or run.phase == when and (when != "preparing" or run.index > 0):
+                break
+            time.sleep(0.002)
+        run = project.current()
+        seen = run.phase if run is not None else None
+        bpy.ops.wm.open_mainfile(filepath=path)
+        at_open = sorted(i.name for i in bpy.data.images if not transient(i.name))
+        history_at_open = len(bpy.context.scene.zimage.history)
+        end = time.monotonic() + 30
+        while project.current() is not None and time.monotonic() < end:
+            pump.tick()
+            project.tick()
+            time.sleep(0.01)
+        time.sleep(0.3)                        # a late worker result must change nothing
+        pump.tick()
+        project.tick()
+        o = bpy.data.objects["Suzanne"]
+        out["phases"][when] = {
+            "caught": seen, "ended": project.current() is None,
+            "last": {k: project.last().get(k) for k in ("phase", "message")},
+            "uv_maps": [u.name for u in o.data.uv_layers],
+            "materials": [sl.material.name if sl.material else None for sl in o.material_slots],
+            "images": sorted(i.name for i in bpy.data.images if not transient(i.name)),
+            "images_at_open": at_open, "history_at_open": history_at_open,
+            "history": len(bpy.context.scene.zimage.history)}
+        # back to a scene the next round can start from (the opened file's selection)
+        select([bpy.data.objects["Suzanne"]])
+        bpy.context.scene.camera = bpy.data.objects["Cam"]
+        p = settings()
+        p.views_source, p.views_around, p.view_above = "ORBIT", 2, False
+
+
+@scenario
+def linked_from_a_library(out):
+    """Objects linked from another file cannot take a texture: skipped with a message before
+    anything is sent, while a local object of the same name is textured."""
+    import tempfile
+    project = addon("blender.project")
+    clear_scene()
+    connect(ARGS.rules)
+    statue = add("monkey", (0, 0, 0), "Suzanne")
+    lib = os.path.join(tempfile.mkdtemp(prefix="zimage_lib_"), "statues.blend")
+    bpy.data.libraries.write(lib, {statue}, fake_user=True)
+    clear_scene()
+    with bpy.data.libraries.load(lib, link=True) as (_src, dst):
+        dst.objects = ["Suzanne"]
+    linked = dst.objects[0]
+    bpy.context.scene.collection.objects.link(linked)
+    local = add("monkey", (3, 0, 0), "Suzanne")            # the same name, local
+    strip_uvs(local)
+    bpy.context.scene.camera = camera("Cam", (1.5, -9, 1), (1.5, 0, 0))
+    settings()
+    out["names"] = [linked.name_full, local.name_full]
+    uv_before = [u.name for u in linked.data.uv_layers]
+    select([linked])
+    try:
+        out["only_linked"] = sorted(bpy.ops.zimage.project_view())
+    except RuntimeError as exc:
+        out["only_linked"], out["only_linked_error"] = ["CANCELLED"], str(exc)
+    out["only_linked_run"] = project.current() is not None
+    select([linked, local], active=local)
+    assert bpy.ops.zimage.project_view() == {"FINISHED"}
+    run = run_until_done()
+    out["phase"], out["message"] = run["phase"], run["message"]
+    out["linked_after"] = {"uv": [u.name for u in linked.data.uv_layers], "before": uv_before,
+                           "slots": len(linked.material_slots)}
+    out["local_after"] = {"uv": [u.name for u in local.data.uv_layers],
+                          "material": local.active_material.name if local.active_material
+                          else None}
+    bs.settings(prompt="bronze statue", seed_random=False, seed=3, steps=2)
+    select([linked])
+    try:
+        out["generate_linked"] = sorted(bpy.ops.zimage.generate_texture())
+    except RuntimeError as exc:
+        out["generate_linked"], out["generate_linked_error"] = ["CANCELLED"], str(exc)
+
+
 def rt():
     return bs.rt()
 
@@ -795,7 +932,8 @@ def main() -> int:
                                      project_six_views, selection_rules,
                                      cancel_applies_nothing, img2img_without_controlnet,
                                      starts_before_the_welcome, project_from_the_3d_view,
-                                     projection_is_one_undo_step,
+                                     projection_is_one_undo_step, another_file_mid_run,
+                                     linked_from_a_library, survives_save_and_reopen,
                                      readme_all_sides)}
     for name in [n for n in ARGS.scenarios.split(",") if n]:
         table[name]()

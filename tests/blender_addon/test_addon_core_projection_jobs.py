@@ -81,6 +81,9 @@ def test_view_words_and_selection_rules():
     text = pjobs.run_summary(["Suzanne", "Cube"], ["Cube"], shared, skipped, 0.987, 6)
     assert "6 views" in text and "99%" in text and "new UV map" in text and "Cube" in text
     assert "Suzanne.001 shares Suzanne's mesh" in text and "skipped (not meshes): Lamp" in text
+    assert "linked" not in text
+    text = pjobs.run_summary(["Cube"], [], {}, [], 0.5, 1, linked=["Statue", "Statue.001"])
+    assert text.endswith("skipped (linked from a library): Statue, Statue.001")
 
 
 def test_direction_words_for_cameras_of_a_collection():

@@ -18,10 +18,11 @@ from blender_harness import HERE, ROOT, check, free_port, have_bpy, run_scenario
 pytestmark = [pytest.mark.blender,
               pytest.mark.skipif(not have_bpy(), reason="needs bpy (pip install bpy==5.0.1)")]
 
-SCENARIOS = ["install", "project_one_view", "project_again_adds", "project_six_views",
+SCENARIOS = ["install", "project_one_view", "project_again_adds", "survives_save_and_reopen",
+             "project_six_views",
              "selection_rules", "cancel_applies_nothing", "img2img_without_controlnet",
              "starts_before_the_welcome", "project_from_the_3d_view",
-             "projection_is_one_undo_step"]
+             "projection_is_one_undo_step", "another_file_mid_run", "linked_from_a_library"]
 
 
 def start_replay(folder, caps: str | None = None):
@@ -221,3 +222,44 @@ def test_projection_is_one_undo_step(results):
     assert r["new_steps"] == ["Z-Image: texture from views"], r["new_steps"]
     assert r["after_undo"] == before
     assert r["after_redo"] == after
+
+
+def test_another_file_opened_mid_run_gets_nothing(results):
+    r = check(results, "another_file_mid_run")
+    for when, st in r["phases"].items():
+        print(when, st["caught"], st["last"])
+        assert st["caught"] == when, (when, st)          # the file opened in that phase
+        assert st["ended"] and st["last"]["phase"] == "cancelled", (when, st)
+        assert "another file" in st["last"]["message"], (when, st)
+        # the opened file is as it was saved: no UV map, material, texture or history
+        assert st["uv_maps"] == [] and st["materials"] == [], (when, st)
+        assert st["images"] == st["images_at_open"], (when, st)
+        assert st["history"] == st["history_at_open"], (when, st)
+
+
+def test_objects_linked_from_a_library_are_skipped(results):
+    r = check(results, "linked_from_a_library")
+    linked, local = r["names"]
+    assert linked == "Suzanne [statues.blend]" and local == "Suzanne"
+    # alone: refused before anything is sent, saying why
+    assert r["only_linked"] == ["CANCELLED"] and not r["only_linked_run"]
+    assert "linked from a library" in r["only_linked_error"], r
+    # with a local object of the same name: that one is textured, the linked one untouched
+    assert r["phase"] == "succeeded", r["message"]
+    assert "skipped (linked from a library): Suzanne [statues.blend]" in r["message"]
+    assert r["linked_after"]["uv"] == r["linked_after"]["before"]
+    assert r["linked_after"]["slots"] == 0
+    assert r["local_after"]["uv"] == ["Z-Image UV"] and r["local_after"]["material"]
+    # Generate Texture refuses it too, before sending
+    assert r["generate_linked"] == ["CANCELLED"]
+    assert "statues.blend" in r["generate_linked_error"] and "Make Local" in \
+        r["generate_linked_error"], r["generate_linked_error"]
+
+
+def test_texture_and_coverage_survive_save_and_reopen(results):
+    r = check(results, "survives_save_and_reopen")
+    assert r["found"] == [True, True], "the texture or its coverage was not saved"
+    assert r["packed"] == [True, True] and r["same_pixels"] == [True, True]
+    # projecting again after reopening adds to the texture: what the new view does not see stays
+    assert r["phase"] == "succeeded"
+    assert r["kept_texels"] > 10000 and r["kept_equal"]
