@@ -9,7 +9,7 @@ ProtocolError naming the field. Image inputs (`init_image`, `mask`, `control_ima
 names here; the engine decodes them and checks what needs the pixels.
 
 Seeds are drawn in one place, random_seed(), so that seed + i for every image of a request
-stays inside 0..MAX_SEED.
+stays inside 0..MAX_SEED, or inside a host app's smaller seed field (`upper`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,16 @@ from .messages import DEFAULT_LIMITS, MAX_SEED, TILE_MODES, Limits, validate_par
 __all__ = ["GenerateRequest", "MAX_SEED", "TILE_MODES", "random_seed"]
 
 
-def random_seed(num_images: int = 1) -> int:
-    """A random seed such that seed + num_images - 1 <= MAX_SEED."""
-    return secrets.randbelow(MAX_SEED + 2 - max(1, num_images))
+def random_seed(num_images: int = 1, upper: int = MAX_SEED, rng=None) -> int:
+    """A random seed such that seed + num_images - 1 <= upper (at most MAX_SEED): image i
+    uses seed + i. The engine draws with the protocol's bound when a request has no seed; a
+    host app that draws ahead (to show the seed before the result) passes the largest seed
+    its own field holds, e.g. Blender's IntProperty 2**31 - 1. `rng` (a random.Random) makes
+    the draw repeatable for tests; by default it comes from the system's generator."""
+    span = min(int(upper), MAX_SEED) + 2 - max(1, int(num_images))
+    if span < 1:
+        raise ValueError(f"no seed for {num_images} images fits 0..{upper}")
+    return rng.randrange(span) if rng is not None else secrets.randbelow(span)
 
 
 @dataclass(frozen=True)

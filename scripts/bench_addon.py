@@ -240,7 +240,7 @@ def bench_apply(bpy, mods, address: str, args):
             t0 = time.perf_counter()
             ok = ops.apply_job(bpy.context, job)
             (main if ahead else inline).append(time.perf_counter() - t0)
-            assert ok and job.phase == "done", job.error
+            assert ok and job.phase == "succeeded", job.error
             image = bpy.data.images[job.context["result_images"][0]]
             tex = next(n for n in obj.active_material.node_tree.nodes if n.type == "TEX_IMAGE")
             assert tex.image == image and image.packed_file is not None
@@ -281,11 +281,11 @@ def bench_stalls(bpy, mods, args):
                 previews += 1
                 last_version = job.preview_version
             if not job.active:
-                if job.phase == "done" and result_tick is None:
+                if job.phase == "succeeded" and result_tick is None:
                     result_tick = dt
                 break
             time.sleep(interval or pump.BUSY_INTERVAL)
-        assert job.phase == "done", (job.phase, job.error)
+        assert job.phase == "succeeded", (job.phase, job.error)
         assert obj.active_material.name in job.context["result_images"]
         # the longest tick that was not the one applying the result
         others = ticks[:-1] or [0.0]
@@ -393,7 +393,7 @@ def bench_projection(bpy, mods, args):
                 ticks.append(time.perf_counter() - t0)
                 time.sleep(0.02)
             last = project.last()
-            assert last.get("phase") == "done", last
+            assert last.get("phase") == "succeeded", last
             rows.append({"level": item, "tris": tris, "op": op_time, "ticks": ticks,
                          "apply": last["apply_seconds"], "rss": watch.stop(),
                          "message": last["message"]})

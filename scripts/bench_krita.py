@@ -120,7 +120,7 @@ def jobs_ticks(cfg) -> list[dict]:
         phase = panel.session.job.phase if panel.session.job else None
         panel.pump()
         after = panel.session.job.phase if panel.session.job else None
-        ticks.append((time.perf_counter() - t0, "result" if phase != after == "done" else ""))
+        ticks.append((time.perf_counter() - t0, "result" if phase != after == "succeeded" else ""))
 
     panel.timer.timeout.disconnect()
     panel.timer.timeout.connect(timed)

@@ -7,6 +7,7 @@ import bpy
 
 from ..core import requests as rq
 from ..core.download import download_report
+from ..core.jobs import JobState
 from . import runtime
 from .apply import PREVIEW_NAME
 
@@ -83,16 +84,16 @@ def draw_job(layout, slot: str, label: str, operator: str) -> None:
     row.operator(operator, text=label, icon="SHADERFX")
     if job is None:
         return
-    if job.phase == "failed" and job.error is not None:
+    if job.phase == JobState.FAILED and job.error is not None:
         box = layout.box()
         col = box.column(align=True)
         col.alert = True
         _wrapped(col, job.error.message, icon="ERROR")
         _wrapped(box.column(align=True), job.error.hint, icon="INFO")
         box.operator("zimage.dismiss_error", icon="X")
-    elif job.phase in ("done", "cancelled"):
+    elif job.phase in (JobState.SUCCEEDED, JobState.CANCELLED):
         _wrapped(layout.column(align=True), job.message,
-                 icon="CHECKMARK" if job.phase == "done" else "CANCEL")
+                 icon="CHECKMARK" if job.phase == JobState.SUCCEEDED else "CANCEL")
     names = job.context.get("result_images") or []
     if names:
         col = layout.column(align=True)

@@ -28,6 +28,7 @@ from ..core import projection_jobs as pjobs
 from ..core import requests as rq
 from ..core.errors import explain
 from ..core.history import Record
+from ..core.jobs import JobState
 from . import apply, capture, pump, runtime
 from .project_scene import (UV_NAME, camera_view, framing, mesh_triangles, orbit_views,
                             smart_uv, temp_camera, viewport_view)
@@ -87,7 +88,7 @@ class Run:
         self.summary = summary
         self.index = 0
         self.waiting_since = time.monotonic()
-        self.phase = "preparing"
+        self.phase = pjobs.PREPARING
         self.future = None
         self.prepared: dict = {}               # the current view's raster and PNGs
         self.job = None
@@ -157,51 +158,51 @@ class Run:
     @property
     def progress(self) -> float:
         job = self.job
-        inner = job.progress if job is not None and self.phase == "generating" else (
-            1.0 if self.phase in ("absorbing", "finishing") else 0.0)
+        inner = job.progress if job is not None and self.phase == pjobs.GENERATING else (
+            1.0 if self.phase in (pjobs.ABSORBING, pjobs.FINISHING) else 0.0)
         return min(1.0, (self.index + inner) / max(1, self.count))
 
     def status_text(self) -> str:
-        if self.phase == "generating" and self.job is not None:
+        if self.phase == pjobs.GENERATING and self.job is not None:
             return f"View {self.index + 1}/{self.count}: {self.job.status_text()}"
-        if self.phase == "finishing":
+        if self.phase == pjobs.FINISHING:
             return "Baking"
         return f"View {self.index + 1}/{self.count}: {self.message}"
 
     def step(self) -> None:
         """Move the run along (called by the timer)."""
         rt = runtime.get()
-        if self.phase in ("preparing", "absorbing", "finishing"):
+        if self.phase in (pjobs.PREPARING, pjobs.ABSORBING, pjobs.FINISHING):
             if not self.future.done():
                 return
             try:
                 result = self.future.result()
             except Exception as exc:
                 log.exception("Z-Image projection")
-                return self._end("failed", f"Projection failed: {exc}")
-            if self.phase == "preparing":
+                return self._end(JobState.FAILED, f"Projection failed: {exc}")
+            if self.phase == pjobs.PREPARING:
                 if rt.connection != "connected" or rt.board.welcome is None:
                     if time.monotonic() - self.waiting_since > CONNECT_WAIT:
-                        return self._end("failed", explain("engine_unreachable").text)
+                        return self._end(JobState.FAILED, explain("engine_unreachable").text)
                     self.message = "Waiting for the engine"
                     return
                 self._submit(result)
-            elif self.phase == "absorbing":
+            elif self.phase == pjobs.ABSORBING:
                 self.index += 1
                 if self.index < self.count:
-                    self.phase, self.message = "preparing", "Preparing"
+                    self.phase, self.message = pjobs.PREPARING, "Preparing"
                     self.future = self._pool.submit(self._prepare, self.index)
                 else:
-                    self.phase = "finishing"
+                    self.phase = pjobs.FINISHING
                     self.future = self._pool.submit(self._finish, self._record(rt))
             else:
                 self._apply(rt)
             return
-        if self.phase == "generating":
+        if self.phase == pjobs.GENERATING:
             job = self.job
-            if job.phase in ("cancelled", "failed"):
+            if job.phase in (JobState.CANCELLED, JobState.FAILED):
                 text = (job.error.text if job.error else None) or job.message
-                return self._end("cancelled" if job.phase == "cancelled" else "failed", text)
+                return self._end(job.phase, text)
 
     def _submit(self, prepared: dict) -> None:
         rt = runtime.get()
@@ -217,9 +218,9 @@ class Run:
                 init_png=self.first_init if first else prepared.get("init_png"),
                 mask_png=prepared.get("mask_png"))
         except rq.RequestError as exc:
-            return self._end("failed", explain(exc.code, exc.detail).text)
+            return self._end(JobState.FAILED, explain(exc.code, exc.detail).text)
         if rt.client is None or not rt.board.can_submit(SLOT):
-            return self._end("failed", "The engine is not connected")
+            return self._end(JobState.FAILED, "The engine is not connected")
         job_id = rt.client.submit(request.params, request.blobs or None, result_format="raw",
                                   preview_every=1, preview_max_side=256)
         self.job = rt.board.submit(SLOT, job_id, request.params,
@@ -227,28 +228,28 @@ class Run:
                                     "view": k})
         self.requests.append({"params": dict(request.params),
                               "blobs": sorted(request.blobs)})
-        self.phase = "generating"
+        self.phase = pjobs.GENERATING
         pump.start()
 
     def on_result(self, eff) -> None:
         """The engine's image for the current view (from the pump)."""
         rt = runtime.get()
         job = eff.job
-        if job is not self.job or self.phase != "generating":
+        if job is not self.job or self.phase != pjobs.GENERATING:
             return
         img = job.images[0]
         w, h = img.width, img.height
         view = self.views[self.index]
         rgb = np.frombuffer(img.to_rgb_bytes(), np.uint8).reshape(h, w, 3)
         if (w, h) != (view.width, view.height):
-            return self._end("failed", f"The engine answered {w}x{h}, not "
-                             f"{view.width}x{view.height}")
+            return self._end(JobState.FAILED, f"The engine answered {w}x{h}, not "
+                                              f"{view.width}x{view.height}")
         self._show_view(job, rgb)
         rt.board.complete(job)
         job.message = f"View {self.index + 1} of {self.count} done"
         if self.index == self.count - 1:
             self.t_last_image = time.perf_counter()
-        self.phase, self.message = "absorbing", "Projecting"
+        self.phase, self.message = pjobs.ABSORBING, "Projecting"
         self.future = self._pool.submit(self._absorb, self.index, rgb, self.prepared["raster"])
 
     def _show_view(self, job, rgb: np.ndarray) -> None:
@@ -318,13 +319,13 @@ class Run:
                 records.append(rec)
                 self.images.append(image.name)
             if not applied:
-                return self._end("failed", f"Nothing was applied: {', '.join(lost)}")
+                return self._end(JobState.FAILED, f"Nothing was applied: {', '.join(lost)}")
             apply.add_history(scene, records)
         except Exception as exc:
             log.exception("Z-Image: applying the projection failed")
             tx.rollback()
             self.images.clear()
-            return self._end("failed", f"Applying the texture failed: {exc}")
+            return self._end(JobState.FAILED, f"Applying the texture failed: {exc}")
         try:
             bpy.ops.ed.undo_push(message="Z-Image: texture from views")
         except Exception:
@@ -334,12 +335,12 @@ class Run:
         text = pjobs.run_summary([t.object for t in applied], self.summary["created_uv"],
                                  self.summary["shared"], self.summary["skipped"], covered,
                                  self.count, self.summary["linked"], lost)
-        self._end("done", text)
+        self._end(JobState.SUCCEEDED, text)
 
-    def _end(self, phase: str, message: str) -> None:
+    def _end(self, phase: JobState, message: str) -> None:
         global _RUN
         self.phase, self.message = phase, message
-        if phase != "done":
+        if phase != JobState.SUCCEEDED:
             for name in self.previews:           # nothing of a failed run stays behind
                 image = bpy.data.images.get(name)
                 if image is not None:
@@ -353,17 +354,17 @@ class Run:
                      if self.t_applied and self.t_last_image else None)
         if _RUN is self:
             _RUN = None
-        if phase in ("failed",):
+        if phase == JobState.FAILED:
             pump.notify(message)
         pump.redraw()
 
     def cancel(self, message: str = "Cancelled: nothing was applied") -> None:
         rt = runtime.get()
-        if self.phase == "generating" and self.job is not None and self.job.active:
+        if self.phase == pjobs.GENERATING and self.job is not None and self.job.active:
             job_id = rt.board.cancel(SLOT)
             if job_id and rt.client is not None:
                 rt.client.cancel(job_id)
-        self._end("cancelled", message)
+        self._end(JobState.CANCELLED, message)
 
 
 def _png_grey_rgb(grey: np.ndarray) -> bytes:
@@ -628,7 +629,7 @@ def tick():
         run.step()
     except Exception as exc:
         log.exception("Z-Image projection step")
-        run._end("failed", f"Projection failed: {exc}")
+        run._end(JobState.FAILED, f"Projection failed: {exc}")
     pump.redraw()
     return 0.05 if _RUN is not None else None
 

@@ -6,6 +6,7 @@ import bpy
 from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty,
                        PointerProperty)
 
+from ..core.jobs import JobState
 from . import project, runtime
 
 
@@ -114,10 +115,10 @@ class ZIMAGE_PT_projection(bpy.types.Panel):
             row.scale_y = 1.3
             row.operator("zimage.project_view", icon="VIEW_CAMERA")
             row.operator("zimage.project_all", icon="SHADING_TEXTURE")
-            done = project.last()
-            if done.get("message"):
-                layout.label(text=done["message"][:120],
-                             icon="CHECKMARK" if done.get("phase") == "done" else "INFO")
+            last = project.last()
+            if last.get("message"):
+                ok = last.get("phase") == JobState.SUCCEEDED
+                layout.label(text=last["message"][:120], icon="CHECKMARK" if ok else "INFO")
         previews = run.previews if run is not None else []
         if previews:
             grid = layout.grid_flow(columns=3, align=True)

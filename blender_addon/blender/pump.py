@@ -11,6 +11,7 @@ import logging
 
 import bpy
 
+from ..core.jobs import JobState
 from . import install, runtime
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def handle_effect(eff) -> None:
                     bpy.ops.ed.undo_push(message="Z-Image: apply result")
                 except Exception:
                     pass
-        if not ok and eff.job.phase not in ("failed", "done"):
+        if not ok and eff.job.phase not in (JobState.FAILED, JobState.SUCCEEDED):
             rt.board.fail(eff.job, "apply_failed")
         if eff.job.error is not None:
             notify(eff.job.error.text)

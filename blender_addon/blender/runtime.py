@@ -15,7 +15,7 @@ import bpy
 from ..core import requests as rq
 from ..core.engine_process import EXITED, STARTING, EngineProcess
 from ..core.errors import UserError
-from ..core.jobs import SENDING, JobBoard
+from ..core.jobs import JobBoard, JobState
 from . import ADDON_ID
 
 # errors that a working connection fixes: their boxes clear when the engine answers
@@ -269,7 +269,7 @@ class Runtime:
         """Jobs waiting for a connection fail at once when the engine refused our key, or
         when nothing listens on a loopback address (a refused connect is instant), instead
         of after the connect timeout."""
-        waiting = [j for j in self.board.jobs.values() if j.phase == SENDING]
+        waiting = [j for j in self.board.jobs.values() if j.phase == JobState.PENDING]
         if not waiting or self.connection == "connected":
             return []
         code = self.auth_problem

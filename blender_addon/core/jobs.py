@@ -5,6 +5,12 @@ in the UI: the job is marked cancelled at once and every later event for its id 
 whatever the engine still sends. A dropped connection fails the jobs in flight ("engine
 lost"), so nothing arrives half-way later. `tick()` fails a job that never reached the
 engine (engine not running) after `connect_timeout` seconds of the injected clock.
+
+A job's `phase` is the protocol's JobState (protocol/messages.py), the one vocabulary of the
+engine, the client library and the host apps: PENDING while the add-on is sending it (not
+yet accepted), then QUEUED, RUNNING and a terminal state. "Applying" a result is the glue's
+work on a RUNNING job, shown in the message, not a state of its own. The texts the panels
+show ("Sending", "Queued", "Done") are the job's `message`, not its state.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ from typing import Any, Callable
 
 from .errors import UserError, code_for_engine_error, engine_error_detail, explain
 
-SENDING, QUEUED, RUNNING = "sending", "queued", "running"
-DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
-ACTIVE_PHASES = (SENDING, QUEUED, RUNNING)
+try:        # the built add-on (and the Krita plugin) carry protocol/ as vendor/protocol/
+    from ..vendor.protocol.messages import JobState
+except ImportError:     # running from the checkout (tests)
+    from protocol.messages import JobState
 
 STAGE_LABELS = {"encode_text": "Reading prompt", "denoise": "Denoising",
                 "decode": "Decoding", "encode_image": "Encoding image"}
@@ -29,7 +36,7 @@ class Job:
     job_id: str
     params: dict
     context: dict = field(default_factory=dict)     # glue data: target object, placement ...
-    phase: str = SENDING
+    phase: JobState = JobState.PENDING
     stage: str = ""
     step: int = 0
     steps: int = 0
@@ -44,7 +51,7 @@ class Job:
 
     @property
     def active(self) -> bool:
-        return self.phase in ACTIVE_PHASES
+        return not self.phase.terminal
 
     @property
     def seed(self) -> int | None:
@@ -52,12 +59,12 @@ class Job:
 
     @property
     def progress(self) -> float:
-        if self.phase == DONE:
+        if self.phase == JobState.SUCCEEDED:
             return 1.0
         return self.fraction   # the engine owns the stage shares (engine/server.py)
 
     def status_text(self) -> str:
-        if self.phase == RUNNING and self.stage:
+        if self.phase == JobState.RUNNING and self.stage:
             label = STAGE_LABELS.get(self.stage, self.stage.replace("_", " ").capitalize())
             if self.stage == "denoise" and self.steps:
                 return f"{label} {self.step}/{self.steps}"
@@ -118,19 +125,19 @@ class JobBoard:
         job = self.active(slot)
         if job is None:
             return None
-        self._finish(job, CANCELLED, "Cancelled")
+        self._finish(job, JobState.CANCELLED, "Cancelled")
         return job.job_id
 
     def fail(self, job: Job, code: str, detail: str | None = None) -> Effect:
         """Fail a job from the add-on side (capture or apply failed, engine lost ...)."""
         job.error = explain(code, detail)
         self.last_error = job.error
-        self._finish(job, FAILED, job.error.message)
+        self._finish(job, JobState.FAILED, job.error.message)
         return Effect("failed", job)
 
     def complete(self, job: Job) -> None:
         """The glue applied the result."""
-        self._finish(job, DONE, "Done")
+        self._finish(job, JobState.SUCCEEDED, "Done")
 
     # ---- events -----------------------------------------------------------------------
     def handle(self, event) -> list[Effect]:
@@ -142,16 +149,16 @@ class JobBoard:
         if job is None:
             return []            # not ours, finished, or cancelled in the UI: ignore
         if kind == "accepted":
-            if job.phase == SENDING:
-                job.phase, job.message = QUEUED, "Queued"
+            if job.phase == JobState.PENDING:
+                job.phase, job.message = JobState.QUEUED, "Queued"
         elif kind == "queued":
             pos = data.get("position")
-            job.phase = QUEUED
+            job.phase = JobState.QUEUED
             job.message = f"Queued (position {pos})" if isinstance(pos, int) else "Queued"
         elif kind == "started":
-            job.phase, job.message = RUNNING, "Running"
+            job.phase, job.message = JobState.RUNNING, "Running"
         elif kind == "progress":
-            job.phase = RUNNING
+            job.phase = JobState.RUNNING
             job.stage = str(data.get("stage") or job.stage)
             job.step = _int(data.get("step"), job.step)
             job.steps = _int(data.get("steps"), job.steps or int(job.params.get("steps", 0)))
@@ -164,7 +171,7 @@ class JobBoard:
             if images:
                 job.preview = images[0]
                 job.preview_version += 1
-                job.phase = RUNNING
+                job.phase = JobState.RUNNING
                 if "step" in data:
                     job.step = _int(data.get("step"), job.step)
                 return [Effect("preview", job)]
@@ -178,7 +185,7 @@ class JobBoard:
             self._by_id.pop(job.job_id, None)   # no more events; the glue completes or fails
             return [Effect("result", job)]
         elif kind == "cancelled":
-            self._finish(job, CANCELLED, "Cancelled by the engine")
+            self._finish(job, JobState.CANCELLED, "Cancelled by the engine")
             return [Effect("cancelled", job)]
         elif kind == "error":
             return [self.fail(job, code_for_engine_error(data), engine_error_detail(data))]
@@ -189,7 +196,7 @@ class JobBoard:
         out = []
         now = self.clock()
         for job in list(self._by_id.values()):
-            if (job.phase == SENDING and self.connection != "connected"
+            if (job.phase == JobState.PENDING and self.connection != "connected"
                     and now - job.started > self.connect_timeout):
                 out.append(self.fail(job, "engine_unreachable"))
         return out
@@ -206,11 +213,11 @@ class JobBoard:
         self.connection = "disconnected"
         out = []
         for job in list(self._by_id.values()):
-            if job.phase != SENDING:        # it had reached the engine: lost mid-job
+            if job.phase != JobState.PENDING:        # it had reached the engine: lost mid-job
                 out.append(self.fail(job, "engine_lost"))
         return out
 
-    def _finish(self, job: Job, phase: str, message: str) -> None:
+    def _finish(self, job: Job, phase: JobState, message: str) -> None:
         job.phase, job.message = phase, message
         job.finished = self.clock()
         self._by_id.pop(job.job_id, None)

@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .jobs import JobState
+
 LIVE_KEY = "blender-live"
-SENT, QUEUED, RUNNING = "sent", "queued", "running"
 
 
 @dataclass
@@ -24,7 +25,7 @@ class Frame:
     changed_at: float          # the scene change this frame shows (the last one debounced)
     sent_at: float
     capture_ms: float = 0.0
-    phase: str = SENT
+    phase: JobState = JobState.PENDING   # sent, not accepted yet
     started_at: float | None = None
     compute_ms: float | None = None   # the engine's generate time (result timings)
 
@@ -40,7 +41,7 @@ class LiveController:
         self.pending: tuple[Frame, Any] | None = None   # a result waiting to be drawn
         self.error: str | None = None
         self.counts = collections.Counter()    # sent, finished, superseded, failed, shown
-        self.peak = {QUEUED: 0, RUNNING: 0}    # most frames seen queued / running at once
+        self.peak = {JobState.QUEUED: 0, JobState.RUNNING: 0}   # most frames at once
 
     # ---- scene side ---------------------------------------------------------------------
     def touch(self) -> None:
@@ -80,10 +81,10 @@ class LiveController:
             return False
         kind = event.kind
         data = getattr(event, "data", None) or {}
-        if kind == "accepted" and frame.phase == SENT:
-            frame.phase = QUEUED
+        if kind == "accepted" and frame.phase == JobState.PENDING:
+            frame.phase = JobState.QUEUED
         elif kind == "started":
-            frame.phase, frame.started_at = RUNNING, self.clock()
+            frame.phase, frame.started_at = JobState.RUNNING, self.clock()
         elif kind == "result":
             del self.frames[frame.job_id]
             self.counts["finished"] += 1
@@ -114,7 +115,7 @@ class LiveController:
         return item
 
     def _note_peak(self) -> None:
-        for phase in (QUEUED, RUNNING):
+        for phase in (JobState.QUEUED, JobState.RUNNING):
             n = sum(1 for f in self.frames.values() if f.phase == phase)
             self.peak[phase] = max(self.peak[phase], n)
 

@@ -13,6 +13,11 @@ from dataclasses import dataclass
 
 from . import requests as rq
 
+# A run's own steps (blender/project.py Run.phase) while it works. They are not job states: a
+# run sends one engine job per view (each a JobBoard job with a JobState) and does numpy work
+# between them. A run ends like a job, in a terminal JobState (SUCCEEDED, FAILED, CANCELLED).
+PREPARING, GENERATING, ABSORBING, FINISHING = "preparing", "generating", "absorbing", "finishing"
+
 VIEW_WORDS_AROUND = ("front view", "right side view", "back view", "left side view")
 VIEW_WORDS_ABOVE = "top view"
 MAX_VIEWS = 16

@@ -12,6 +12,15 @@ import math
 import random
 from dataclasses import dataclass, field
 
+# The protocol (limits, the typed request, seeds): the vendored copy in the built add-on and
+# the Krita plugin, the checkout's protocol/ when the add-on runs from source (tests).
+try:
+    from ..vendor.protocol import messages as _messages, request as _request
+    from ..vendor.protocol.errors import ProtocolError as _ProtocolError
+except ImportError:
+    from protocol import messages as _messages, request as _request
+    from protocol.errors import ProtocolError as _ProtocolError
+
 SIDE_MULTIPLE = 16
 
 # (identifier, label, width, height); every side a multiple of 16
@@ -27,20 +36,11 @@ SIZE_PRESETS: tuple[tuple[str, str, int, int], ...] = (
 )
 PRESET_SIZES = {key: (w, h) for key, _label, w, h in SIZE_PRESETS}
 
-MAX_SEED = 2**31 - 1   # what the UI's IntProperty can hold; the protocol allows more
+# what the UI's IntProperty can hold; the protocol allows more. Random seeds (resolve_seed)
+# are drawn so that every image's seed fits it.
+MAX_SEED = 2**31 - 1
 
-
-def _protocol_defaults():
-    """The protocol's own default limits (protocol/messages.py Limits): the vendored copy in
-    the built add-on, the checkout's protocol/ when the add-on runs from source (tests)."""
-    try:
-        from ..vendor.protocol.messages import DEFAULT_LIMITS
-    except ImportError:
-        from protocol.messages import DEFAULT_LIMITS
-    return DEFAULT_LIMITS
-
-
-_DEFAULTS = _protocol_defaults()
+_DEFAULTS = _messages.DEFAULT_LIMITS     # the protocol's own default limits
 
 
 @dataclass(frozen=True)
@@ -188,10 +188,12 @@ class RequestError(ValueError):
 
 
 def resolve_seed(settings: Settings, rng: random.Random | None = None) -> int:
-    """Random seeds are drawn here, not by the engine, so every result's seed is known and
-    shown even before the result arrives."""
+    """The add-on draws random seeds itself, not the engine, so the seed is known and shown
+    before the result arrives. The draw is the protocol's (protocol/request.py random_seed,
+    the one rule for the range), bounded by the panel's seed field: image i's seed + i fits
+    it too, so any result's seed can be recalled into the panel."""
     if settings.seed_random:
-        return (rng or random).randint(0, MAX_SEED)
+        return _request.random_seed(settings.num_images, upper=MAX_SEED, rng=rng)
     return int(settings.seed)
 
 
@@ -269,18 +271,12 @@ def engine_loras(welcome: dict | None) -> list[dict]:
 def typed_params(params: dict, blobs: dict[str, bytes], limits: EngineLimits) -> dict:
     """The protocol's typed request (protocol/request.py), validated against the engine's
     limits: the params the engine will accept, or RequestError naming the field."""
-    try:
-        from ..vendor.protocol import messages, request
-        from ..vendor.protocol.errors import ProtocolError
-    except ImportError:   # running from the repository (tests)
-        from protocol import messages, request
-        from protocol.errors import ProtocolError
-    lim = messages.Limits(**{k: getattr(limits, k) for k in EngineLimits.__dataclass_fields__})
+    lim = _messages.Limits(**{k: getattr(limits, k) for k in EngineLimits.__dataclass_fields__})
     descs = [{"name": name, "mime": "image/png", "bytes": len(data)}
              for name, data in blobs.items()]
     try:
-        return request.GenerateRequest.from_params(params, descs, lim).to_params()
-    except ProtocolError as exc:
+        return _request.GenerateRequest.from_params(params, descs, lim).to_params()
+    except _ProtocolError as exc:
         raise RequestError(exc.code if exc.code in ("invalid_params", "too_large")
                            else "invalid_params", f"{exc.field}: {exc.message}") from None
 

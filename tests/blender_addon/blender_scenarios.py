@@ -578,7 +578,7 @@ def readme_walkthrough(out):
     out["phase"] = j.phase
     out["error"] = j.error.text if j.error else None
     out["message"] = j.message
-    assert j.phase == "done", out["error"]
+    assert j.phase == "succeeded", out["error"]
     mat = obj.active_material
     out["material"] = mat.name
     out["new_slot"] = len(obj.material_slots) == mats_before + 1

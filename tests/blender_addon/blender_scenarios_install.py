@@ -191,7 +191,7 @@ def install_engine(out):
     j = job("texture")
     out["phase"] = j.phase
     out["error"] = j.error.text if j.error else None
-    assert j.phase == "done", out["error"]
+    assert j.phase == "succeeded", out["error"]
     tex = next(n for n in obj.active_material.node_tree.nodes if n.type == "TEX_IMAGE")
     out["image_size"] = list(tex.image.size)
     rgb8 = image_rgb8(tex.image)

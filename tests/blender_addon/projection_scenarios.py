@@ -689,7 +689,7 @@ def readme_all_sides(out):
     out["phase"], out["message"] = run["phase"], run["message"]
     out["requests"] = [q["blobs"] for q in run["requests"]]
     out["prompts"] = [q["params"]["prompt"] for q in run["requests"]]
-    assert run["phase"] == "done", run["message"]
+    assert run["phase"] == "succeeded", run["message"]
     mat = suz.active_material
     tex = next(n for n in mat.node_tree.nodes if n.type == "TEX_IMAGE")
     bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")

@@ -9,6 +9,7 @@ import pytest
 
 from blender_addon.core import history, requests as rq
 from blender_addon.core.errors import explain
+from protocol.request import random_seed
 
 LIMITS = rq.EngineLimits(min_side=256, max_side=2048)
 
@@ -37,7 +38,18 @@ def test_build_request_fixed_and_random_seed():
     assert req.blobs == {}
     s.seed_random = True
     req = rq.build_request(s, LIMITS, set(), rng=random.Random(1))
-    assert 0 <= req.seed <= rq.MAX_SEED and req.seed == random.Random(1).randint(0, rq.MAX_SEED)
+    # the protocol's one draw (protocol/request.py), bounded by the panel's IntProperty
+    assert req.seed == random_seed(2, upper=rq.MAX_SEED, rng=random.Random(1))
+    assert req.seed == random.Random(1).randrange(rq.MAX_SEED)     # seed + 1 fits too
+
+
+
+def test_random_seeds_fit_the_panels_seed_field_for_every_image(monkeypatch):
+    """Image i uses seed + i; each of them can be recalled into the IntProperty."""
+    monkeypatch.setattr(rq, "MAX_SEED", 5)
+    seeds = {rq.resolve_seed(rq.Settings("p", num_images=4)) for _ in range(300)}
+    assert seeds == {0, 1, 2}
+    assert rq.resolve_seed(rq.Settings("p", seed_random=False, seed=5, num_images=4)) == 5
 
 
 def test_build_request_is_the_protocols_typed_request():

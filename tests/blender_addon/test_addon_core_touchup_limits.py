@@ -8,7 +8,8 @@ import pytest
 from blender_addon.core import requests as rq
 from blender_addon.core import touchup
 from blender_addon.core.errors import explain
-from blender_addon.core.jobs import FAILED, JobBoard
+from blender_addon.core.jobs import JobBoard
+from protocol.messages import JobState
 
 
 def test_composite_keeps_every_pixel_outside_the_mask():
@@ -79,6 +80,6 @@ def test_an_engine_refusal_names_the_field_and_hints_at_it():
     job = board.submit("texture", "j1", {"prompt": "x", "steps": 8})
     board.handle(Ev("error", "j1", {"code": "invalid_params", "field": "params.prompt",
                                     "message": "must be 1..4000 characters long, got 4001"}))
-    assert job.phase == FAILED
+    assert job.phase == JobState.FAILED
     assert "prompt: must be 1..4000" in job.error.message
     assert job.error.hint == "Shorten the prompt."

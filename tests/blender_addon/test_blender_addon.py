@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from blender_harness import ROOT, check, free_port, have_bpy, run_scenarios, start_standin
+from protocol.messages import JobState
 
 pytestmark = [pytest.mark.blender,
               pytest.mark.skipif(not have_bpy(), reason="needs bpy (pip install bpy==5.0.1)")]
@@ -66,7 +67,7 @@ def test_disable_removes_everything_and_reenable_works(results):
 
 def test_texture_creates_material_with_the_engines_pixels(results):
     r = check(results, "texture")
-    assert r["phase_after_submit"] == "sending" and r["phase"] == "done", r
+    assert r["phase_after_submit"] == JobState.PENDING and r["phase"] == JobState.SUCCEEDED, r
     assert r["rgb8"] == expected_pattern(7, 64, 64)       # exact engine pixels, right way up
     img = r["image"]
     assert img["name"] == "red brick wall (7)" and img["packed"] and img["size"] == [64, 64]
@@ -91,13 +92,13 @@ def test_history_recall_and_reapply(results):
 
 def test_selected_image_node_gets_the_image(results):
     r = check(results, "image_node_target")
-    assert r["phase"] == "done"
+    assert r["phase"] == JobState.SUCCEEDED
     assert r["node_image"] == "mossy stone (11)" and r["no_new_material"]
 
 
 def test_preview_updates_each_step(results):
     r = check(results, "preview_updates")
-    assert r["phase"] == "done"
+    assert r["phase"] == JobState.SUCCEEDED
     previews = r["previews"]
     assert len(previews) >= 3, previews
     assert len({p["sum"] for p in previews}) >= 2, previews      # the picture changes
@@ -108,17 +109,17 @@ def test_preview_updates_each_step(results):
 
 def test_cancel_is_immediate_and_applies_nothing(results):
     r = check(results, "cancel")
-    assert r["phase_immediately"] == "cancelled"
+    assert r["phase_immediately"] == JobState.CANCELLED
     assert r["can_submit_immediately"] and r["poll_generate"]
-    assert r["job_phase_later"] == "cancelled" and r["same_job"]
+    assert r["job_phase_later"] == JobState.CANCELLED and r["same_job"]
     assert r["before"] == r["after"]
 
 
 def test_result_png_is_encoded_off_the_main_thread(results):
     r = check(results, "encode_off_thread")
     assert r["waits_while_encoding"] and r["threads"][0].startswith("zimage-png")
-    assert r["phase"] == "done" and r["applied"] and r["no_encoded_left"]
-    assert r["encoding_when_cancelled"] and r["cancelled_phase"] == "cancelled"
+    assert r["phase"] == JobState.SUCCEEDED and r["applied"] and r["no_encoded_left"]
+    assert r["encoding_when_cancelled"] and r["cancelled_phase"] == JobState.CANCELLED
     assert r["cancel_applied_nothing"]
 
 
@@ -128,7 +129,7 @@ def test_concept_from_camera_img2img_to_camera_background(results):
     assert r["capture_size"] == [80, 64, 3] and r["capture_mean"] > 1
     assert r["sent_params"]["init_image"] == "init_image"
     assert 0 < r["sent_params"]["strength"] <= 1
-    assert r["phase"] == "done", r["error"]
+    assert r["phase"] == JobState.SUCCEEDED, r["error"]
     assert r["bg_added"] and r["show_bg"] and r["bg_image"] == r["result_images"][0]
     assert r["size"] == [80, 64] and r["rgb8"] == expected_pattern(3, 80, 64)
 
@@ -139,7 +140,7 @@ def test_concept_depth_to_reference_image(results):
     assert r["depth_max"] == 255 and r["depth_min"] == 0        # normalised to the visible range
     assert r["depth_centre"] > 0 and r["depth_corner"] == 0     # cube in the middle, sky around
     assert r["sent_params"]["control_type"] == "depth"
-    assert r["phase"] == "done", r["error"]
+    assert r["phase"] == JobState.SUCCEEDED, r["error"]
     assert [(t, d) for t, d, _ in r["new_objects"]] == [("EMPTY", "IMAGE")]
 
 
@@ -165,15 +166,15 @@ def test_unsupported_size_is_refused_before_sending(results):
 
 def test_engine_not_running_is_explained(results):
     r = check(results, "engine_not_running")
-    assert r["phase"] == "failed" and r["code"] == "engine_unreachable"
+    assert r["phase"] == JobState.FAILED and r["code"] == "engine_unreachable"
     assert "not running" in r["message"] and "Start" in r["message"]
     assert r["nothing_changed"] and r["can_submit"]
 
 
 def test_engine_killed_mid_job(results):
     r = check(results, "engine_killed")
-    assert r["phase"] == "failed" and r["code"] in ("engine_lost", "engine_unreachable",
-                                                    "engine_unresponsive")
+    assert r["phase"] == JobState.FAILED
+    assert r["code"] in ("engine_lost", "engine_unreachable", "engine_unresponsive")
     assert "Nothing was applied" in r["message"] or "not running" in r["message"]
     assert r["nothing_changed"] and r["can_submit"] and r["poll_generate"]
     assert r["still_failed"]
@@ -181,7 +182,7 @@ def test_engine_killed_mid_job(results):
 
 def test_local_engine_started_owned_and_stopped(results):
     r = check(results, "local_engine")
-    assert r["phase"] == "done" and r["model"] == "stand-in", r.get("log")
+    assert r["phase"] == JobState.SUCCEEDED and r["model"] == "stand-in", r.get("log")
     assert r["engine_alive_after_disable"] is False
 
 

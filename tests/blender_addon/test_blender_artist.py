@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from blender_harness import ROOT, check, free_port, have_bpy, run_scenarios, start_standin
+from protocol.messages import JobState
 
 pytestmark = [pytest.mark.blender,
               pytest.mark.skipif(not have_bpy(), reason="needs bpy (pip install bpy==5.0.1)")]
@@ -47,7 +48,7 @@ def results(addon_zip, tmp_path_factory):
 
 
 def done(r: dict) -> None:
-    assert r["result"] == ["FINISHED"] and r.get("phase") == "done", r
+    assert r["result"] == ["FINISHED"] and r.get("phase") == JobState.SUCCEEDED, r
 
 
 def refused(r: dict, code: str) -> None:
@@ -141,7 +142,7 @@ def test_curve_keys_in_preferences_and_auth_failures_reported(results):
     assert r["prefs"] == ["curve_server_key", "curve_client_key"]
     done(r["authorized"])
     s = r["stranger"]
-    assert s["result"] == ["FINISHED"] and s["phase"] == "failed", s
+    assert s["result"] == ["FINISHED"] and s["phase"] == JobState.FAILED, s
     assert s["error_code"] == "unauthorized" and "refused this client's key" in s["error"]
     assert "Client Secret Key" in s["error"]
     assert r["stranger_seconds"] < 8
@@ -161,7 +162,7 @@ def test_a_job_belongs_to_the_file_it_started_in(results):
     # before: the texture from file A landed on file B's Cube
     r = check(results, "job_belongs_to_file")
     assert r["file"].endswith("b.blend")
-    assert r["phase"] == "cancelled" and "another file" in r["message"]
+    assert r["phase"] == JobState.CANCELLED and "another file" in r["message"]
     assert r["b_unchanged"], (r["before"], r["after"])
 
 
@@ -178,7 +179,7 @@ def test_refused_loopback_says_not_running_within_a_second(results):
 
 def test_concept_images_match_the_camera_aspect_by_default(results):
     r = check(results, "concept_camera_aspect")
-    assert r["default_match"] and r["phase"] == "done"
+    assert r["default_match"] and r["phase"] == JobState.SUCCEEDED
     w, h = r["size"]
     assert abs(w / h - 16 / 9) < 0.05 and w * h <= 600 * 600
 

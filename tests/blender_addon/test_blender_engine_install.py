@@ -15,6 +15,7 @@ import time
 import pytest
 
 from blender_harness import ROOT, check, free_port, have_bpy, run_scenarios
+from protocol.messages import JobState
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow,
               pytest.mark.skipif(not have_bpy(), reason="needs bpy (pip install bpy==5.0.1)")]
@@ -96,7 +97,7 @@ def test_install_engine_then_a_texture_from_the_installed_engine(results):
     assert r["engine_python"].startswith(folder) and r["engine_python"] != sys.executable
     assert r["marker"]["torch"].startswith("2.13.0")
     assert r["engine_model"], r["engine_log"]
-    assert r["phase"] == "done", r["error"]
+    assert r["phase"] == JobState.SUCCEEDED, r["error"]
     assert r["image_size"] == [128, 128] and r["pixels_equal_engine"]
     assert "zimage.engine_install" in r["buttons_after"]       # now Update / Remove
     print(f"install took {r['install_seconds']} s")

@@ -67,7 +67,7 @@ def results(addon_zip, tmp_path_factory):
 
 def test_round_trip_one_view(results):
     r = check(results, "project_one_view")
-    assert r["run"]["phase"] == "done", r["run"]
+    assert r["run"]["phase"] == "succeeded", r["run"]
     c = r["compare"]
     print("one view:", c, r["run_seconds"], "s")
     # what the view sees comes back: PSNR >= 30 dB over >= 95 % of the visible pixels (the
@@ -93,7 +93,7 @@ def test_round_trip_one_view(results):
 
 def test_round_trip_six_views(results):
     r = check(results, "project_six_views")
-    assert r["run"]["phase"] == "done", r["run"]
+    assert r["run"]["phase"] == "succeeded", r["run"]
     print("six views: coverage", r["coverage"], "exterior", r["exterior"],
           "coverage of exterior", r["coverage_of_exterior"], "enclosed", r["enclosed"],
           "covered", r["enclosed_covered"], "deep", r["deep"], "covered", r["deep_covered"],
@@ -146,7 +146,7 @@ def test_selection_rules(results):
     assert r["only_empty"] == ["CANCELLED"] and not r["only_empty_run"]
     assert "no faces" in r["only_empty_error"]
     assert r["mode_after"] == "OBJECT"
-    assert r["phase"] == "done" and r["requests"] == 1
+    assert r["phase"] == "succeeded" and r["requests"] == 1
     assert r["existing_uv_untouched"] and r["uv_names"]["WithUV"] == r["uv_names"]["before"]
     assert r["uv_names"]["Bare"] == ["Z-Image UV"]
     assert len(r["images"]) == 2                                # WithUV, Bare (+ twin)
@@ -180,14 +180,14 @@ def test_panel_shows_settings_progress_per_view_and_previews(results):
 
 def test_projecting_again_adds_to_the_texture(results):
     r = check(results, "project_again_adds")
-    assert r["phase"] == "done" and r["uv_maps"] == ["Z-Image UV"]    # no second UV map
+    assert r["phase"] == "succeeded" and r["uv_maps"] == ["Z-Image UV"]    # no second UV map
     assert r["kept_texels"] > 10000 and r["kept_equal"]
     assert r["new_texels"] > 10000 and r["new_grey"] < 2 / 255
 
 
 def test_without_controlnet_the_first_view_is_img2img_from_a_shaded_capture(results):
     r = check(results, "img2img_without_controlnet")
-    assert r["phase"] == "done", r
+    assert r["phase"] == "succeeded", r
     assert r["request"]["blobs"] == ["init_image"], r["request"]
     assert "control_type" not in r["request"]["params"]
     assert r["strength"] == 0.45 and r["init_size"] == [512, 512, 3]
@@ -197,7 +197,7 @@ def test_without_controlnet_the_first_view_is_img2img_from_a_shaded_capture(resu
 def test_a_run_started_before_the_welcome_waits_for_the_engine(results):
     r = check(results, "starts_before_the_welcome")
     assert r["connection_before"] == "disconnected"
-    assert r["phase"] == "done", r["message"]
+    assert r["phase"] == "succeeded", r["message"]
     assert r["blobs"] == [["init_image"]]       # the engine's real caps: no ControlNet
 
 
@@ -205,7 +205,7 @@ def test_project_from_the_3d_view(results):
     # a stand-in viewport (background Blender has no window) at 640x480 looking through one
     # camera while the scene camera looks from behind: the view's aspect and matrices are used
     r = check(results, "project_from_the_3d_view")
-    assert r["run"]["phase"] == "done", r["run"]
+    assert r["run"]["phase"] == "succeeded", r["run"]
     w, h = r["size"]
     assert w > h and r["request_size"] == [w, h]
     c = r["compare"]
@@ -215,7 +215,7 @@ def test_project_from_the_3d_view(results):
 
 def test_projection_is_one_undo_step(results):
     r = check(results, "projection_is_one_undo_step")
-    assert r["phase"] == "done"
+    assert r["phase"] == "succeeded"
     before, after = r["before"], r["after"]
     assert after["uv_maps"] == ["Z-Image UV"] and before["uv_maps"] == []
     assert len(after["images"]) == len(before["images"]) + 2          # texture + coverage
@@ -246,7 +246,7 @@ def test_objects_linked_from_a_library_are_skipped(results):
     assert r["only_linked"] == ["CANCELLED"] and not r["only_linked_run"]
     assert "linked from a library" in r["only_linked_error"], r
     # with a local object of the same name: that one is textured, the linked one untouched
-    assert r["phase"] == "done", r["message"]
+    assert r["phase"] == "succeeded", r["message"]
     assert "skipped (linked from a library): Suzanne [statues.blend]" in r["message"]
     assert r["linked_after"]["uv"] == r["linked_after"]["before"]
     assert r["linked_after"]["slots"] == 0
@@ -262,7 +262,7 @@ def test_texture_and_coverage_survive_save_and_reopen(results):
     assert r["found"] == [True, True], "the texture or its coverage was not saved"
     assert r["packed"] == [True, True] and r["same_pixels"] == [True, True]
     # projecting again after reopening adds to the texture: what the new view does not see stays
-    assert r["phase"] == "done"
+    assert r["phase"] == "succeeded"
     assert r["kept_texels"] > 10000 and r["kept_equal"]
 
 
@@ -270,19 +270,19 @@ def test_material_slots_and_edit_mode_faces(results):
     r = check(results, "material_slots_and_faces")
     # Object Mode: the active slot's faces (slot 1) take the new material (slot 2)
     first = r["object_mode"]
-    assert first["phase"] == "done"
+    assert first["phase"] == "succeeded"
     assert first["faces"] == [0, 0, 0, 2, 2, 2], first
     assert first["slots"][:2] == ["Paint A", "Paint B"] and len(first["slots"]) == 3
     # Edit Mode with faces 0 and 5 selected: exactly those take the next one (slot 3)
     second = r["edit_mode"]
-    assert second["phase"] == "done"
+    assert second["phase"] == "succeeded"
     assert second["faces"] == [3, 0, 0, 2, 2, 3] and second["slots"] == 4, second
 
 
 def test_object_deleted_or_edited_mid_run(results):
     r = check(results, "objects_change_mid_run")
     assert r["caught"] == "generating"
-    assert r["phase"] == "done", r["message"]
+    assert r["phase"] == "succeeded", r["message"]
     assert "Textured Kept" in r["message"] and len(r["images"]) == 1
     assert "Deleted (deleted while texturing)" in r["message"], r["message"]
     assert "Edited (its mesh was edited while texturing)" in r["message"], r["message"]

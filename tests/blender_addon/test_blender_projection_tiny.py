@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from blender_harness import ROOT, check, free_port, have_bpy, run_scenarios
+from protocol.messages import JobState
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow,
               pytest.mark.skipif(not have_bpy(), reason="needs bpy (pip install bpy==5.0.1)")]
@@ -39,7 +40,7 @@ def test_readme_texture_all_sides_with_the_tiny_model(addon_zip, tiny_model, tmp
     assert all(b == ["init_image", "mask"] for b in r["requests"][1:]) and \
         len(r["requests"]) == 5
     assert r["prompts"][0].endswith("front view") and r["prompts"][4].endswith("top view")
-    assert r["phase"] == "done" and "from 5 views" in r["message"], r["message"]
+    assert r["phase"] == JobState.SUCCEEDED and "from 5 views" in r["message"], r["message"]
     assert r["base_color_from_texture"] and r["uv_node"] == r["uv_maps"][-1:]
     assert r["image"]["size"] == [1024, 1024] and r["image"]["packed"]
     assert r["image"]["coverage"] and r["image"]["std"] > 0.01      # not a flat fill

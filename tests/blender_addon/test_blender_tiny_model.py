@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from blender_harness import ROOT, check, free_port, have_bpy, run_scenarios
+from protocol.messages import JobState
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow,
               pytest.mark.skipif(not have_bpy(), reason="needs bpy (pip install bpy==5.0.1)")]
@@ -46,7 +47,7 @@ def test_readme_walkthrough_texture_from_the_tiny_model(addon_zip, tiny_model, t
     assert "zimage.generate_texture" in r["texture_panel_buttons"]
     assert r["steps"] == 8 and r["seed_random"]
     # Generate -> a new material on the cube, Base Color <- the engine's pixels
-    assert r["phase"] == "done", r["error"]
+    assert r["phase"] == JobState.SUCCEEDED, r["error"]
     assert r["new_slot"] and r["base_color_from_texture"]
     assert r["material"] == r["image"]["name"] == f"red brick wall ({r['seed']})"
     assert r["image"]["size"] == [256, 256] and r["image"]["packed"]
@@ -83,7 +84,7 @@ def test_a_lora_from_the_engines_list_on_a_texture(addon_zip, tiny_model, tmp_pa
     r = check(results, "lora_texture")
     assert r["listed"] == [["moss style", 4, False, True]], r
     assert "template_list" not in r["panel"] and "ZIMAGE_UL_loras" in r["panel"]
-    assert r["phase"] == "done", r["error"]
+    assert r["phase"] == JobState.SUCCEEDED, r["error"]
     assert r["params_loras"] == [{"name": "moss style", "weight": 0.5}]
     assert r["image_loras"] and "moss style" in r["image_loras"] and r["png_has_loras"]
     assert r["pixels_equal_engine"] and r["lora_changes_pixels"]

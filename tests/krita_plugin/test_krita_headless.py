@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from protocol.messages import JobState
 from tests.fixtures.serve import free_port, serving
 
 from .conftest import HERE, ROOT, krita_missing
@@ -118,7 +119,7 @@ def test_plugin_loads_from_the_zip_with_its_own_pyzmq(krita_run, pykrita_dir):
 
 def test_generate_makes_a_layer_with_the_engines_pixels(krita_run, engine):
     r = scenario(krita_run, "generate")
-    assert r["done"] and r["phase"] == "done" and r["status"] == "Done"
+    assert r["done"] and r["phase"] == JobState.SUCCEEDED and r["status"] == "Done"
     assert r["layers"] == ["Background", "a red fox (11)"]
     assert r["history"] == ["a red fox (11)"] and r["progress"] == 1000
     assert r["recalled"] == {"prompt": "a red fox", "seed": 11, "random": False, "steps": 4}
@@ -147,7 +148,7 @@ def test_several_images_become_several_layers(krita_run):
 
 def test_image_to_image_from_the_current_layer(krita_run, engine):
     r = scenario(krita_run, "img2img")
-    assert r["done"] and r["phase"] == "done", r["status"]
+    assert r["done"] and r["phase"] == JobState.SUCCEEDED, r["status"]
     assert r["layers"] == ["Background", "paint", "oil painting (5)"]
     layer = bgra(krita_run, r["pixels"], 64, 64)
     want = engine_image(engine, {"prompt": "oil painting", "width": 64, "height": 64,
@@ -159,7 +160,7 @@ def test_image_to_image_from_the_current_layer(krita_run, engine):
 
 def test_inpainting_changes_only_the_selection(krita_run, engine):
     r = scenario(krita_run, "inpaint")
-    assert r["done"] and r["phase"] == "done", r["status"]
+    assert r["done"] and r["phase"] == JobState.SUCCEEDED, r["status"]
     assert r["top"] == "a red door (7)"
     before = bgra(krita_run, r["before"], 72, 60)
     after = bgra(krita_run, r["after"], 72, 60)
@@ -208,7 +209,7 @@ def test_engine_not_running_is_a_message_and_nothing_changes(krita_run):
 def test_cancel_applies_nothing(krita_run):
     r = scenario(krita_run, "cancel")
     assert r["started"] and r["preview"]          # a per-step preview was on show
-    assert r["phase"] == "cancelled" and r["status"] == "Cancelled"
+    assert r["phase"] == JobState.CANCELLED and r["status"] == "Cancelled"
     assert r["unchanged"] and r["layers"] == ["Background"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import zlib
 
 import pytest
@@ -232,6 +233,14 @@ def test_typed_request_round_trip_and_seed_range():
     seeded = req.with_seed()
     assert 0 <= seeded.seed <= MAX_SEED - 3 and seeded.with_seed() is seeded
     assert all(random_seed(4) + 3 <= MAX_SEED for _ in range(1000))
+    # a host app's smaller seed field (Blender's IntProperty): every image's seed fits it
+    assert {random_seed(4, upper=4) for _ in range(500)} == {0, 1}
+    assert {random_seed(1, upper=1) for _ in range(500)} == {0, 1}
+    assert random_seed(2, upper=2**40, rng=random.Random(5)) == \
+        random.Random(5).randrange(2**40)                 # repeatable with a seeded rng
+    assert random_seed(1, upper=2**70) <= MAX_SEED      # never past the protocol's range
+    with pytest.raises(ValueError):
+        random_seed(4, upper=2)
     # the last image's seed (seed + num_images - 1) must fit too
     with pytest.raises(ProtocolError) as e:
         GenerateRequest.from_params({"prompt": "x", "seed": MAX_SEED, "num_images": 2})

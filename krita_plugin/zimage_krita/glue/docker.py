@@ -22,6 +22,7 @@ from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, 
 from ..core import messages, pixels, requests
 from ..core.requests import KritaSettings
 from ..core.session import Session
+from ..core.shared import protocol_messages
 from . import canvas
 
 SETTINGS_GROUP = "zimage_krita"
@@ -418,9 +419,9 @@ class Panel(QWidget):
         job = s.job
         self.generate_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
+        done = job is not None and job.phase == protocol_messages.JobState.SUCCEEDED
         self.progress.setValue(int((job.progress if job is not None and job.active else
-                                    (1.0 if job is not None and job.phase == "done" else 0))
-                                   * 1000))
+                                    (1.0 if done else 0)) * 1000))
         text = s.status_text()
         if text != self.status.text():
             self.status.setText(text)
