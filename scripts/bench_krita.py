@@ -174,9 +174,12 @@ def main(argv=None) -> int:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
+        # the engine's connection file (with its local token) where Krita's panel looks
+        run_dir = {"ZIMAGE_RUNTIME_DIR": str(tmp / "run")}
         engine = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--standin",
                                    "--step-seconds", "0.05", "--bind",
                                    f"tcp://127.0.0.1:{port}"], cwd=ROOT,
+                                  env=dict(os.environ, **run_dir),
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         engine.stdout.readline()              # "ready ..."
         r, w = os.pipe()
@@ -185,7 +188,8 @@ def main(argv=None) -> int:
         os.close(w)
         with os.fdopen(r) as fh:
             display = ":" + fh.readline().strip()
-        env = dict(os.environ, DISPLAY=display, HOME=str(tmp), XDG_RUNTIME_DIR=str(tmp),
+        env = dict(os.environ, **run_dir, DISPLAY=display, HOME=str(tmp),
+                   XDG_RUNTIME_DIR=str(tmp),
                    XDG_CONFIG_HOME=str(tmp / "config"), XDG_DATA_HOME=str(tmp / "data"),
                    PYTHONPATH=f"{tmp / 'res' / 'pykrita'}{os.pathsep}{ROOT / 'scripts'}",
                    ZIMAGE_BENCH=json.dumps({"out": str(out), "runs": args.runs,

@@ -283,8 +283,8 @@ def download_visible(out):
     os.environ.update(HF_HUB_OFFLINE="1", HF_HOME=args().hf_home + "-empty")
     r.disconnect()
     assert bpy.ops.zimage.start_engine() == {"FINISHED"}
-    ok = tick_until(lambda: ((r.board.welcome or {}).get("engine") or {}).get("state")
-                    == "failed", 120)
+    ok = tick_until(lambda: r.connection == "connected" and (
+        (r.board.welcome or {}).get("engine") or {}).get("state") == "failed", 120)
     out["offline_failed"] = ok
     out["offline_error"] = ((r.board.welcome or {}).get("engine") or {}).get("error")
     out["offline_lines"] = [e[2].get("text", "") for e in connection_box() if e[0] == "label"]
