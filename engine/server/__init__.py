@@ -10,8 +10,10 @@
 """
 
 from .images import decode_image_blob
+from .jobs import Job, JobStore
 from .loop import EngineServer, InsecureBindError, is_loopback_endpoint
-from .state import EngineState, Job, PeerBusy, PeerGone, Session
+from .sessions import Session, Sessions
+from .state import EngineState, PeerBusy, PeerGone
 
-__all__ = ["EngineServer", "EngineState", "InsecureBindError", "Job", "PeerBusy", "PeerGone",
-           "Session", "decode_image_blob", "is_loopback_endpoint"]
+__all__ = ["EngineServer", "EngineState", "InsecureBindError", "Job", "JobStore", "PeerBusy", "PeerGone",
+           "Session", "Sessions", "decode_image_blob", "is_loopback_endpoint"]
