@@ -15,6 +15,8 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from .outbox import Outbox
+
 log = logging.getLogger("engine.server")
 
 
@@ -28,7 +30,7 @@ class Session:
     last_seen: float
     attached: bool = True
     detached_at: float = 0.0
-    outbox: collections.deque = field(default_factory=collections.deque)  # (terminal, header)
+    outbox: Outbox = field(default_factory=Outbox)   # events held while the peer is slow
 
 
 class Sessions(Mapping):
@@ -74,8 +76,7 @@ class Sessions(Mapping):
             log.info("session %s detached (%s)", s.id[:8], why)
             s.attached = False
             s.detached_at = self.clock()
-            # keep terminal events for a re-attach; drop the rest
-            s.outbox = collections.deque(e for e in s.outbox if e[0])
+            s.outbox.keep_terminal()
 
     def reap(self, now: float) -> list[Session]:
         """Detach the sessions silent for `timeout_s`; return those detached for longer than

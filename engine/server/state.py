@@ -31,6 +31,7 @@ from protocol.wire import SIGNATURE, encode_header
 
 from .fair_queue import FairQueue
 from .jobs import Job, JobStore
+from .outbox import Outbox, result_ready
 from .sessions import Session, Sessions
 
 log = logging.getLogger("engine.server")
@@ -109,9 +110,9 @@ class EngineState:
             return False
         if session.outbox:
             if kind == "state":
-                self._enqueue(session, header)
+                self._hold(session, header)
             elif kind == "result":
-                self._enqueue(session, self._result_ready(header))
+                self._hold(session, result_ready(header))
             return False
         frames = self._frames(session.route, header, blobs)
         try:
@@ -120,68 +121,26 @@ class EngineState:
             return True
         except PeerBusy:
             if kind == "state":
-                self._enqueue(session, header)
+                self._hold(session, header)
             elif kind == "result":
-                self._enqueue(session, self._result_ready(header))
+                self._hold(session, result_ready(header))
             else:
                 self.counters["dropped_" + header["type"]] += 1
         except PeerGone:
             self.sessions.detach(session, "peer unreachable")
         return False
 
-    @staticmethod
-    def _result_ready(header: dict) -> dict:
-        return {"type": "result_ready", "job_id": header["job_id"], "seq": header.get("seq"),
-                "epoch": header.get("epoch")}
-
-    @staticmethod
-    def _is_terminal(header: dict) -> bool:
-        kind = header.get("type")
-        return kind in ("result", "result_ready", "cancelled") or (
-            kind == "error" and header.get("job_id") is not None and "seq" in header)
-
-    def _enqueue(self, s: Session, header: dict) -> None:
-        """Hold a state event for a slow peer. Headers only (results become result_ready);
-        frames are built at send time, for the session's route then."""
-        s.outbox.append((self._is_terminal(header), header))
-        if len(s.outbox) > self.max_outbox:
-            self._compact_outbox(s)
-
-    def _compact_outbox(self, s: Session) -> None:
-        """The peer is not reading: keep every terminal event (at most one per job), drop
-        the rest, and say so with a `jobs` snapshot of the jobs whose events were dropped."""
-        kept, dropped, touched = collections.deque(), 0, []
-        for terminal, h in s.outbox:
-            if terminal:
-                kept.append((terminal, h))
-            elif h.get("type") == "jobs" and h.get("dropped_events"):
-                dropped += h["dropped_events"]
-            else:
-                dropped += 1
-                jid = h.get("job_id")
-                if isinstance(jid, str) and jid not in touched:
-                    touched.append(jid)
-        done = {h.get("job_id") for _, h in kept}
-        live = [j for j in touched if j not in done][:256]
-        if len(kept) > self.max_outbox // 2:
-            # Still too many: carry the terminal states as `jobs` snapshots (256 a message;
-            # cancelled/failed/succeeded with has_result, from which the client fetches).
-            ids = [h["job_id"] for _, h in kept if h.get("job_id")]
-            kept = collections.deque(e for e in kept if not e[1].get("job_id"))
-            kept.extend((True, {"type": "jobs", "jobs": [self._snapshot(j, s.id)
-                                                         for j in ids[i:i + 256]]})
-                        for i in range(0, len(ids), 256))
-        kept.append((False, {"type": "jobs", "dropped_events": dropped,
-                             "jobs": [self._snapshot(j, s.id) for j in live]}))
-        s.outbox = kept
-        self.counters["outbox_compactions"] += 1
+    def _hold(self, s: Session, header: dict) -> None:
+        """Hold a state event for a slow peer (see outbox.py)."""
+        if s.outbox.hold(header, lambda jid: self._snapshot(jid, s.id)):
+            self.counters["outbox_compactions"] += 1
 
     def _flush_outboxes(self) -> None:
         for s in list(self.sessions.values()):
             while s.outbox and s.attached:
                 try:
-                    self._transmit(self._frames(s.route, dict(s.outbox[0][1])))
-                    s.outbox.popleft()
+                    self._transmit(self._frames(s.route, dict(s.outbox.first())))
+                    s.outbox.pop_first()
                 except PeerBusy:
                     break
                 except PeerGone:
@@ -298,7 +257,8 @@ class EngineState:
                 self._error(None, route, "queue_full", "too many client sessions",
                             re=mid, retry_after_ms=5000)
                 return
-            s = Session(msg["session"], route, user_id, msg["client"], msg["caps"], now)
+            s = Session(msg["session"], route, user_id, msg["client"], msg["caps"], now,
+                        outbox=Outbox(self.max_outbox))
             self.sessions.add(s)
             log.info("session %s hello from %s", s.id[:8], msg["client"].get("name", "?"))
         self._send(s, self._welcome(s, mid, msg["resume_jobs"]))
