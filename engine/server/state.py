@@ -1,7 +1,15 @@
-"""The engine's state machine, without sockets: sessions, the fair queue, the result store,
-deadlines and backlogs. Socket-free and clock-injected, so it is unit-tested directly
+"""The engine's state machine, without sockets: it answers each parsed message, picks the
+next job (fair-queue order, one at a time), ends jobs and turns the worker's events into
+messages. Socket-free and clock-injected, so it is unit-tested directly
 (tests/engine/test_server_state.py); `loop.EngineServer` feeds it parsed messages and gives
 it `_transmit` (one non-blocking send).
+
+The bookkeeping lives in parts it holds, each with its own unit tests:
+    sessions     Sessions (sessions.py): who is connected, per-peer limits, detach and grace
+    queue        FairQueue (fair_queue.py): per-session lines, served round robin
+    jobs         JobStore (jobs.py): every job by id; finished ones bounded, evicted ids kept
+    gate         TokenGate (trust.py): the local token
+    s.outbox     Outbox (outbox.py): one session's events held for a slow peer
 
 Bounds (protocol/PROTOCOL.md §5, §7): sessions in total and per peer, queued jobs per session
 and in total, input bytes, finished jobs by TTL, count (total and per session) and bytes
@@ -15,7 +23,6 @@ import hashlib
 import json
 import logging
 import queue
-import secrets
 import threading
 import time
 import uuid
@@ -33,6 +40,7 @@ from .fair_queue import FairQueue
 from .jobs import Job, JobStore
 from .outbox import Outbox, result_ready
 from .sessions import Session, Sessions
+from .trust import TokenGate
 
 log = logging.getLogger("engine.server")
 
@@ -60,8 +68,6 @@ class EngineState:
         self.curve = curve            # sessions and jobs are bound to the CURVE key
         self.ping_interval_ms = ping_interval_ms
         self.max_outbox = max_outbox
-        self.token = token            # local trust: hello must present it (see PROTOCOL.md §8)
-        self._authed_routes: collections.OrderedDict[bytes, float] = collections.OrderedDict()
         self._unload_waiters: list[tuple[str, Any]] | None = None   # one unload at a time
         self.name = name
         self.epoch = uuid.uuid4().hex[:16]
@@ -74,6 +80,7 @@ class EngineState:
         self.sessions = Sessions(max_total=max_sessions, max_per_peer=max_sessions_per_peer,
                                  timeout_s=session_timeout_s, grace_s=detach_grace_s,
                                  clock=clock)
+        self.gate = TokenGate(token, max_routes=4 * max_sessions)
         self.jobs = JobStore(self.limits)
         self.queue = FairQueue()
         self._input_bytes = 0
@@ -167,7 +174,7 @@ class EngineState:
         if kind == "hello":
             self._on_hello(route, user_id, msg, now)
             return
-        if self.token is not None and route not in self._authed_routes:
+        if not self.gate.lets_in(route):
             if kind != "bye":
                 self._error(None, route, "unauthorized", "this connection has not presented "
                             "the engine's token: send hello with `token` first", re=mid,
@@ -219,18 +226,12 @@ class EngineState:
 
     def _on_hello(self, route: bytes, user_id, msg: dict, now: float) -> None:
         mid = msg["msg_id"]
-        if self.token is not None:
-            given = msg.get("token") or ""
-            if not secrets.compare_digest(given.encode("utf-8"), self.token.encode("utf-8")):
-                self.counters["refused_token"] += 1
-                self._error(None, route, "unauthorized", "wrong or missing token: this engine "
-                            "only serves clients that read its connection file", re=mid,
-                            field="token")
-                return
-            self._authed_routes[route] = now
-            self._authed_routes.move_to_end(route)
-            while len(self._authed_routes) > 4 * self.sessions.max_total:
-                self._authed_routes.popitem(last=False)
+        if not self.gate.check(route, msg.get("token")):
+            self.counters["refused_token"] += 1
+            self._error(None, route, "unauthorized", "wrong or missing token: this engine "
+                        "only serves clients that read its connection file", re=mid,
+                        field="token")
+            return
         if PROTOCOL_VERSION not in msg["versions"]:
             self._send_route(route, {"type": "error", "job_id": None, "re": mid,
                                      "code": "unsupported_version", "retryable": False,
@@ -415,7 +416,7 @@ class EngineState:
         mid = msg["msg_id"]
         if msg["all"]:
             targets = [self.jobs[j] for j in self.jobs.ids_of(s.id)
-                       if j in self.jobs and self.jobs[j].state in (JobState.QUEUED, JobState.RUNNING)]
+                       if self.jobs[j].state in (JobState.QUEUED, JobState.RUNNING)]
         else:
             job = self._owned(s, msg["job_id"], mid)
             if job is None:
@@ -524,9 +525,9 @@ class EngineState:
             job.started = now
             job.seq += 1
             self._running = job
-            self._send(self.sessions.get(job.session_id), {"type": "started", "job_id": job.id, "seq": job.seq,
-                           "steps": job.steps, "worker": 0,
-                           "queue_ms": round((now - job.submitted) * 1000, 1)})
+            self._send(self.sessions.get(job.session_id), {
+                "type": "started", "job_id": job.id, "seq": job.seq, "steps": job.steps,
+                "worker": 0, "queue_ms": round((now - job.submitted) * 1000, 1)})
             self._work.put(("job", job))
             break
         if now - self._last_queued_note > 0.5 and self.queue:
