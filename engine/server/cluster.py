@@ -7,8 +7,8 @@ a Ray Serve deployment of pipeline replicas (one per GPU). Ray is the optional e
                            max_replicas=2).start()
 
 How the pieces talk (docs/architecture.md, "A farm of GPUs"):
-- submit -> the gateway's fair queue (state.py, unchanged) -> up to `max_inflight` jobs are
-  handed to the deployment at once (`started` = handed to the farm); Serve's router picks a
+- submit -> the gateway's fair queue (fair_queue.py, unchanged) -> up to `max_inflight` jobs
+  are handed to the deployment at once (`started` = handed to the farm); Serve's router picks a
   replica (max_ongoing_requests=1: one job per GPU) and queues the rest, which is also the
   queue length its autoscaler reads.
 - progress/previews/result stream back as a Serve streaming response
