@@ -285,6 +285,12 @@ class EngineState:
             h["re"] = mid
         return h
 
+    def _welcome_all(self) -> None:
+        """An unsolicited welcome to every attached client: what the engine is changed."""
+        for s in list(self.sessions.values()):
+            if s.attached:
+                self._send(s, self._welcome(s, None, []))
+
     def _idle(self, s: Session) -> bool:
         return not self.queue.of(s.id) and not (self._running and
                                                 self._running.session_id == s.id)
@@ -533,11 +539,10 @@ class EngineState:
         if now - self._last_queued_note > 0.5 and self.queue:
             self._last_queued_note = now
             for sid in self.queue.sessions():
+                s = self.sessions.get(sid)
                 for j in self.queue.of(sid)[:8]:
-                    self._send(self.sessions.get(sid), {"type": "queued", "job_id": j.id,
-                                                        "seq": j.seq,
-                                                        "position": self.queue.position(j)},
-                               kind="droppable")
+                    self._send(s, {"type": "queued", "job_id": j.id, "seq": j.seq,
+                                   "position": self.queue.position(j)}, kind="droppable")
 
     @staticmethod
     def _err(code: str, message: str, **extra) -> dict:
@@ -574,9 +579,7 @@ class EngineState:
         first = self._loras_listed is None
         self._loras_listed = listed
         if not first:
-            for sess in list(self.sessions.values()):
-                if sess.attached:
-                    self._send(sess, self._welcome(sess, None, []))
+            self._welcome_all()
 
 
     # ---- events from the worker -----------------------------------------------------------
@@ -592,20 +595,14 @@ class EngineState:
                 self.pipeline = ev[1]
                 self.model_state = "ready"
                 log.info("model ready: %s", self._pipe_info())
-                for sess in list(self.sessions.values()):   # tell clients: caps, model, device
-                    if sess.attached:
-                        self._send(sess, self._welcome(sess, None, []))
+                self._welcome_all()         # tell clients: caps, model, device
             elif kind == "download":      # while loading: unsolicited welcomes carry it
                 self.download = ev[1]
-                for sess in list(self.sessions.values()):
-                    if sess.attached:
-                        self._send(sess, self._welcome(sess, None, []))
+                self._welcome_all()
             elif kind == "load_failed":
                 self.model_state = "failed"
                 self.model_error = ev[1]
-                for sess in list(self.sessions.values()):
-                    if sess.attached:
-                        self._send(sess, self._welcome(sess, None, []))
+                self._welcome_all()
             elif kind == "progress":
                 _, job, h, blobs = ev
                 if job.state != JobState.RUNNING:
