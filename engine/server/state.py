@@ -286,14 +286,16 @@ class EngineState:
         return h
 
     def _welcome_all(self) -> None:
-        """An unsolicited welcome to every attached client: what the engine is changed."""
+        """An unsolicited welcome to every attached client: the model, its state or the
+        LoRA list changed."""
         for s in list(self.sessions.values()):
             if s.attached:
                 self._send(s, self._welcome(s, None, []))
 
     def _idle(self, s: Session) -> bool:
-        return not self.queue.of(s.id) and not (self._running and
-                                                self._running.session_id == s.id)
+        """No queued and no running job: the session may be forgotten."""
+        r = self._running
+        return not self.queue.of(s.id) and not (r and r.session_id == s.id)
 
     def _evict_session(self, among: list | None = None) -> bool:
         if not self.sessions.evict_idle(self._idle, among):
