@@ -7,8 +7,8 @@ a Ray Serve deployment of pipeline replicas (one per GPU). Ray is the optional e
                            max_replicas=2).start()
 
 How the pieces talk (docs/architecture.md, "A farm of GPUs"):
-- submit -> the gateway's fair queue (state.py, unchanged) -> up to `max_inflight` jobs are
-  handed to the deployment at once (`started` = handed to the farm); Serve's router picks a
+- submit -> the gateway's fair queue (fair_queue.py, unchanged) -> up to `max_inflight` jobs
+  are handed to the deployment at once (`started` = handed to the farm); Serve's router picks a
   replica (max_ongoing_requests=1: one job per GPU) and queues the rest, which is also the
   queue length its autoscaler reads.
 - progress/previews/result stream back as a Serve streaming response
@@ -37,8 +37,9 @@ from typing import Any
 
 from protocol.messages import JobState, Limits
 
+from .jobs import Job
 from .loop import EngineServer
-from .state import EngineState, Job
+from .state import EngineState
 from .worker import Worker
 
 log = logging.getLogger("engine.cluster")
@@ -299,7 +300,7 @@ class ClusterServer(EngineServer):
     def _housekeeping(self, now: float) -> None:
         # cancel every running job of a client gone (the base sees one `_running`)
         for s in list(self.sessions.values()):
-            if not s.attached and now - s.detached_at > self.detach_grace_s:
+            if not s.attached and now - s.detached_at > self.sessions.grace_s:
                 for job in self._inflight.values():
                     if job.session_id == s.id and not job.cancel_event.is_set():
                         job.cancel_reason = "client gone"

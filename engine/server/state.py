@@ -1,7 +1,15 @@
-"""The engine's state machine, without sockets: sessions, the fair queue, the result store,
-deadlines and backlogs. Socket-free and clock-injected, so it is unit-tested directly
+"""The engine's state machine, without sockets: it answers each parsed message, picks the
+next job (fair-queue order, one at a time), ends jobs and turns the worker's events into
+messages. Socket-free and clock-injected, so it is unit-tested directly
 (tests/engine/test_server_state.py); `loop.EngineServer` feeds it parsed messages and gives
 it `_transmit` (one non-blocking send).
+
+The bookkeeping lives in parts it holds, each with its own unit tests:
+    sessions     Sessions (sessions.py): who is connected, per-peer limits, detach and grace
+    queue        FairQueue (fair_queue.py): per-session lines, served round robin
+    jobs         JobStore (jobs.py): every job by id; finished ones bounded, evicted ids kept
+    gate         TokenGate (trust.py): the local token
+    s.outbox     Outbox (outbox.py): one session's events held for a slow peer
 
 Bounds (protocol/PROTOCOL.md §5, §7): sessions in total and per peer, queued jobs per session
 and in total, input bytes, finished jobs by TTL, count (total and per session) and bytes
@@ -15,11 +23,9 @@ import hashlib
 import json
 import logging
 import queue
-import secrets
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import engine
@@ -30,6 +36,12 @@ from protocol.messages import (DEFAULT_LIMITS, SUPERSEDED, JobState, Limits,
 from protocol.request import GenerateRequest
 from protocol.wire import SIGNATURE, encode_header
 
+from .fair_queue import FairQueue
+from .jobs import Job, JobStore
+from .outbox import Outbox, result_ready
+from .sessions import Session, Sessions
+from .trust import TokenGate
+
 log = logging.getLogger("engine.server")
 
 
@@ -39,53 +51,6 @@ class PeerBusy(Exception):
 
 class PeerGone(Exception):
     """The peer is not connected any more (EHOSTUNREACH)."""
-
-
-# ---- state --------------------------------------------------------------------------------
-
-@dataclass(eq=False)
-class Session:
-    id: str
-    route: bytes
-    user_id: str | None
-    client: dict
-    caps: list
-    last_seen: float
-    attached: bool = True
-    detached_at: float = 0.0
-    queue: collections.deque = field(default_factory=collections.deque)
-    outbox: collections.deque = field(default_factory=collections.deque)
-
-
-@dataclass(eq=False)
-class Job:
-    id: str
-    session_id: str
-    user_id: str | None
-    params: dict
-    want: dict
-    blob_descs: list
-    blobs: list
-    fingerprint: str
-    submitted: float
-    deadline: float
-    priority: str = "normal"
-    state: JobState = JobState.QUEUED
-    seq: int = 0
-    step: int = 0
-    steps: int = 0
-    at_step: int | None = None
-    error: dict | None = None
-    result_header: dict | None = None
-    result_blobs: list = field(default_factory=list)
-    result_bytes: int = 0
-    kept_bytes: int = 0
-    started: float = 0.0
-    finished: float = 0.0
-    cancel_event: threading.Event = field(default_factory=threading.Event)
-    cancel_reason: str = "client"
-    live: str | None = None         # the submit's live key: a newer one supersedes this job
-
 
 
 class EngineState:
@@ -101,14 +66,8 @@ class EngineState:
         self.pipeline = pipeline
         self.limits = limits or Limits(**DEFAULT_LIMITS.to_dict())
         self.curve = curve            # sessions and jobs are bound to the CURVE key
-        self.session_timeout_s = session_timeout_s
-        self.detach_grace_s = detach_grace_s
         self.ping_interval_ms = ping_interval_ms
-        self.max_sessions = max_sessions
-        self.max_sessions_per_peer = max_sessions_per_peer
         self.max_outbox = max_outbox
-        self.token = token            # local trust: hello must present it (see PROTOCOL.md §8)
-        self._authed_routes: collections.OrderedDict[bytes, float] = collections.OrderedDict()
         self._unload_waiters: list[tuple[str, Any]] | None = None   # one unload at a time
         self.name = name
         self.epoch = uuid.uuid4().hex[:16]
@@ -118,15 +77,12 @@ class EngineState:
         self._lora_check_at = 0.0
         self._loras_listed: list | None = None   # what the last welcomes listed
 
-        self.sessions: dict[str, Session] = {}
-        self.jobs: dict[str, Job] = {}
-        self._by_session: dict[str, set] = collections.defaultdict(set)
-        self._store: collections.OrderedDict[str, Job] = collections.OrderedDict()  # terminal
-        self._store_bytes = 0
-        self._store_per_session: collections.Counter = collections.Counter()
-        self._tombstones: collections.OrderedDict[str, str] = collections.OrderedDict()
-        self._rr: collections.deque[Session] = collections.deque()
-        self._queued = 0
+        self.sessions = Sessions(max_total=max_sessions, max_per_peer=max_sessions_per_peer,
+                                 timeout_s=session_timeout_s, grace_s=detach_grace_s,
+                                 clock=clock)
+        self.gate = TokenGate(token, max_routes=4 * max_sessions)
+        self.jobs = JobStore(self.limits)
+        self.queue = FairQueue()
         self._input_bytes = 0
         self._running: Job | None = None
         self._avg_job_s = 1.0
@@ -161,9 +117,9 @@ class EngineState:
             return False
         if session.outbox:
             if kind == "state":
-                self._enqueue(session, header)
+                self._hold(session, header)
             elif kind == "result":
-                self._enqueue(session, self._result_ready(header))
+                self._hold(session, result_ready(header))
             return False
         frames = self._frames(session.route, header, blobs)
         try:
@@ -172,72 +128,30 @@ class EngineState:
             return True
         except PeerBusy:
             if kind == "state":
-                self._enqueue(session, header)
+                self._hold(session, header)
             elif kind == "result":
-                self._enqueue(session, self._result_ready(header))
+                self._hold(session, result_ready(header))
             else:
                 self.counters["dropped_" + header["type"]] += 1
         except PeerGone:
-            self._detach(session, "peer unreachable")
+            self.sessions.detach(session, "peer unreachable")
         return False
 
-    @staticmethod
-    def _result_ready(header: dict) -> dict:
-        return {"type": "result_ready", "job_id": header["job_id"], "seq": header.get("seq"),
-                "epoch": header.get("epoch")}
-
-    @staticmethod
-    def _is_terminal(header: dict) -> bool:
-        kind = header.get("type")
-        return kind in ("result", "result_ready", "cancelled") or (
-            kind == "error" and header.get("job_id") is not None and "seq" in header)
-
-    def _enqueue(self, s: Session, header: dict) -> None:
-        """Hold a state event for a slow peer. Headers only (results become result_ready);
-        frames are built at send time, for the session's route then."""
-        s.outbox.append((self._is_terminal(header), header))
-        if len(s.outbox) > self.max_outbox:
-            self._compact_outbox(s)
-
-    def _compact_outbox(self, s: Session) -> None:
-        """The peer is not reading: keep every terminal event (at most one per job), drop
-        the rest, and say so with a `jobs` snapshot of the jobs whose events were dropped."""
-        kept, dropped, touched = collections.deque(), 0, []
-        for terminal, h in s.outbox:
-            if terminal:
-                kept.append((terminal, h))
-            elif h.get("type") == "jobs" and h.get("dropped_events"):
-                dropped += h["dropped_events"]
-            else:
-                dropped += 1
-                jid = h.get("job_id")
-                if isinstance(jid, str) and jid not in touched:
-                    touched.append(jid)
-        done = {h.get("job_id") for _, h in kept}
-        live = [j for j in touched if j not in done][:256]
-        if len(kept) > self.max_outbox // 2:
-            # Still too many: carry the terminal states as `jobs` snapshots (256 a message;
-            # cancelled/failed/succeeded with has_result, from which the client fetches).
-            ids = [h["job_id"] for _, h in kept if h.get("job_id")]
-            kept = collections.deque(e for e in kept if not e[1].get("job_id"))
-            kept.extend((True, {"type": "jobs", "jobs": [self._snapshot(j, s.id)
-                                                         for j in ids[i:i + 256]]})
-                        for i in range(0, len(ids), 256))
-        kept.append((False, {"type": "jobs", "dropped_events": dropped,
-                             "jobs": [self._snapshot(j, s.id) for j in live]}))
-        s.outbox = kept
-        self.counters["outbox_compactions"] += 1
+    def _hold(self, s: Session, header: dict) -> None:
+        """Hold a state event for a slow peer (see outbox.py)."""
+        if s.outbox.hold(header, lambda jid: self._snapshot(jid, s.id)):
+            self.counters["outbox_compactions"] += 1
 
     def _flush_outboxes(self) -> None:
         for s in list(self.sessions.values()):
             while s.outbox and s.attached:
                 try:
-                    self._transmit(self._frames(s.route, dict(s.outbox[0][1])))
-                    s.outbox.popleft()
+                    self._transmit(self._frames(s.route, dict(s.outbox.first())))
+                    s.outbox.pop_first()
                 except PeerBusy:
                     break
                 except PeerGone:
-                    self._detach(s, "peer unreachable")
+                    self.sessions.detach(s, "peer unreachable")
 
     def _error(self, session: Session | None, route: bytes, code: str, message: str, *,
                job_id=None, re=None, field=None, retry_after_ms=None, seq=None) -> None:
@@ -260,7 +174,7 @@ class EngineState:
         if kind == "hello":
             self._on_hello(route, user_id, msg, now)
             return
-        if self.token is not None and route not in self._authed_routes:
+        if not self.gate.lets_in(route):
             if kind != "bye":
                 self._error(None, route, "unauthorized", "this connection has not presented "
                             "the engine's token: send hello with `token` first", re=mid,
@@ -276,9 +190,9 @@ class EngineState:
         if self.curve and s.user_id != user_id:
             self._error(None, route, "unauthorized", "session belongs to another key", re=mid)
             return
-        self._attach(s, route, now)
+        self.sessions.attach(s, route, now)
         if kind == "ping":
-            self._send(s, {"type": "pong", "re": mid, "queue_len": self._queued,
+            self._send(s, {"type": "pong", "re": mid, "queue_len": len(self.queue),
                            "running": self._running.id if self._running and
                            self._running.session_id == sid else None,
                            "busy": self._running is not None, "model_state": self.model_state},
@@ -290,7 +204,7 @@ class EngineState:
         elif kind == "status":
             ids = msg["job_ids"]
             if ids is None:
-                ids = sorted(self._by_session.get(sid, ()))
+                ids = sorted(self.jobs.ids_of(sid))
             self._send(s, {"type": "jobs", "re": mid,
                            "jobs": [self._snapshot(j, sid) for j in ids[:256]]})
         elif kind == "fetch":
@@ -308,37 +222,16 @@ class EngineState:
                 self._work.put(("unload", None))
         elif kind == "bye":
             self._drop_queued(s, "client said bye")
-            self._detach(s, "bye")
-
-    def _attach(self, s: Session, route: bytes, now: float) -> None:
-        s.route = route   # held events (outbox) go to the new route
-        s.last_seen = now
-        if not s.attached:
-            s.attached = True
-            log.info("session %s re-attached", s.id[:8])
-
-    def _detach(self, s: Session, why: str) -> None:
-        if s.attached:
-            log.info("session %s detached (%s)", s.id[:8], why)
-            s.attached = False
-            s.detached_at = self.clock()
-            # keep terminal events for a re-attach; drop the rest
-            s.outbox = collections.deque(e for e in s.outbox if e[0])
+            self.sessions.detach(s, "bye")
 
     def _on_hello(self, route: bytes, user_id, msg: dict, now: float) -> None:
         mid = msg["msg_id"]
-        if self.token is not None:
-            given = msg.get("token") or ""
-            if not secrets.compare_digest(given.encode("utf-8"), self.token.encode("utf-8")):
-                self.counters["refused_token"] += 1
-                self._error(None, route, "unauthorized", "wrong or missing token: this engine "
-                            "only serves clients that read its connection file", re=mid,
-                            field="token")
-                return
-            self._authed_routes[route] = now
-            self._authed_routes.move_to_end(route)
-            while len(self._authed_routes) > 4 * self.max_sessions:
-                self._authed_routes.popitem(last=False)
+        if not self.gate.check(route, msg.get("token")):
+            self.counters["refused_token"] += 1
+            self._error(None, route, "unauthorized", "wrong or missing token: this engine "
+                        "only serves clients that read its connection file", re=mid,
+                        field="token")
+            return
         if PROTOCOL_VERSION not in msg["versions"]:
             self._send_route(route, {"type": "error", "job_id": None, "re": mid,
                                      "code": "unsupported_version", "retryable": False,
@@ -352,21 +245,22 @@ class EngineState:
                 self._error(None, route, "unauthorized", "session belongs to another key",
                             re=mid)
                 return
-            self._attach(s, route, now)
+            self.sessions.attach(s, route, now)
             s.client, s.caps = msg["client"], msg["caps"]
         else:
-            mine = [x for x in self.sessions.values() if self._same_peer(x, route, user_id)]
-            if len(mine) >= self.max_sessions_per_peer and not self._evict_session(mine):
+            mine = self.sessions.of_peer(route, user_id)
+            if len(mine) >= self.sessions.max_per_peer and not self._evict_session(mine):
                 self._error(None, route, "queue_full", f"this connection already has "
                             f"{len(mine)} sessions with queued jobs (limit "
-                            f"{self.max_sessions_per_peer})", re=mid, retry_after_ms=5000)
+                            f"{self.sessions.max_per_peer})", re=mid, retry_after_ms=5000)
                 return
-            if len(self.sessions) >= self.max_sessions and not self._evict_session():
+            if len(self.sessions) >= self.sessions.max_total and not self._evict_session():
                 self._error(None, route, "queue_full", "too many client sessions",
                             re=mid, retry_after_ms=5000)
                 return
-            s = Session(msg["session"], route, user_id, msg["client"], msg["caps"], now)
-            self.sessions[s.id] = s
+            s = Session(msg["session"], route, user_id, msg["client"], msg["caps"], now,
+                        outbox=Outbox(self.max_outbox))
+            self.sessions.add(s)
             log.info("session %s hello from %s", s.id[:8], msg["client"].get("name", "?"))
         self._send(s, self._welcome(s, mid, msg["resume_jobs"]))
 
@@ -391,34 +285,21 @@ class EngineState:
             h["re"] = mid
         return h
 
-    def _same_peer(self, s: Session, route: bytes, user_id: str | None) -> bool:
-        """A peer is a connection (routing id), or with CURVE a client key."""
-        return s.route == route or (user_id is not None and s.user_id == user_id)
+    def _welcome_all(self) -> None:
+        """An unsolicited welcome to every attached client: the model, its state or the
+        LoRA list changed."""
+        for s in list(self.sessions.values()):
+            if s.attached:
+                self._send(s, self._welcome(s, None, []))
 
     def _idle(self, s: Session) -> bool:
-        return not s.queue and not (self._running and self._running.session_id == s.id)
+        """No queued and no running job: the session may be forgotten."""
+        r = self._running
+        return not self.queue.of(s.id) and not (r and r.session_id == s.id)
 
     def _evict_session(self, among: list | None = None) -> bool:
-        """Forget one idle session (no queued or running job): among the given peer's, a
-        detached one; over all, a detached one, else the least recently seen of the peer
-        holding the most sessions."""
-        if among is not None:
-            pool = sorted((s for s in among if not s.attached and self._idle(s)),
-                          key=lambda s: s.last_seen)
-        else:
-            pool = [s for s in self.sessions.values() if not s.attached and self._idle(s)]
-            if not pool:
-                per = collections.Counter(s.user_id or s.route for s in self.sessions.values())
-                if per:
-                    top, n = per.most_common(1)[0]
-                    if n > 1:
-                        pool = sorted((s for s in self.sessions.values()
-                                       if (s.user_id or s.route) == top and self._idle(s)),
-                                      key=lambda s: s.last_seen)
-        if not pool:
+        if not self.sessions.evict_idle(self._idle, among):
             return False
-        victim = pool[0]
-        del self.sessions[victim.id]
         self.counters["sessions_evicted"] += 1
         return True
 
@@ -444,12 +325,12 @@ class EngineState:
                             field="job_id")
             elif old.state in (JobState.QUEUED, JobState.RUNNING):
                 self._send(s, {"type": "accepted", "job_id": jid, "re": mid, "seq": old.seq,
-                               "position": self._position(old), "state": old.state,
+                               "position": self.queue.position(old), "state": old.state,
                                "duplicate": True})
             else:
                 self._resend_terminal(s, old, mid)
             return
-        if jid in self._tombstones:
+        if self.jobs.evicted(jid):
             self._error(s, s.route, "duplicate_job", "this job id was already used",
                         job_id=jid, re=mid, field="job_id")
             return
@@ -476,8 +357,9 @@ class EngineState:
         if msg.get("live") is not None:
             self._supersede(s, msg["live"])
         retry = max(200, int(self._avg_job_s * 1000))
-        if len(s.queue) >= self.limits.max_queue_per_session:
-            self._error(s, s.route, "queue_full", f"this session already has {len(s.queue)} "
+        queued = len(self.queue.of(s.id))
+        if queued >= self.limits.max_queue_per_session:
+            self._error(s, s.route, "queue_full", f"this session already has {queued} "
                         "queued jobs", job_id=jid, re=mid, retry_after_ms=retry)
             return
         in_bytes = sum(len(b) for b in msg["_raw_blobs"])
@@ -485,8 +367,8 @@ class EngineState:
             self._error(s, s.route, "queue_full", "too many input images are waiting",
                         job_id=jid, re=mid, retry_after_ms=retry)
             return
-        if self._queued >= self.limits.max_queue:
-            self._error(s, s.route, "queue_full", f"the engine queue is full ({self._queued} "
+        if len(self.queue) >= self.limits.max_queue:
+            self._error(s, s.route, "queue_full", f"the engine queue is full ({len(self.queue)} "
                         "jobs)", job_id=jid, re=mid, retry_after_ms=retry)
             return
         req = GenerateRequest.from_clean(msg["params"]).with_seed()
@@ -495,49 +377,25 @@ class EngineState:
                   fp, now, now + msg["deadline_ms"] / 1000.0, msg["priority"],
                   live=msg.get("live"))
         job.steps = params["steps"]
-        self.jobs[jid] = job
+        self.jobs.add(job)
         self._input_bytes += in_bytes
-        self._by_session[s.id].add(jid)
-        if job.priority == "high":
-            idx = sum(1 for j in s.queue if j.priority == "high")
-            s.queue.insert(idx, job)
-        else:
-            s.queue.append(job)
-        if s not in self._rr:
-            self._rr.append(s)
-        self._queued += 1
+        self.queue.push(job)
         job.seq = 1
         self._send(s, {"type": "accepted", "job_id": jid, "re": mid, "seq": job.seq,
-                       "position": self._position(job), "state": JobState.QUEUED,
+                       "position": self.queue.position(job), "state": JobState.QUEUED,
                        "seed": params["seed"]})
-
-    def _position(self, job: Job) -> int:
-        """Jobs that will run before this one (round-robin order), 0 = next."""
-        if job.state != JobState.QUEUED:
-            return 0
-        queues = [list(s.queue) for s in self._rr]
-        pos, depth = 0, 0
-        while True:
-            for q in queues:
-                if depth < len(q):
-                    if q[depth] is job:
-                        return pos
-                    pos += 1
-            depth += 1
-            if depth > self.limits.max_queue + 1:
-                return pos
 
     def _snapshot(self, jid: str, sid: str) -> dict:
         job = self.jobs.get(jid)
         if job is None:
-            state = "expired" if jid in self._tombstones else "unknown"
+            state = "expired" if self.jobs.evicted(jid) else "unknown"
             return {"job_id": jid, "state": state}
         if job.session_id != sid:
             return {"job_id": jid, "state": "forbidden"}
         snap = {"job_id": jid, "state": job.state, "seq": job.seq, "step": job.step,
                 "steps": job.steps}
         if job.state == JobState.QUEUED:
-            snap["position"] = self._position(job)
+            snap["position"] = self.queue.position(job)
         if job.state == JobState.CANCELLED:
             snap["at_step"] = job.at_step
         if job.error:
@@ -549,7 +407,7 @@ class EngineState:
     def _owned(self, s: Session, jid: str, mid) -> Job | None:
         job = self.jobs.get(jid)
         if job is None:
-            if jid in self._tombstones:
+            if self.jobs.evicted(jid):
                 self._error(s, s.route, "result_expired", "the result of this job was "
                             "evicted", job_id=jid, re=mid)
             else:
@@ -565,8 +423,8 @@ class EngineState:
     def _on_cancel(self, s: Session, msg: dict) -> None:
         mid = msg["msg_id"]
         if msg["all"]:
-            targets = [self.jobs[j] for j in list(self._by_session.get(s.id, ()))
-                       if j in self.jobs and self.jobs[j].state in (JobState.QUEUED, JobState.RUNNING)]
+            targets = [self.jobs[j] for j in self.jobs.ids_of(s.id)
+                       if self.jobs[j].state in (JobState.QUEUED, JobState.RUNNING)]
         else:
             job = self._owned(s, msg["job_id"], mid)
             if job is None:
@@ -586,7 +444,7 @@ class EngineState:
         """Newest frame wins: this session's queued jobs with the same live key are dropped
         at once, its running one stops at the next step boundary (`cancelled`, reason
         `superseded`). Only the submitting session's own jobs are looked at."""
-        for job in [j for j in s.queue if j.live == live]:
+        for job in [j for j in self.queue.of(s.id) if j.live == live]:
             self._cancel_queued(job, SUPERSEDED)
             self.counters["superseded"] += 1
         r = self._running
@@ -597,19 +455,11 @@ class EngineState:
             self.counters["superseded"] += 1
 
     def _cancel_queued(self, job: Job, reason: str | None) -> None:
-        s = self.sessions.get(job.session_id)
-        if s is not None:
-            try:
-                s.queue.remove(job)
-                self._queued -= 1
-            except ValueError:
-                pass
-            if not s.queue and s in self._rr:
-                self._rr.remove(s)
+        self.queue.remove(job)
         self._finish(job, JobState.CANCELLED, at_step=None, reason=reason)
 
     def _drop_queued(self, s: Session, reason: str) -> None:
-        for job in list(s.queue):
+        for job in self.queue.of(s.id):
             self._cancel_queued(job, reason)
 
     def _on_fetch(self, s: Session, msg: dict) -> None:
@@ -628,8 +478,7 @@ class EngineState:
                 self._error(s, s.route, "result_expired", "the result of this job was evicted",
                             job_id=job.id, re=mid)
                 return
-            if job.id in self._store:
-                self._store.move_to_end(job.id)
+            self.jobs.touch(job.id)
             h = dict(job.result_header, re=mid, seq=job.seq)
             self._send(s, h, job.result_blobs, kind="result")
         elif job.state == JobState.CANCELLED:
@@ -666,57 +515,16 @@ class EngineState:
             job.result_header, job.result_blobs = header, blobs
             job.result_bytes = sum(len(b) for b in blobs)
             self._send(s, dict(header), blobs, kind="result")
-        # what a kept job costs: its result, its params (prompts up to 4,000 chars) and the rest
-        job.kept_bytes = job.result_bytes + len(json.dumps(job.params)) + 1024
-        self._store[job.id] = job
-        self._store_bytes += job.kept_bytes
-        self._store_per_session[job.session_id] += 1
-        if self._store_per_session[job.session_id] > self.limits.max_results_per_session:
-            oldest = next(j for j in self._store.values() if j.session_id == job.session_id)
-            self._evict(oldest)
-        self._evict_results(self.clock())
-
-    def _evict_results(self, now: float) -> None:
-        """Finished jobs are kept for result_ttl_s, bounded by count (in total and per
-        session) and by bytes (results + params); the oldest go first."""
-        lim = self.limits
-        while self._store:
-            job = next(iter(self._store.values()))
-            if (now - job.finished > lim.result_ttl_s or len(self._store) > lim.max_results
-                    or self._store_bytes > lim.result_budget_bytes):
-                self._evict(job)
-            else:
-                break
-
-    def _evict(self, job: Job) -> None:
-        jid = job.id
-        del self._store[jid]
-        self._store_bytes -= job.kept_bytes
-        self._store_per_session[job.session_id] -= 1
-        if self._store_per_session[job.session_id] <= 0:
-            del self._store_per_session[job.session_id]
-        self.jobs.pop(jid, None)
-        ids = self._by_session.get(job.session_id)
-        if ids is not None:
-            ids.discard(jid)
-            if not ids:
-                del self._by_session[job.session_id]
-        self._tombstones[jid] = job.session_id
-        while len(self._tombstones) > 10000:
-            self._tombstones.popitem(last=False)
+        self.jobs.keep(job, self.clock())
 
     # ---- scheduler ------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        if self._running is not None or not self._rr or self.model_state != "ready":
+        if self._running is not None or not self.queue or self.model_state != "ready":
             return
         now = self.clock()
-        while self._rr:
-            s = self._rr.popleft()
-            job = s.queue.popleft()
-            self._queued -= 1
-            if s.queue:
-                self._rr.append(s)
+        while self.queue:
+            job = self.queue.pop()
             if now > job.deadline:
                 self._finish(job, JobState.FAILED, error=self._err(
                     "deadline_exceeded", "the job waited past its deadline and was not run"))
@@ -725,17 +533,18 @@ class EngineState:
             job.started = now
             job.seq += 1
             self._running = job
-            self._send(s, {"type": "started", "job_id": job.id, "seq": job.seq,
-                           "steps": job.steps, "worker": 0,
-                           "queue_ms": round((now - job.submitted) * 1000, 1)})
+            self._send(self.sessions.get(job.session_id), {
+                "type": "started", "job_id": job.id, "seq": job.seq, "steps": job.steps,
+                "worker": 0, "queue_ms": round((now - job.submitted) * 1000, 1)})
             self._work.put(("job", job))
             break
-        if now - self._last_queued_note > 0.5 and self._rr:
+        if now - self._last_queued_note > 0.5 and self.queue:
             self._last_queued_note = now
-            for sess in list(self._rr):
-                for j in list(sess.queue)[:8]:
-                    self._send(sess, {"type": "queued", "job_id": j.id, "seq": j.seq,
-                                      "position": self._position(j)}, kind="droppable")
+            for sid in self.queue.sessions():
+                s = self.sessions.get(sid)
+                for j in self.queue.of(sid)[:8]:
+                    self._send(s, {"type": "queued", "job_id": j.id, "seq": j.seq,
+                                   "position": self.queue.position(j)}, kind="droppable")
 
     @staticmethod
     def _err(code: str, message: str, **extra) -> dict:
@@ -743,27 +552,20 @@ class EngineState:
                 **extra}
 
     def _housekeeping(self, now: float) -> None:
-        for s in list(self.sessions.values()):
-            if s.attached and now - s.last_seen > self.session_timeout_s:
-                self._detach(s, f"silent for {now - s.last_seen:.1f}s")
-            if not s.attached and now - s.detached_at > self.detach_grace_s:
-                if s.queue:
-                    self._drop_queued(s, "client gone")
-                r = self._running
-                if r is not None and r.session_id == s.id and not r.cancel_event.is_set():
-                    r.cancel_reason = "client gone"
-                    r.cancel_event.set()
-                if not s.queue and not (r is not None and r.session_id == s.id):
-                    del self.sessions[s.id]
-        for s in list(self._rr):
-            for job in [j for j in s.queue if now > j.deadline]:
-                s.queue.remove(job)
-                self._queued -= 1
-                self._finish(job, JobState.FAILED, error=self._err(
-                    "deadline_exceeded", "the job waited past its deadline and was not run"))
-            if not s.queue:
-                self._rr.remove(s)
-        self._evict_results(now)
+        for s in self.sessions.reap(now):      # gone: end its jobs, forget it once idle
+            if self.queue.of(s.id):
+                self._drop_queued(s, "client gone")
+            r = self._running
+            if r is not None and r.session_id == s.id and not r.cancel_event.is_set():
+                r.cancel_reason = "client gone"
+                r.cancel_event.set()
+            if not self.queue.of(s.id) and not (r is not None and r.session_id == s.id):
+                self.sessions.forget(s)
+        for job in self.queue.expired(now):
+            self.queue.remove(job)
+            self._finish(job, JobState.FAILED, error=self._err(
+                "deadline_exceeded", "the job waited past its deadline and was not run"))
+        self.jobs.evict_old(now)
         self._check_loras(now)
 
     LORA_RESCAN_S = 2.0  # how often the LoRA folder is looked at (a stat; new files: a header)
@@ -779,9 +581,7 @@ class EngineState:
         first = self._loras_listed is None
         self._loras_listed = listed
         if not first:
-            for sess in list(self.sessions.values()):
-                if sess.attached:
-                    self._send(sess, self._welcome(sess, None, []))
+            self._welcome_all()
 
 
     # ---- events from the worker -----------------------------------------------------------
@@ -797,20 +597,14 @@ class EngineState:
                 self.pipeline = ev[1]
                 self.model_state = "ready"
                 log.info("model ready: %s", self._pipe_info())
-                for sess in list(self.sessions.values()):   # tell clients: caps, model, device
-                    if sess.attached:
-                        self._send(sess, self._welcome(sess, None, []))
+                self._welcome_all()         # tell clients: caps, model, device
             elif kind == "download":      # while loading: unsolicited welcomes carry it
                 self.download = ev[1]
-                for sess in list(self.sessions.values()):
-                    if sess.attached:
-                        self._send(sess, self._welcome(sess, None, []))
+                self._welcome_all()
             elif kind == "load_failed":
                 self.model_state = "failed"
                 self.model_error = ev[1]
-                for sess in list(self.sessions.values()):
-                    if sess.attached:
-                        self._send(sess, self._welcome(sess, None, []))
+                self._welcome_all()
             elif kind == "progress":
                 _, job, h, blobs = ev
                 if job.state != JobState.RUNNING:

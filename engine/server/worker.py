@@ -17,7 +17,7 @@ from protocol.messages import JobState
 from protocol.request import GenerateRequest
 
 from .images import decode_image_blob, encode_jpeg, encode_result
-from .state import Job
+from .jobs import Job
 
 log = logging.getLogger("engine.server")
 

@@ -183,11 +183,11 @@ def test_finished_jobs_are_bounded_by_count_per_session_and_in_total(raw_factory
             time.sleep(0.05)
         time.sleep(0.3)
         per = {}
-        for job in list(srv._store.values()):
+        for job in list(srv.jobs.finished.values()):
             per[job.session_id] = per.get(job.session_id, 0) + 1
-        assert len(srv._store) <= 30 and max(per.values()) <= 12, per
+        assert len(srv.jobs.finished) <= 30 and max(per.values()) <= 12, per
         # params count against the byte budget (4,000-char prompts)
-        assert srv._store_bytes >= len(srv._store) * 4000
+        assert srv.jobs.finished_bytes >= len(srv.jobs.finished) * 4000
         # an evicted job answers result_expired, a kept one its terminal state
         r = rs[0]
         r.send({"type": "fetch", "job_id": "s0-1", "msg_id": "f0"})

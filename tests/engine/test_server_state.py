@@ -74,7 +74,7 @@ def test_hello_submit_dispatch_finish():
     st._finish(job, JobState.CANCELLED, at_step=1)
     assert st.last("cancelled") == {**st.last("cancelled"), "job_id": "j1", "seq": 3,
                                     "at_step": 1}
-    assert "j1" in st._store
+    assert "j1" in st.jobs.finished
 
 
 def test_round_robin_across_sessions():
@@ -117,12 +117,12 @@ def test_results_expire_after_ttl_and_by_count():
         for jid in ids:
             submit(st, route, sess, jid)
             st.msg(route, sess, {"type": "cancel", "job_id": jid})
-    assert list(st._store) == ["b", "c", "d"]        # 2 per session; 3 in total
+    assert list(st.jobs.finished) == ["b", "c", "d"]        # 2 per session; 3 in total
     st.msg(b"r1", S1, {"type": "fetch", "job_id": "a", "msg_id": "f"})
     assert st.last("error")["code"] == "result_expired"
     st.clock.t += 11
     st._housekeeping(st.clock())
-    assert not st._store and st._store_bytes == 0
+    assert not st.jobs.finished and st.jobs.finished_bytes == 0
 
 
 def test_sessions_per_peer_are_bounded_and_detached_ones_make_room():
@@ -132,7 +132,7 @@ def test_sessions_per_peer_are_bounded_and_detached_ones_make_room():
     assert len(st.sessions) == 2 and st.last("error")["code"] == "queue_full"
     hello(st, b"other", S2)                    # another peer still gets in
     assert S2 in st.sessions
-    st.clock.t += st.session_timeout_s + 1     # the peer's sessions go quiet: detached
+    st.clock.t += st.sessions.timeout_s + 1     # the peer's sessions go quiet: detached
     st._housekeeping(st.clock())
     hello(st, b"peer", "9" * 32)
     assert "9" * 32 in st.sessions
@@ -192,7 +192,7 @@ def test_live_supersedes_the_queued_job_of_the_same_key_at_once():
     assert st.jobs["f1"].state is JobState.CANCELLED
     assert st.last("cancelled") == {**st.last("cancelled"), "job_id": "f1", "at_step": None,
                                     "reason": "superseded"}
-    assert [j.id for j in st.sessions[S1].queue] == ["other", "f2"] and st._queued == 2
+    assert [j.id for j in st.queue.of(S1)] == ["other", "f2"] and len(st.queue) == 2
     submit(st, b"r1", S1, "g1", live="other-key")   # another key: untouched
     assert st.jobs["f2"].state is JobState.QUEUED
 
