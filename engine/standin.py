@@ -51,8 +51,10 @@ class StandInPipeline:
     """Stand-in pipeline (see module docstring). `capabilities` lets tests enable image modes."""
 
     def __init__(self, step_seconds: float = 0.0, *, capabilities=("txt2img",),
-                 model: str = "stand-in", latent_side: int = 8):
+                 model: str = "stand-in", latent_side: int = 8, stall_seconds: float = 0.0):
         self.step_seconds = float(step_seconds)
+        # before the first step, deaf to cancel and deadline: a worker stuck in a kernel
+        self.stall_seconds = float(stall_seconds)
         self.latent_side = latent_side
         self.info = {"model": model, "device": "cpu", "dtype": "uint8",
                      "capabilities": list(capabilities), "standin": True}
@@ -66,6 +68,8 @@ class StandInPipeline:
         t0 = time.perf_counter()
         seed = int(req.seed if req.seed is not None else 0)
         on_progress(Progress("encode_text", 0, req.steps))
+        if self.stall_seconds:
+            time.sleep(self.stall_seconds)
         t1 = time.perf_counter()
         latents = np.zeros((self.latent_side, self.latent_side, 3), np.uint8)
         for i in range(req.steps):

@@ -44,6 +44,8 @@ from .worker import Worker
 
 log = logging.getLogger("engine.cluster")
 
+END_GRACE_S = 10.0   # how long a cancelled or overdue job may take to stop on the farm
+
 # A job waiting in Serve's router for a busy replica retries with exponential backoff (up to
 # 0.5 s by default): with jobs of seconds that idles a replica for ~0.1-0.5 s a job. Cap it
 # at 50 ms (read when ray.serve is first imported: import this module before ray.serve).
@@ -218,7 +220,8 @@ class ClusterServer(EngineServer):
     def __init__(self, factory: PipelineFactory, *, ray_address: str | None = None,
                  min_replicas: int = 1, max_replicas: int = 1, replica_gpus: float = 0.0,
                  replica_cpus: float = 1.0, max_inflight: int | None = None,
-                 autoscaling: dict | None = None, app_name: str | None = None, **kw):
+                 autoscaling: dict | None = None, app_name: str | None = None,
+                 end_grace_s: float = END_GRACE_S, **kw):
         kw.setdefault("name", "zimage-cluster")
         super().__init__(None, loader=self._deploy, **kw)
         self.factory = factory
@@ -231,7 +234,8 @@ class ClusterServer(EngineServer):
         self.autoscaling = autoscaling or {}
         self.app_name = app_name or f"zimage-{self.epoch}"
         self._inflight: dict[str, Job] = {}
-        self._told_board: set[str] = set()
+        self._told_board: dict[str, float] = {}      # job id -> when the board was told
+        self.end_grace_s = end_grace_s
         self._pool = ThreadPoolExecutor(max_workers=self.max_inflight,
                                         thread_name_prefix="engine-farm")
         self._deployment = None
@@ -282,7 +286,7 @@ class ClusterServer(EngineServer):
     def _dispatch(self) -> None:
         for jid in [j for j, job in self._inflight.items() if job.state != JobState.RUNNING]:
             del self._inflight[jid]
-            self._told_board.discard(jid)
+            self._told_board.pop(jid, None)
         while len(self._inflight) < self.max_inflight:
             self._running = None      # the base picks the next job when nothing "runs"
             EngineServer._dispatch(self)
@@ -294,7 +298,7 @@ class ClusterServer(EngineServer):
         if self._board is not None:
             for job in self._inflight.values():
                 if job.cancel_event.is_set() and job.id not in self._told_board:
-                    self._told_board.add(job.id)
+                    self._told_board[job.id] = self.clock()
                     self._board.cancel.remote(job.id)
 
     def _housekeeping(self, now: float) -> None:
@@ -305,7 +309,33 @@ class ClusterServer(EngineServer):
                     if job.session_id == s.id and not job.cancel_event.is_set():
                         job.cancel_reason = "client gone"
                         job.cancel_event.set()
+        self._end_overdue(now)
         super()._housekeeping(now)
+
+    def _end_overdue(self, now: float) -> None:
+        """A job always ends, even when its replica or the Ray call carrying it hangs: one
+        cancelled (or past its deadline) that the farm has not ended `end_grace_s` later
+        ends here. The replica's late outcome is then ignored (a job ends once)."""
+        for job in list(self._inflight.values()):
+            if job.state != JobState.RUNNING:
+                continue
+            told = self._told_board.get(job.id)
+            if told is not None and now - told > self.end_grace_s:
+                log.warning("job %s: the farm did not stop it %.1fs after its cancel; "
+                            "ending it here", job.id, now - told)
+                self._finish(job, JobState.CANCELLED, at_step=job.step or None,
+                             reason=None if job.cancel_reason == "client"
+                             else job.cancel_reason)
+            elif now > job.deadline + self.end_grace_s:
+                log.warning("job %s: the farm did not end it by its deadline; failing it "
+                            "here", job.id)
+                job.cancel_reason = "deadline"
+                job.cancel_event.set()
+                if self._board is not None:  # tell the replica to stop, if it ever listens
+                    self._board.cancel.remote(job.id)
+                self._finish(job, JobState.FAILED, error=self._err(
+                    "deadline_exceeded", f"deadline passed at step {job.step}; the farm "
+                    "did not stop the job, the gateway ended it"))
 
     # -- the job runner: Worker._worker_main calls this for each job --
 
