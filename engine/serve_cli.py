@@ -262,7 +262,7 @@ def run_serve(args) -> int:
         server.stop()
         if conn_file is not None:
             connection.remove(conn_file, token)
-        return _fail(f"model failed to load: {server.model_error}")
+        return _fail(f"model failed to load: {server.model_error}", connection.EXIT_MODEL_FAILED)
     if not stop.is_set():
         info = server._pipe_info()
         print(f"ready {server.endpoint} model={info.get('model')} device={info.get('device')} "

@@ -24,6 +24,9 @@ import secrets
 import sys
 
 TOKEN_BYTES = 32
+# `engine serve` exits with this code when its model did not load (bad path, missing weights,
+# offline without a cache), so a host app that started it can point at its model setting
+EXIT_MODEL_FAILED = 4
 
 
 def runtime_dir() -> str:

@@ -14,6 +14,9 @@ from .apply import PREVIEW_NAME
 CATEGORY = "Z-Image"
 
 
+MODEL_HINT = "Or set Model below to a model folder or a ComfyUI .safetensors file."
+
+
 def draw_connection(layout, context, prefs_view: bool = False) -> None:
     rt = runtime.get()
     if rt is None:
@@ -37,8 +40,7 @@ def draw_connection(layout, context, prefs_view: bool = False) -> None:
             col = box.column(align=True)
             for line in textwrap.wrap(str(info.get("error") or ""), 100)[:8]:
                 col.label(text=line)
-            col.label(text="Or set Model below to a model folder or a ComfyUI .safetensors "
-                      "file.", icon="INFO")
+            col.label(text=MODEL_HINT, icon="INFO")
     elif state == "connected":
         text = f"Engine: {info.get('model') or 'ready'}"
         if info.get("device"):
@@ -65,6 +67,8 @@ def draw_connection(layout, context, prefs_view: bool = False) -> None:
     row.operator("zimage.free_vram", icon="TRASH")
     if rt.notice:
         box.label(text=rt.notice, icon="INFO")
+    if prefs_view and rt.engine is not None and rt.engine.model_failed:
+        box.label(text=MODEL_HINT, icon="INFO")
     if prefs_view and rt.engine is not None:
         for line in rt.engine.log_tail(6):
             box.label(text=line[:120])

@@ -26,7 +26,7 @@ BOOTSTRAP = r"""
 import os, signal, sys, threading, time, runpy
 def _watch():
     try:
-        while sys.stdin.buffer.read(1):
+        while os.read(0, 1):      # unbuffered: no lock left held when the engine exits
             pass
     except Exception:
         pass
@@ -57,14 +57,18 @@ def bind_address(address: str) -> str:
     return address.replace("localhost", "127.0.0.1")
 
 
-def connection_file(address: str) -> str:
-    """Where the engine started for `address` writes its token (mode 0600); the add-on's
-    EngineClient finds the same file from the address (protocol/PROTOCOL.md §8)."""
+def _connection():
     try:
         from ..vendor.protocol import connection
     except ImportError:   # running from the repository (tests)
         from protocol import connection
-    return connection.path_for(bind_address(address))
+    return connection
+
+
+def connection_file(address: str) -> str:
+    """Where the engine started for `address` writes its token (mode 0600); the add-on's
+    EngineClient finds the same file from the address (protocol/PROTOCOL.md §8)."""
+    return _connection().path_for(bind_address(address))
 
 
 def serve_command(python: str, address: str, model: str, *, standin: bool = False,
@@ -105,6 +109,7 @@ class EngineProcess:
         self.proc: subprocess.Popen | None = None
         self.state = STOPPED
         self.exit_message = ""
+        self.model_failed = False   # it exited because its model did not load
         self.started_at = 0.0
 
     # ---- control ----------------------------------------------------------------------
@@ -128,6 +133,7 @@ class EngineProcess:
                 log.close()          # the child holds its own handle
         self.state = STARTING
         self.exit_message = ""
+        self.model_failed = False
         self.started_at = time.monotonic()
 
     def mark_running(self) -> None:
@@ -141,8 +147,13 @@ class EngineProcess:
             if code is not None:
                 self.state = EXITED
                 tail = self.log_tail(3)
-                self.exit_message = (f"The engine exited (code {code})"
-                                     + (f": {tail[-1]}" if tail else "."))
+                self.model_failed = code == _connection().EXIT_MODEL_FAILED
+                if self.model_failed and tail:
+                    line = tail[-1].removeprefix("error: ")
+                    self.exit_message = line[:1].upper() + line[1:]
+                else:
+                    self.exit_message = (f"The engine exited (code {code})"
+                                         + (f": {tail[-1]}" if tail else "."))
         return self.state
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -283,10 +283,16 @@ def download_visible(out):
     os.environ.update(HF_HUB_OFFLINE="1", HF_HOME=args().hf_home + "-empty")
     r.disconnect()
     assert bpy.ops.zimage.start_engine() == {"FINISHED"}
-    ok = tick_until(lambda: r.connection == "connected" and (
-        (r.board.welcome or {}).get("engine") or {}).get("state") == "failed", 120)
-    out["offline_failed"] = ok
-    out["offline_error"] = ((r.board.welcome or {}).get("engine") or {}).get("error")
+    # the engine says so in its welcome, then exits with EXIT_MODEL_FAILED: the panel may
+    # see either, and must show the error and where to set the model in both
+    def failed():
+        said = r.connection == "connected" and (
+            (r.board.welcome or {}).get("engine") or {}).get("state") == "failed"
+        return said or (r.engine is not None and r.engine.poll() == "exited")
+    ok = tick_until(failed, 120)
+    out["offline_failed"] = ok and (r.connection == "connected" or r.engine.model_failed)
+    out["offline_error"] = (((r.board.welcome or {}).get("engine") or {}).get("error")
+                            if r.connection == "connected" else r.engine.exit_message)
     out["offline_lines"] = [e[2].get("text", "") for e in connection_box() if e[0] == "label"]
     r.stop_engine()
     # the local alternative, picked in the preferences: a folder, or a ComfyUI file

@@ -101,3 +101,23 @@ def test_engine_dies_with_its_parent(tmp_path):
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_a_model_that_does_not_load_is_named_with_its_exit(tmp_path):
+    # `serve` exits with EXIT_MODEL_FAILED; through the bootstrap that code arrives intact
+    # (its stdin watcher used to hold a buffered reader's lock at shutdown: abort, code -6)
+    from protocol.connection import EXIT_MODEL_FAILED
+    log = tmp_path / "engine.log"
+    missing = tmp_path / "no such model"
+    proc = EngineProcess(sys.executable, f"tcp://127.0.0.1:{free_port()}", str(missing),
+                         cwd=str(ROOT), log_path=str(log))
+    proc.start()
+    try:
+        assert _wait_for(lambda: proc.poll() == "exited", 120), proc.log_tail()
+        assert proc.proc.returncode == EXIT_MODEL_FAILED, proc.log_tail()
+        assert proc.model_failed
+        assert proc.exit_message.startswith("Model failed to load: ") and \
+            str(missing) in proc.exit_message, proc.exit_message
+        assert not any("Fatal Python error" in line for line in proc.log_tail(40))
+    finally:
+        proc.stop()
