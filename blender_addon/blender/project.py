@@ -375,7 +375,7 @@ def _png_grey_rgb(grey: np.ndarray) -> bytes:
 def _gone(obj, t: Target) -> str | None:
     """Why the texture can no longer go on the object it was baked for, if it cannot."""
     if obj is None:
-        return "deleted while texturing"
+        return "deleted or renamed while texturing"
     if obj.type != "MESH" or obj.data is None or obj.data.name != t.mesh_name:
         return "its mesh was replaced while texturing"
     if (len(obj.data.polygons), len(obj.data.loops)) != t.topology:

@@ -284,7 +284,7 @@ def test_object_deleted_or_edited_mid_run(results):
     assert r["caught"] == "generating"
     assert r["phase"] == "succeeded", r["message"]
     assert "Textured Kept" in r["message"] and len(r["images"]) == 1
-    assert "Deleted (deleted while texturing)" in r["message"], r["message"]
+    assert "Deleted (deleted or renamed while texturing)" in r["message"], r["message"]
     assert "Edited (its mesh was edited while texturing)" in r["message"], r["message"]
     assert len(r["kept_material"]) == 1                  # the new one
     assert r["edited"]["slots"] == 0 and r["edited"]["uv"] == ["UVMap"]   # untouched
