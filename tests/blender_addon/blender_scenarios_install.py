@@ -7,9 +7,11 @@ helpers and runner it reuses): Install Engine / Remove Engine from the preferenc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,6 +67,19 @@ def drive_install(timeout: float) -> dict:
             "progress_bar_drawn": bars > 0, "log_path": st.log_path}
 
 
+@contextlib.contextmanager
+def only_index(p, url: str, **env):
+    """pip sees the package index `url` only (no config file, no local wheels); the
+    environment and the preference are put back afterwards."""
+    p.engine_index_url = url
+    with mock.patch.dict(os.environ, {"PIP_CONFIG_FILE": os.devnull, **env}):
+        os.environ.pop("PIP_FIND_LINKS", None)
+        try:
+            yield
+        finally:
+            p.engine_index_url = ""
+
+
 @scenario
 def install_refused(out):
     """Install Engine against a package index that refuses: the message says what failed
@@ -73,24 +88,12 @@ def install_refused(out):
     p = prefs()
     folder = os.path.join(args().install_dir, "refused")
     p.engine_install_dir = folder
-    p.engine_index_url = args().refusing_index
     p.engine_torch = "PYPI"
     p.engine_python = p.engine_dir = ""
     out["buttons_before"] = [e[1] for e in draw_prefs() if e[0] == "operator"]
-    saved = {k: os.environ.get(k) for k in ("PIP_CONFIG_FILE", "PIP_FIND_LINKS", "PIP_RETRIES")}
-    os.environ["PIP_CONFIG_FILE"] = os.devnull      # pip sees the refusing index only
-    os.environ.pop("PIP_FIND_LINKS", None)
-    os.environ["PIP_RETRIES"] = "0"
-    try:
+    with only_index(p, args().refusing_index, PIP_RETRIES="0"):
         assert bpy.ops.zimage.engine_install(action="install") == {"FINISHED"}
         out.update(drive_install(300))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        p.engine_index_url = ""
     out["listing"] = sorted(os.listdir(folder)) if os.path.isdir(folder) else None
     out["installed"] = ins.installed(folder)
     out["engine_python"] = p.engine_python
@@ -112,14 +115,10 @@ def install_cancelled(out):
     p = prefs()
     folder = os.path.join(args().install_dir, "cancelled")
     p.engine_install_dir = folder
-    p.engine_index_url = args().stalling_index
     p.engine_torch = "PYPI"
     p.engine_python = p.engine_dir = ""
-    saved = {k: os.environ.get(k) for k in ("PIP_CONFIG_FILE", "PIP_FIND_LINKS")}
-    os.environ["PIP_CONFIG_FILE"] = os.devnull
-    os.environ.pop("PIP_FIND_LINKS", None)
     pump = addon("blender.pump")
-    try:
+    with only_index(p, args().stalling_index):
         assert bpy.ops.zimage.engine_install(action="install") == {"FINISHED"}
         st = inst.state()
         end = time.monotonic() + 120
@@ -132,13 +131,6 @@ def install_cancelled(out):
         assert bpy.ops.zimage.engine_install_cancel() == {"FINISHED"}
         out.update(drive_install(60))
         out["cancel_seconds"] = round(time.monotonic() - t0, 1)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        p.engine_index_url = ""
     out["listing"] = sorted(os.listdir(folder)) if os.path.isdir(folder) else None
     out["installed"] = ins.installed(folder)
     out["engine_python"] = p.engine_python

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import signal
 import threading
@@ -23,13 +24,13 @@ from engine.server import EngineServer  # noqa: E402
 from engine.standin import StandInPipeline, pattern_image  # noqa: E402
 from protocol.client import EngineClient  # noqa: E402
 from protocol.messages import Limits  # noqa: E402
+from tests.engine import test_server as ts  # noqa: E402
+from tests.engine.test_server import terminal  # noqa: E402
 
 LIM = dict(min_side=64, max_side=512, max_pixels=512 * 512, max_steps=400)
 FAST = dict(heartbeat_ivl_ms=300, heartbeat_timeout_ms=900, session_timeout_s=3.0,
             detach_grace_s=1.0)
-CLIENT_FAST = dict(heartbeat_ivl_ms=200, heartbeat_timeout_ms=600, heartbeat_ttl_ms=1000,
-                   reconnect_ivl_ms=100, reconnect_ivl_max_ms=400, ping_interval_s=0.3,
-                   unresponsive_s=1.5, accept_timeout_s=5.0, give_up_s=30.0)
+CLIENT_FAST = {**ts.CLIENT_FAST, "give_up_s": 30.0}
 STEP_S = 0.05
 
 
@@ -55,27 +56,9 @@ def two_replicas(ray_cluster):
         yield srv
 
 
-@contextlib.contextmanager
-def connect(endpoint: str):
-    c = EngineClient(endpoint, client_name="test", **CLIENT_FAST).start()
-    try:
-        yield c
-    finally:
-        c.close()
-
-
-def collect(client, until, timeout: float = 30.0) -> list:
-    seen, end = [], time.monotonic() + timeout
-    while time.monotonic() < end:
-        for ev in client.poll(timeout=0.05):
-            seen.append(ev)
-            if until(ev):
-                return seen
-    raise AssertionError(f"timed out; saw {[(e.kind, e.data.get('code')) for e in seen[-15:]]}")
-
-
-def terminal(job_id):
-    return lambda ev: ev.job_id == job_id and ev.kind in ("result", "cancelled", "error")
+# the engine tests' client helpers; the farm's Ray calls get more time
+connect = functools.partial(ts.connect, give_up_s=30.0)
+collect = functools.partial(ts.collect, timeout=30.0)
 
 
 def run_many(endpoint: str, n_clients: int, n_jobs: int, seed0: int, timeout: float = 90):
